@@ -78,3 +78,151 @@ class ModelConfig:
 def _check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+
+
+NETWORKS = ("proposal", "classifier")
+FEATURE_FORMATS = ("auto", "npy", "hdf5")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how its features are timed (DESIGN 1).
+
+    Attributes:
+        annotations: ActivityNet-style JSON (HACS_segments_v1.1.1.json).
+        features: folder of ID.npy files or one HDF5 file.
+        category_file: one label per line; empty = sorted label names.
+        fps, stride, window: feature timing (HACS SlowFast: 15, 8, 32).
+        train_subset, eval_subset: subsets used for training and evaluation.
+        blocklist: video ids to leave out everywhere.
+        synthetic_videos: when > 0 and the data is missing, generate the
+            synthetic dataset with this many videos there (demo only).
+    """
+
+    annotations: str = "data/hacs/annotations/HACS_segments_v1.1.1.json"
+    features: str = "data/hacs/features/slowfast101_15fps_stride8_len32_hacs"
+    category_file: str = ""
+    fps: float = 15.0
+    stride: int = 8
+    window: int = 32
+    train_subset: str = "training"
+    eval_subset: str = "validation"
+    blocklist: tuple = ()
+    synthetic_videos: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "blocklist", tuple(self.blocklist))
+        if self.fps <= 0 or self.stride < 1 or self.window < 1:
+            raise ValueError(
+                f"feature timing must be positive, got fps={self.fps}, "
+                f"stride={self.stride}, window={self.window}."
+            )
+        if self.synthetic_videos < 0:
+            raise ValueError(f"synthetic_videos must be >= 0, got {self.synthetic_videos}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How both networks are trained (DESIGN 6).
+
+    Attributes:
+        networks: which networks to train, in order.
+        epochs: passes over the training subset per network.
+        batch_size: videos per step (report: 32).
+        learning_rate: Adam learning rate (report: 1e-3).
+        overlap_t_min, overlap_t_max: IoU scaling of the overlap target.
+        class_min_iou: proposals above this IoU train the classifier.
+        mixed_precision: train in mixed_float16.
+        seed: seeds shuffling and initialisation.
+        cache_dtype: dtype of the cached clip features (float32 or float16).
+    """
+
+    networks: tuple = NETWORKS
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    overlap_t_min: float = 0.5
+    overlap_t_max: float = 1.0
+    class_min_iou: float = 0.5
+    mixed_precision: bool = False
+    seed: int = 0
+    cache_dtype: str = "float32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "networks", tuple(self.networks))
+        if not self.networks or any(n not in NETWORKS for n in self.networks):
+            raise ValueError(f"networks must be a non-empty subset of {NETWORKS}, got {self.networks}.")
+        if len(set(self.networks)) != len(self.networks):
+            raise ValueError(f"networks lists a network twice: {self.networks}.")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        if not 0 <= self.overlap_t_min < self.overlap_t_max <= 1:
+            raise ValueError(
+                "need 0 <= overlap_t_min < overlap_t_max <= 1, got "
+                f"{self.overlap_t_min}, {self.overlap_t_max}."
+            )
+        _check_choice("cache_dtype", self.cache_dtype, ("float32", "float16"))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Postprocessing and evaluation (DESIGN 7, 8).
+
+    Attributes:
+        nms_threshold: tIoU of NMS for proposals and per-class detections.
+        proposals_per_video: proposals kept per video (official AR@AN: 100).
+        detections_per_video: detections kept per video.
+        top_pairs: best (proposal, class) pairs kept before per-class NMS.
+        soft_nms: Gaussian soft-NMS instead of hard NMS for detections.
+        batch_size: videos per inference batch.
+    """
+
+    nms_threshold: float = 0.5
+    proposals_per_video: int = 100
+    detections_per_video: int = 100
+    top_pairs: int = 2000
+    soft_nms: bool = False
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if not 0 < self.nms_threshold <= 1:
+            raise ValueError(f"nms_threshold must be in (0, 1], got {self.nms_threshold}.")
+        for name in ("proposals_per_video", "detections_per_video", "top_pairs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs; written to WORKDIR/config.json."""
+
+    workdir: str
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def to_dict(self):
+        return {
+            "workdir": self.workdir,
+            "data": _plain(dataclasses.asdict(self.data)),
+            "model": self.model.to_dict(),
+            "train": _plain(dataclasses.asdict(self.train)),
+            "eval": dataclasses.asdict(self.eval),
+        }
+
+    @classmethod
+    def from_dict(cls, config):
+        return cls(
+            workdir=config["workdir"],
+            data=DataConfig(**config.get("data", {})),
+            model=ModelConfig.from_dict(config.get("model", {})),
+            train=TrainConfig(**config.get("train", {})),
+            eval=EvalConfig(**config.get("eval", {})),
+        )
+
+
+def _plain(config):
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in config.items()}
