@@ -43,19 +43,27 @@ class ModelConfig:
     conv_implementation: str = "band"
 
     def __post_init__(self):
-        object.__setattr__(self, "scale_layers", tuple(int(n) for n in self.scale_layers))
+        object.__setattr__(
+            self, "scale_layers", tuple(int(n) for n in self.scale_layers)
+        )
         Lattice(self.num_clips, self.scale_layers)  # raises with a suggestion
         for name in ("feature_dim", "hidden_size", "num_conv_layers", "num_classes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+        if (
+            not isinstance(self.kernel_size, int)
+            or self.kernel_size < 1
+            or self.kernel_size % 2 == 0
+        ):
             raise ValueError(
                 f"kernel_size must be a positive odd integer ('same' padding), got {self.kernel_size!r}."
             )
         _check_choice("map_mode", self.map_mode, MAP_MODES)
         _check_choice("proposal_features", self.proposal_features, PROPOSAL_FEATURES)
-        _check_choice("conv_implementation", self.conv_implementation, CONV_IMPLEMENTATIONS)
+        _check_choice(
+            "conv_implementation", self.conv_implementation, CONV_IMPLEMENTATIONS
+        )
 
     @property
     def lattice(self):
@@ -71,7 +79,9 @@ class ModelConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = set(config) - known
         if unknown:
-            raise ValueError(f"Unknown ModelConfig fields {sorted(unknown)}; known: {sorted(known)}.")
+            raise ValueError(
+                f"Unknown ModelConfig fields {sorted(unknown)}; known: {sorted(known)}."
+            )
         return cls(**config)
 
 
@@ -118,7 +128,9 @@ class DataConfig:
                 f"stride={self.stride}, window={self.window}."
             )
         if self.synthetic_videos < 0:
-            raise ValueError(f"synthetic_videos must be >= 0, got {self.synthetic_videos}.")
+            raise ValueError(
+                f"synthetic_videos must be >= 0, got {self.synthetic_videos}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,11 +163,15 @@ class TrainConfig:
     def __post_init__(self):
         object.__setattr__(self, "networks", tuple(self.networks))
         if not self.networks or any(n not in NETWORKS for n in self.networks):
-            raise ValueError(f"networks must be a non-empty subset of {NETWORKS}, got {self.networks}.")
+            raise ValueError(
+                f"networks must be a non-empty subset of {NETWORKS}, got {self.networks}."
+            )
         if len(set(self.networks)) != len(self.networks):
             raise ValueError(f"networks lists a network twice: {self.networks}.")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}.")
+            raise ValueError(
+                f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}."
+            )
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
         if not 0 <= self.overlap_t_min < self.overlap_t_max <= 1:
@@ -188,8 +204,15 @@ class EvalConfig:
 
     def __post_init__(self):
         if not 0 < self.nms_threshold <= 1:
-            raise ValueError(f"nms_threshold must be in (0, 1], got {self.nms_threshold}.")
-        for name in ("proposals_per_video", "detections_per_video", "top_pairs", "batch_size"):
+            raise ValueError(
+                f"nms_threshold must be in (0, 1], got {self.nms_threshold}."
+            )
+        for name in (
+            "proposals_per_video",
+            "detections_per_video",
+            "top_pairs",
+            "batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
 
@@ -225,4 +248,7 @@ class RunConfig:
 
 
 def _plain(config):
-    return {key: list(value) if isinstance(value, tuple) else value for key, value in config.items()}
+    return {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in config.items()
+    }

@@ -116,8 +116,14 @@ class Lattice:
                 start_stride *= stride
                 layers.append(
                     PoolingLayer(
-                        scale, layer, kernel, stride, length, start_stride,
-                        positions, offset,
+                        scale,
+                        layer,
+                        kernel,
+                        stride,
+                        length,
+                        start_stride,
+                        positions,
+                        offset,
                     )
                 )
                 offset += positions
@@ -125,7 +131,14 @@ class Lattice:
 
     def _build_tables(self):
         starts, ends, scales, rows, cols, sizes, strides, slices = (
-            [], [], [], [], [], [], [], []
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
         )
         for scale in range(len(self.scale_layers)):
             scale_layers = [layer for layer in self.layers if layer.scale == scale]
@@ -158,8 +171,14 @@ class Lattice:
         self.map_index += self.map_cols
         self.full_map_index = self.starts * self.num_clips + self.ends
         for array in (
-            self.starts, self.ends, self.lengths, self.scales, self.map_rows,
-            self.map_cols, self.map_index, self.full_map_index,
+            self.starts,
+            self.ends,
+            self.lengths,
+            self.scales,
+            self.map_rows,
+            self.map_cols,
+            self.map_index,
+            self.full_map_index,
         ):
             array.setflags(write=False)
 

@@ -1,0 +1,231 @@
+"""A subset's resampled clips and proposal targets, computed once and cached.
+
+numpy only. The cache is a folder of .npy arrays (memory-mapped when read, so
+HACS-sized caches need not fit in memory) plus `index.json`; it is built in a
+temporary folder and renamed into place, so an interrupted build is never
+mistaken for a finished one.
+"""
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from tal_keras.atomic import write_json_atomic
+from tal_keras.clips import resample_to_clips
+from tal_keras.errors import DataError
+from tal_keras.targets import proposal_targets
+
+logger = logging.getLogger("tal_keras")
+
+_CACHE_VERSION = 1
+
+
+class ClipCache:
+    """Clips and targets of the usable videos of one subset.
+
+    Attributes:
+        video_ids: list of V video ids, in annotation order.
+        durations: float64 [V] seconds.
+        clips: [V, N, D] resampled clip features (memory-mapped).
+        max_iou: float32 [V, P] max tIoU of each lattice proposal with the GT.
+        classes: int16 [V, P] class of the best-matching segment, -1 if none
+            above the classifier's IoU threshold.
+        skipped: list of (video_id, reason) left out when the cache was built.
+    """
+
+    def __init__(self, folder):
+        self.folder = folder
+        with open(os.path.join(folder, "index.json")) as stream:
+            index = json.load(stream)
+        self.video_ids = index["video_ids"]
+        self.skipped = [tuple(item) for item in index["skipped"]]
+        self.durations = np.asarray(index["durations"], dtype=np.float64)
+        self.clips = np.load(os.path.join(folder, "clips.npy"), mmap_mode="r")
+        self.max_iou = np.load(os.path.join(folder, "max_iou.npy"), mmap_mode="r")
+        self.classes = np.load(os.path.join(folder, "classes.npy"), mmap_mode="r")
+
+    def __len__(self):
+        return len(self.video_ids)
+
+    def load_into_memory(self):
+        """Replaces the memory maps by in-memory arrays (small caches)."""
+        self.clips = np.asarray(self.clips)
+        self.max_iou = np.asarray(self.max_iou)
+        self.classes = np.asarray(self.classes)
+        return self
+
+
+def cache_key(**fields):
+    """A short hash of everything a cache's content depends on."""
+    text = json.dumps(
+        {"version": _CACHE_VERSION, **fields}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_or_open_cache(
+    root,
+    name,
+    annotations,
+    store,
+    lattice,
+    timing,
+    feature_dim,
+    class_min_iou=0.5,
+    dtype="float32",
+    num_workers=4,
+    key_fields=None,
+):
+    """Opens the cache of this configuration under `root`, building it if missing.
+
+    Args:
+        root: folder holding caches.
+        name: readable prefix of the cache folder (e.g. the subset).
+        annotations: `Annotations` of the subset (tal_keras.data.annotations).
+        store: a feature store (tal_keras.data.features).
+        lattice: the `Lattice` targets are computed on.
+        timing: `FeatureTiming` of the features.
+        feature_dim: expected feature width D.
+        class_min_iou: IoU above which a proposal gets its segment's class.
+        dtype: dtype of the cached clips.
+        num_workers: threads loading and resampling features.
+        key_fields: extra values the cache content depends on (paths, mtimes).
+
+    Returns:
+        a `ClipCache`. Videos with unusable features are skipped with one
+        logged line each; a subset where every video is skipped is an error.
+    """
+    key = cache_key(
+        name=name,
+        num_clips=lattice.num_clips,
+        scale_layers=lattice.scale_layers,
+        timing=timing,
+        feature_dim=feature_dim,
+        class_min_iou=class_min_iou,
+        dtype=dtype,
+        videos=[
+            (
+                video.video_id,
+                video.duration,
+                video.segments.tolist(),
+                video.labels.tolist(),
+            )
+            for video in annotations.videos.values()
+        ],
+        extra=key_fields or {},
+    )
+    folder = os.path.join(root, f"{name}-{key}")
+    if os.path.exists(os.path.join(folder, "index.json")):
+        return ClipCache(folder)
+    os.makedirs(root, exist_ok=True)
+    building = tempfile.mkdtemp(dir=root, prefix=f".{name}-{key}.")
+    try:
+        _build(
+            building,
+            annotations,
+            store,
+            lattice,
+            timing,
+            feature_dim,
+            class_min_iou,
+            dtype,
+            num_workers,
+        )
+        try:
+            os.rename(building, folder)
+        except OSError:
+            # Another process finished the same cache first; theirs is identical.
+            shutil.rmtree(building, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return ClipCache(folder)
+
+
+def _build(
+    folder,
+    annotations,
+    store,
+    lattice,
+    timing,
+    feature_dim,
+    class_min_iou,
+    dtype,
+    num_workers,
+):
+    videos = list(annotations.videos.values())
+
+    def prepare(video):
+        try:
+            features = store.load(video.video_id, feature_dim=feature_dim)
+        except DataError as error:
+            return video, None, str(error)
+        clips = resample_to_clips(features, video.duration, lattice.num_clips, timing)
+        return video, clips, None
+
+    usable, skipped = [], []
+    clips_path = os.path.join(folder, "clips.partial.npy")
+    clips_array = np.lib.format.open_memmap(
+        clips_path,
+        mode="w+",
+        dtype=dtype,
+        shape=(len(videos), lattice.num_clips, feature_dim),
+    )
+    max_iou = np.zeros((len(videos), lattice.num_proposals), dtype=np.float32)
+    classes = np.full((len(videos), lattice.num_proposals), -1, dtype=np.int16)
+    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+        for video, clips, reason in pool.map(prepare, videos):
+            if reason is not None:
+                logger.warning("skipping video %s: %s", video.video_id, reason)
+                skipped.append((video.video_id, reason))
+                continue
+            row = len(usable)
+            clips_array[row] = clips
+            max_iou[row], video_classes = proposal_targets(
+                lattice, video.duration, video.segments, video.labels
+            )
+            if class_min_iou != 0.5:
+                video_classes = np.where(
+                    max_iou[row] > class_min_iou, video_classes, -1
+                )
+            classes[row] = video_classes
+            usable.append(video)
+    if skipped:
+        logger.warning(
+            "skipped %d of %d videos (reasons above)", len(skipped), len(videos)
+        )
+    if not usable:
+        raise DataError(
+            f"every one of the {len(videos)} videos was skipped; first reason: "
+            f"{skipped[0][1] if skipped else 'no videos in the subset'}"
+        )
+    clips_array.flush()
+    count = len(usable)
+    # Trim to the usable rows: copy into the final file (cheap next to loading).
+    final = np.lib.format.open_memmap(
+        os.path.join(folder, "clips.npy"),
+        mode="w+",
+        dtype=dtype,
+        shape=(count, lattice.num_clips, feature_dim),
+    )
+    for begin in range(0, count, 256):
+        final[begin : begin + 256] = clips_array[begin : begin + 256]
+    final.flush()
+    del clips_array, final
+    os.remove(clips_path)
+    np.save(os.path.join(folder, "max_iou.npy"), max_iou[:count])
+    np.save(os.path.join(folder, "classes.npy"), classes[:count])
+    write_json_atomic(
+        os.path.join(folder, "index.json"),
+        {
+            "video_ids": [video.video_id for video in usable],
+            "durations": [video.duration for video in usable],
+            "skipped": skipped,
+        },
+    )

@@ -1,0 +1,226 @@
+"""Training one network with Keras `fit`: atomic per-epoch checkpoints that
+hold the optimizer state, resumption, the best epoch by a validation metric,
+TensorBoard logs, MirroredStrategy on several GPUs.
+
+Run folder of a network (WORKDIR/<network>/):
+    checkpoints/epoch_0003.keras   model + optimizer state after epoch 3
+    best.keras                     the best epoch so far by the metric
+    state.json                     epochs done, checkpoint name, best, history
+    logs/                          TensorBoard
+"""
+
+import glob
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from tal_keras import losses as tal_losses
+from tal_keras import models
+from tal_keras.atomic import write_json_atomic
+
+logger = logging.getLogger("tal_keras")
+
+
+def distribution_strategy():
+    """MirroredStrategy over all GPUs when there are several, else the default."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) > 1:
+        logger.info("training on %d GPUs with MirroredStrategy", len(gpus))
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def save_model_atomic(model, path):
+    """Saves a `.keras` file so that `path` is either the old file or the new one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        dir=directory, prefix=".saving-", suffix=".keras"
+    )
+    os.close(handle)
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def read_state(network_dir):
+    path = os.path.join(network_dir, "state.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as stream:
+        return json.load(stream)
+
+
+def best_model_path(network_dir):
+    return os.path.join(network_dir, "best.keras")
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: scores the model, saves it, keeps the best, then
+    records all of it in state.json, each file written atomically.
+
+    Args:
+        network_dir: the network's run folder.
+        metric_name: name of the validation metric (higher is better).
+        score_fn: model -> float, the validation metric; None keeps every
+            epoch's loss instead (lower is better).
+        state: the state to continue from (resume), or None.
+    """
+
+    def __init__(self, network_dir, metric_name, score_fn, state=None):
+        super().__init__()
+        self.network_dir = network_dir
+        self.metric_name = metric_name
+        self.score_fn = score_fn
+        self.state = state or {
+            "epochs_done": 0,
+            "checkpoint": None,
+            "metric": metric_name,
+            "best_epoch": None,
+            "best_value": None,
+            "history": [],
+            "finished": False,
+        }
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        if self.score_fn is not None:
+            value = float(self.score_fn(self.model))
+            logs[self.metric_name] = value
+            better = (
+                self.state["best_value"] is None or value > self.state["best_value"]
+            )
+        else:
+            value = float(logs["loss"])
+            better = (
+                self.state["best_value"] is None or value < self.state["best_value"]
+            )
+        checkpoint = f"epoch_{epoch + 1:04d}.keras"
+        save_model_atomic(
+            self.model, os.path.join(self.network_dir, "checkpoints", checkpoint)
+        )
+        if better:
+            save_model_atomic(self.model, best_model_path(self.network_dir))
+            self.state["best_epoch"] = epoch + 1
+            self.state["best_value"] = value
+        self.state["epochs_done"] = epoch + 1
+        self.state["checkpoint"] = checkpoint
+        self.state["history"].append(
+            {"epoch": epoch + 1, **{key: float(item) for key, item in logs.items()}}
+        )
+        write_json_atomic(
+            os.path.join(self.network_dir, "state.json"), self.state, indent=2
+        )
+        # Older checkpoints go only once the state no longer points at them.
+        for path in glob.glob(
+            os.path.join(self.network_dir, "checkpoints", "epoch_*.keras")
+        ):
+            if os.path.basename(path) != checkpoint:
+                os.remove(path)
+        logger.info(
+            "epoch %d: %s = %.4f%s",
+            epoch + 1,
+            self.metric_name,
+            value,
+            " (best)" if better else "",
+        )
+
+    def on_train_end(self, logs=None):
+        if self.state["epochs_done"] >= self.params.get("epochs", 0):
+            self.state["finished"] = True
+            write_json_atomic(
+                os.path.join(self.network_dir, "state.json"), self.state, indent=2
+            )
+
+
+def train_network(
+    network,
+    run_config,
+    train_dataset,
+    steps_per_epoch,
+    score_fn=None,
+    metric_name="loss",
+    resume=False,
+    verbose=1,
+):
+    """Trains `network` ("proposal" or "classifier") and returns its best model path.
+
+    Args:
+        network: which network.
+        run_config: the `RunConfig`.
+        train_dataset: tf.data of (clip_features, targets), one epoch.
+        steps_per_epoch: batches per epoch (for the progress bar).
+        score_fn: model -> validation metric (higher is better), or None.
+        metric_name: the metric's name in logs and TensorBoard.
+        resume: continue from the last checkpoint, optimizer state included.
+        verbose: Keras fit verbosity (1: progress bar).
+    """
+    network_dir = os.path.join(run_config.workdir, network)
+    state = read_state(network_dir)
+    if state is not None and not resume:
+        raise FileExistsError(
+            f"{network_dir} already holds a training state ({state['epochs_done']} epochs "
+            "done); pass --resume to continue it or choose another --workdir."
+        )
+    if state is not None and state.get("finished"):
+        logger.info(
+            "%s network already trained (%d epochs); skipping",
+            network,
+            state["epochs_done"],
+        )
+        return best_model_path(network_dir)
+    train = run_config.train
+    if train.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(train.seed)
+    strategy = distribution_strategy()
+    with strategy.scope():
+        if state is not None and state.get("checkpoint"):
+            checkpoint = os.path.join(network_dir, "checkpoints", state["checkpoint"])
+            logger.info("resuming %s network from %s", network, checkpoint)
+            model = keras.saving.load_model(checkpoint)
+        else:
+            if state is not None:
+                state = None  # a state without a checkpoint: nothing to resume
+            if os.path.isdir(network_dir):
+                shutil.rmtree(
+                    os.path.join(network_dir, "checkpoints"), ignore_errors=True
+                )
+            model = build_and_compile(network, run_config)
+    initial_epoch = state["epochs_done"] if state else 0
+    callbacks = [
+        EpochCheckpoint(network_dir, metric_name, score_fn, state),
+        keras.callbacks.TensorBoard(os.path.join(network_dir, "logs")),
+    ]
+    model.fit(
+        train_dataset,
+        epochs=train.epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    return best_model_path(network_dir)
+
+
+def build_and_compile(network, run_config):
+    train = run_config.train
+    if network == "proposal":
+        model = models.build_proposal_network(run_config.model)
+        loss = tal_losses.ScaledOverlapLoss(
+            t_min=train.overlap_t_min, t_max=train.overlap_t_max
+        )
+    else:
+        model = models.build_classifier_network(run_config.model)
+        loss = tal_losses.ProposalClassLoss()
+    model.compile(optimizer=keras.optimizers.Adam(train.learning_rate), loss=loss)
+    return model

@@ -1,0 +1,102 @@
+"""Trains the S-2D-TAN proposal network and the classifier, then evaluates the
+best epochs on the evaluation subset exactly as evaluate.py does.
+
+    python train.py --flagfile=demo.flags          # synthetic demo
+    python train.py --flagfile=hacs.flags          # the report's HACS setup
+    python train.py --flagfile=demo.flags --resume # continue a stopped run
+
+Flags shared with evaluate.py are defined there.
+"""
+
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+import evaluate  # noqa: F401  (defines the shared flags)
+from tal_keras.config import RunConfig, TrainConfig
+
+flags.DEFINE_list(
+    "networks", ["proposal", "classifier"], "Networks to train, in order."
+)
+flags.DEFINE_integer("epochs", TrainConfig.epochs, "Epochs per network.")
+flags.DEFINE_integer(
+    "batch_size", TrainConfig.batch_size, "Videos per training step (report: 32)."
+)
+flags.DEFINE_float(
+    "learning_rate", TrainConfig.learning_rate, "Adam learning rate (report: 1e-3)."
+)
+flags.DEFINE_float(
+    "overlap_t_min", TrainConfig.overlap_t_min, "IoU mapped to overlap target 0."
+)
+flags.DEFINE_float(
+    "overlap_t_max", TrainConfig.overlap_t_max, "IoU mapped to overlap target 1."
+)
+flags.DEFINE_bool(
+    "mixed_precision", TrainConfig.mixed_precision, "Train in mixed_float16."
+)
+flags.DEFINE_integer("seed", TrainConfig.seed, "Seed of shuffling and initialisation.")
+flags.DEFINE_enum(
+    "cache_dtype",
+    TrainConfig.cache_dtype,
+    ["float32", "float16"],
+    "Dtype of the cached clips.",
+)
+flags.DEFINE_bool(
+    "resume", False, "Continue from the last checkpoint, optimizer state included."
+)
+flags.DEFINE_bool(
+    "evaluate_at_end",
+    True,
+    "Evaluate the best epochs on --eval_subset when training ends.",
+)
+
+FLAGS = flags.FLAGS
+
+
+def train_config_from_flags():
+    return TrainConfig(
+        networks=tuple(FLAGS.networks),
+        epochs=FLAGS.epochs,
+        batch_size=FLAGS.batch_size,
+        learning_rate=FLAGS.learning_rate,
+        overlap_t_min=FLAGS.overlap_t_min,
+        overlap_t_max=FLAGS.overlap_t_max,
+        mixed_precision=FLAGS.mixed_precision,
+        seed=FLAGS.seed,
+        cache_dtype=FLAGS.cache_dtype,
+    )
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run_config, classes_from_data = evaluate.run_config_from_flags(
+            train_config_from_flags()
+        )
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    from tal_keras import experiment
+
+    try:
+        run_config = experiment.prepare_run(run_config, classes_from_data)
+        saved = os.path.join(run_config.workdir, "config.json")
+        if FLAGS.resume and os.path.exists(saved):
+            with open(saved) as stream:
+                previous = RunConfig.from_dict(json.load(stream))
+            run_config = experiment.check_resume_config(previous, run_config)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    try:
+        experiment.train_and_evaluate(
+            run_config, resume=FLAGS.resume, evaluate_at_end=FLAGS.evaluate_at_end
+        )
+    except FileExistsError as error:
+        raise app.UsageError(str(error)) from None
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
