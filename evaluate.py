@@ -234,7 +234,7 @@ def main(argv):
         score_file_mode()
         return
     try:
-        run_config, classes_from_data = run_config_from_flags()
+        run_config, _ = run_config_from_flags()
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     from tal_keras import evaluation

@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-import evaluate  # noqa: F401  (defines the shared flags)
+import evaluate
 from tal_keras.config import RunConfig, TrainConfig
 
 flags.DEFINE_list(

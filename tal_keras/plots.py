@@ -5,10 +5,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from tal_keras.atomic import atomic_path  # noqa: E402
+from tal_keras.atomic import atomic_path
 
 
 def ar_an_curve(proposal_metrics, path, label="S-2D-TAN", baseline=None):
