@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-import evaluate
+import evaluate  # defines the flags shared with evaluate.py
 from tal_keras.config import RunConfig, TrainConfig
 
 flags.DEFINE_list(
