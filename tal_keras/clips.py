@@ -1,0 +1,86 @@
+"""Feature steps -> N clips of equal duration (DESIGN.md section 2). numpy only."""
+
+import numpy as np
+
+from tal_keras.data.features import HACS_TIMING
+
+
+def clip_edges(duration, num_clips):
+    """float64 [N + 1]: clip n covers [edges[n], edges[n + 1]) seconds."""
+    return np.arange(num_clips + 1) * (float(duration) / num_clips)
+
+
+def resample_to_clips(features, duration, num_clips, timing=HACS_TIMING):
+    """Resamples a video's feature steps to `num_clips` clips.
+
+    Clip n covers [n * d / N, (n + 1) * d / N). Its feature is the mean of the
+    steps whose centre (`timing.centers`) lies in it. A clip holding no centre
+    takes the linear interpolation, at the clip's own centre, of the two steps
+    whose centres enclose it; before the first centre it takes the first step,
+    after the last centre the last step.
+
+    Features are often a little longer than the annotated duration. A centre
+    at or past d counts in the last clip when it lies less than one stride
+    (`timing.step_seconds`) past d, since that is rounding of the frame count;
+    centres further out belong to no clip (they still serve as interpolation
+    neighbours).
+
+    Args:
+        features: [T, D] feature steps, T >= 1.
+        duration: d, the video's duration in seconds, > 0.
+        num_clips: N.
+        timing: `FeatureTiming` placing the steps in time.
+
+    Returns:
+        float32 [N, D] clip features.
+    """
+    features = np.asarray(features)
+    if features.ndim != 2 or features.shape[0] == 0:
+        raise ValueError(
+            f"features must be [T, D] with T >= 1, got shape {features.shape}."
+        )
+    duration = float(duration)
+    if not np.isfinite(duration) or duration <= 0:
+        raise ValueError(
+            f"duration must be a positive number of seconds, got {duration}."
+        )
+    if isinstance(num_clips, bool) or int(num_clips) != num_clips or num_clips < 1:
+        raise ValueError(f"num_clips must be a positive integer, got {num_clips!r}.")
+    num_clips = int(num_clips)
+    steps = features.astype(np.float64, copy=False)
+    centers = timing.centers(steps.shape[0])
+    edges = clip_edges(duration, num_clips)
+
+    clip_of_step = np.searchsorted(edges, centers, side="right") - 1
+    # Centres increase, so those past the end form a suffix of the steps.
+    just_past = (clip_of_step >= num_clips) & (
+        centers < edges[-1] + timing.step_seconds
+    )
+    clip_of_step[just_past] = num_clips - 1
+    num_counted = int(np.searchsorted(clip_of_step, num_clips, side="left"))
+    counted = clip_of_step[:num_counted]
+
+    counts = np.bincount(counted, minlength=num_clips)
+    occupied = np.flatnonzero(counts)
+    clip_features = np.empty((num_clips, steps.shape[1]), np.float64)
+    if occupied.size:
+        # Steps of one clip are contiguous: sum each run exactly with reduceat.
+        first_step = np.searchsorted(counted, occupied, side="left")
+        sums = np.add.reduceat(steps[:num_counted], first_step, axis=0)
+        clip_features[occupied] = sums / counts[occupied, None]
+
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        clip_centers = (edges[empty] + edges[empty + 1]) / 2
+        after = np.searchsorted(centers, clip_centers, side="right")
+        before = np.clip(after - 1, 0, steps.shape[0] - 1)
+        after = np.clip(after, 0, steps.shape[0] - 1)
+        span = centers[after] - centers[before]
+        weight = np.divide(
+            clip_centers - centers[before],
+            span,
+            out=np.zeros_like(span),
+            where=span > 0,
+        )[:, None]
+        clip_features[empty] = steps[before] * (1 - weight) + steps[after] * weight
+    return clip_features.astype(np.float32)

@@ -1,0 +1,374 @@
+"""Per-video feature arrays [T, D] on disk, and where their steps lie in time.
+
+Two stores share one interface (`has`, `load`, `path_of`): a directory of
+`ID.npy` / `v_ID.npy` files (HACS SlowFast) and one HDF5 file with a dataset
+per video (2D-TAN style). `load` validates what it reads and raises
+`DataError` naming the file, the video, and the expected and found values.
+`find_usable_videos` checks a whole annotation set up front and skips bad
+videos with one log line each. numpy only (h5py is imported when an HDF5
+store is opened).
+"""
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+
+from tal_keras.data.annotations import feature_key_candidates
+from tal_keras.errors import DataError
+
+logger = logging.getLogger("tal_keras")
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureTiming:
+    """Where feature steps lie in time.
+
+    Step t covers frames [t * stride, t * stride + window) at `fps`.
+
+    Attributes:
+        fps: frame rate the features were extracted at (HACS SlowFast: 15).
+        stride: frames between consecutive steps (HACS SlowFast: 8).
+        window: frames each step sees (HACS SlowFast: 32).
+    """
+
+    fps: float = 15.0
+    stride: int = 8
+    window: int = 32
+
+    def __post_init__(self):
+        for name in ("fps", "stride", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(
+                    f"FeatureTiming.{name} must be a number, got {value!r}."
+                )
+            if not value > 0:
+                raise ValueError(f"FeatureTiming.{name} must be > 0, got {value!r}.")
+
+    @property
+    def step_seconds(self):
+        """Seconds between consecutive step centres."""
+        return self.stride / self.fps
+
+    def centers(self, num_steps):
+        """float64 [num_steps]: centre of each step in seconds,
+        (t * stride + window / 2) / fps."""
+        steps = np.arange(int(num_steps), dtype=np.float64)
+        return (steps * self.stride + self.window / 2.0) / self.fps
+
+    def num_steps(self, duration):
+        """About how many steps a video of `duration` seconds has."""
+        return max(1, round(duration * self.fps / self.stride))
+
+
+HACS_TIMING = FeatureTiming()  # HACS SlowFast features: 15 fps, stride 8, window 32
+
+
+class FeatureStore:
+    """Interface of the feature stores: per-video arrays by video id.
+
+    Subclasses implement `path_of` (where a video's array lives, or None) and
+    `_read` (the raw array); `load` validates.
+    """
+
+    description = "feature store"
+
+    def path_of(self, video_id):
+        """A printable location of the video's array, or None if absent."""
+        raise NotImplementedError
+
+    def _read(self, video_id, location):
+        raise NotImplementedError
+
+    def _shape(self, video_id, location):
+        """(shape, dtype) without reading the values."""
+        array = self._read(video_id, location)
+        return array.shape, array.dtype
+
+    def has(self, video_id):
+        """Whether features exist for the video (under its id or "v_" form)."""
+        return self.path_of(video_id) is not None
+
+    def load(self, video_id, feature_dim=None):
+        """float32 [T, D] features of the video, validated.
+
+        Raises:
+            DataError: missing, unreadable or corrupt, not 2-D, empty (T = 0),
+                non-numeric, NaN/inf, or D != feature_dim (when given).
+        """
+        location = self._locate(video_id)
+        array = self._read(video_id, location)
+        self._check_shape(video_id, location, array.shape, array.dtype, feature_dim)
+        with np.errstate(
+            over="ignore"
+        ):  # values beyond float32 become inf: caught below
+            features = np.asarray(array, dtype=np.float32)
+        finite = np.isfinite(features)
+        if not finite.all():
+            bad_steps = np.flatnonzero(~finite.all(axis=1))
+            raise DataError(
+                f"{location}: video {video_id}: expected finite features, found "
+                f"{np.count_nonzero(~finite)} NaN/inf values in {bad_steps.size} "
+                f"of {features.shape[0]} steps (first at step {bad_steps[0]})."
+            )
+        return features
+
+    def check(self, video_id, feature_dim=None, check_values=True):
+        """Validates the video's features without keeping them.
+
+        With `check_values=False` only the shape is read (no NaN/inf check),
+        which is fast for large stores. Returns (T, D); raises `DataError`.
+        """
+        if check_values:
+            return self.load(video_id, feature_dim).shape
+        location = self._locate(video_id)
+        shape, dtype = self._shape(video_id, location)
+        self._check_shape(video_id, location, shape, dtype, feature_dim)
+        return tuple(shape)
+
+    def _locate(self, video_id):
+        location = self.path_of(video_id)
+        if location is None:
+            names = " or ".join(feature_key_candidates(video_id))
+            raise DataError(
+                f"{self.description}: video {video_id}: no features found "
+                f"(looked for {names})."
+            )
+        return location
+
+    @staticmethod
+    def _check_shape(video_id, location, shape, dtype, feature_dim):
+        where = f"{location}: video {video_id}"
+        if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+            raise DataError(f"{where}: expected numeric features, found dtype {dtype}.")
+        if len(shape) != 2:
+            raise DataError(
+                f"{where}: expected a 2-D array [T, D], found shape {tuple(shape)}."
+            )
+        if shape[0] == 0:
+            raise DataError(
+                f"{where}: expected at least one step, found shape {tuple(shape)}."
+            )
+        if feature_dim is not None and shape[1] != feature_dim:
+            raise DataError(
+                f"{where}: expected feature width {feature_dim}, found {shape[1]} "
+                f"(shape {tuple(shape)})."
+            )
+
+
+class NpyFeatureStore(FeatureStore):
+    """A directory of `ID.npy` (or `v_ID.npy`) files, one [T, D] array each.
+
+    Args:
+        directory: the folder holding the files.
+    """
+
+    def __init__(self, directory):
+        self.directory = os.fspath(directory)
+        if not os.path.isdir(self.directory):
+            raise DataError(f"{self.directory}: feature directory not found.")
+        self.description = self.directory
+
+    def path_of(self, video_id):
+        for key in feature_key_candidates(video_id):
+            path = os.path.join(self.directory, key + ".npy")
+            if os.path.isfile(path):
+                return path
+        return None
+
+    def _read(self, video_id, location, mmap_mode=None):
+        try:
+            return np.load(location, mmap_mode=mmap_mode, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            raise DataError(
+                f"{location}: video {video_id}: cannot read the feature file "
+                f"(expected a .npy array): {error}"
+            ) from error
+
+    def _shape(self, video_id, location):
+        array = self._read(video_id, location, mmap_mode="r")
+        return array.shape, array.dtype
+
+    def __repr__(self):
+        return f"NpyFeatureStore({self.directory!r})"
+
+
+class Hdf5FeatureStore(FeatureStore):
+    """One HDF5 file, a [T, D] dataset per video keyed by ID or v_ID.
+
+    A key may also name a group holding exactly one dataset. The file is
+    opened on first use and reopened after a fork or unpickling, so a store
+    can be handed to worker processes.
+
+    Args:
+        path: the .h5 / .hdf5 file.
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.description = self.path
+        self._handle, self._pid = None, None
+        self._keys = frozenset(self._file().keys())
+
+    def _file(self):
+        import h5py  # only HDF5 users need it
+
+        if self._handle is None or self._pid != os.getpid():
+            if not os.path.isfile(self.path):
+                raise DataError(f"{self.path}: HDF5 feature file not found.")
+            try:
+                self._handle = h5py.File(self.path, "r")
+            except OSError as error:
+                raise DataError(
+                    f"{self.path}: cannot open the HDF5 feature file: {error}"
+                ) from error
+            self._pid = os.getpid()
+        return self._handle
+
+    def path_of(self, video_id):
+        for key in feature_key_candidates(video_id):
+            if key in self._keys:
+                return f"{self.path}:/{key}"
+        return None
+
+    def _dataset(self, video_id, location):
+        import h5py
+
+        key = location.rsplit(":/", 1)[1]
+        try:
+            node = self._file()[key]
+            if isinstance(node, h5py.Group):
+                datasets = [
+                    name for name in node if isinstance(node[name], h5py.Dataset)
+                ]
+                if len(datasets) != 1:
+                    raise DataError(
+                        f"{location}: video {video_id}: expected a dataset or a group "
+                        f"holding one dataset, found a group with datasets {datasets}."
+                    )
+                node = node[datasets[0]]
+            return node
+        except (OSError, KeyError, RuntimeError) as error:
+            raise DataError(
+                f"{location}: video {video_id}: cannot read the dataset: {error}"
+            ) from error
+
+    def _read(self, video_id, location):
+        dataset = self._dataset(video_id, location)
+        try:
+            return np.asarray(dataset[()])
+        except (OSError, RuntimeError, TypeError, ValueError) as error:
+            raise DataError(
+                f"{location}: video {video_id}: cannot read the dataset: {error}"
+            ) from error
+
+    def _shape(self, video_id, location):
+        dataset = self._dataset(video_id, location)
+        return dataset.shape, dataset.dtype
+
+    def close(self):
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle, self._pid = None, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handle"], state["_pid"] = None, None
+        return state
+
+    def __repr__(self):
+        return f"Hdf5FeatureStore({self.path!r})"
+
+
+def open_feature_store(path):
+    """`NpyFeatureStore` for a directory, `Hdf5FeatureStore` for an .h5/.hdf5 file."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return NpyFeatureStore(path)
+    if not os.path.exists(path):
+        raise DataError(
+            f"{path}: features not found; expected a directory of .npy files or "
+            f"an HDF5 file ({', '.join(HDF5_SUFFIXES)})."
+        )
+    if path.lower().endswith(HDF5_SUFFIXES):
+        return Hdf5FeatureStore(path)
+    raise DataError(
+        f"{path}: unknown feature format; expected a directory of .npy files or "
+        f"an HDF5 file ({', '.join(HDF5_SUFFIXES)})."
+    )
+
+
+def find_usable_videos(annotations, store, feature_dim=None, check_values=True):
+    """The videos whose features are usable, without keeping any in memory.
+
+    Args:
+        annotations: an `Annotations` (its videos are checked) or video ids.
+        store: a `FeatureStore`.
+        feature_dim: expected width D; None takes the first readable video's.
+        check_values: also read the values to reject NaN/inf (slower); with
+            False only shapes are checked and `load` catches bad values later.
+
+    Returns:
+        (usable video ids in order, [(video_id, reason), ...] skipped).
+        Logs one warning per skipped video and one count line.
+
+    Raises:
+        DataError: when no video is usable.
+    """
+    return _scan(annotations, store, feature_dim, check_values, keep=False)
+
+
+def load_usable_videos(annotations, store, feature_dim=None):
+    """Like `find_usable_videos`, but returns {video_id: float32 [T, D]}.
+
+    For sets that fit in memory; skipping and logging are the same.
+    """
+    return _scan(annotations, store, feature_dim, check_values=True, keep=True)
+
+
+def _scan(annotations, store, feature_dim, check_values, keep):
+    video_ids = list(
+        annotations.videos if hasattr(annotations, "videos") else annotations
+    )
+    usable, loaded, skipped = [], {}, []
+    for video_id in video_ids:
+        try:
+            if keep:
+                features = store.load(video_id, feature_dim)
+                loaded[video_id] = features
+                width = features.shape[1]
+            else:
+                width = store.check(video_id, feature_dim, check_values)[1]
+        except DataError as error:
+            skipped.append((video_id, str(error)))
+            logger.warning("Skipping video %s: %s", video_id, error)
+            continue
+        if feature_dim is None:
+            feature_dim = width
+        usable.append(video_id)
+    level = logging.WARNING if skipped else logging.INFO
+    logger.log(
+        level,
+        "Features (%s): %d of %d videos usable, %d skipped.",
+        store.description,
+        len(usable),
+        len(video_ids),
+        len(skipped),
+    )
+    if not usable:
+        first = f" First reason: {skipped[0][1]}" if skipped else ""
+        raise DataError(
+            f"{store.description}: none of the {len(video_ids)} videos has usable "
+            f"features.{first}"
+        )
+    return (loaded if keep else usable), skipped
