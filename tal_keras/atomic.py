@@ -30,8 +30,7 @@ def atomic_path(path):
 
 def write_json_atomic(path, payload, indent=None):
     """Writes `payload` as JSON to `path` atomically."""
-    with atomic_path(path) as temporary:
-        with open(temporary, "w") as stream:
-            json.dump(payload, stream, indent=indent)
-            stream.flush()
-            os.fsync(stream.fileno())
+    with atomic_path(path) as temporary, open(temporary, "w") as stream:
+        json.dump(payload, stream, indent=indent)
+        stream.flush()
+        os.fsync(stream.fileno())

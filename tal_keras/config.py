@@ -143,7 +143,6 @@ class TrainConfig:
         batch_size: videos per step (report: 32).
         learning_rate: Adam learning rate (report: 1e-3).
         overlap_t_min, overlap_t_max: IoU scaling of the overlap target.
-        class_min_iou: proposals above this IoU train the classifier.
         mixed_precision: train in mixed_float16.
         seed: seeds shuffling and initialisation.
         cache_dtype: dtype of the cached clip features (float32 or float16).
@@ -155,7 +154,6 @@ class TrainConfig:
     learning_rate: float = 1e-3
     overlap_t_min: float = 0.5
     overlap_t_max: float = 1.0
-    class_min_iou: float = 0.5
     mixed_precision: bool = False
     seed: int = 0
     cache_dtype: str = "float32"

@@ -101,7 +101,6 @@ def open_subset(run_config, subset, class_names=None):
         run_config.model.lattice,
         timing,
         run_config.model.feature_dim,
-        class_min_iou=run_config.train.class_min_iou,
         dtype=run_config.train.cache_dtype,
         key_fields={
             "features": os.path.abspath(data.features),

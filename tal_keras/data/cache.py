@@ -77,7 +77,6 @@ def build_or_open_cache(
     lattice,
     timing,
     feature_dim,
-    class_min_iou=0.5,
     dtype="float32",
     num_workers=4,
     key_fields=None,
@@ -92,7 +91,6 @@ def build_or_open_cache(
         lattice: the `Lattice` targets are computed on.
         timing: `FeatureTiming` of the features.
         feature_dim: expected feature width D.
-        class_min_iou: IoU above which a proposal gets its segment's class.
         dtype: dtype of the cached clips.
         num_workers: threads loading and resampling features.
         key_fields: extra values the cache content depends on (paths, mtimes).
@@ -107,7 +105,6 @@ def build_or_open_cache(
         scale_layers=lattice.scale_layers,
         timing=timing,
         feature_dim=feature_dim,
-        class_min_iou=class_min_iou,
         dtype=dtype,
         videos=[
             (
@@ -133,7 +130,6 @@ def build_or_open_cache(
             lattice,
             timing,
             feature_dim,
-            class_min_iou,
             dtype,
             num_workers,
         )
@@ -155,7 +151,6 @@ def _build(
     lattice,
     timing,
     feature_dim,
-    class_min_iou,
     dtype,
     num_workers,
 ):
@@ -187,14 +182,9 @@ def _build(
                 continue
             row = len(usable)
             clips_array[row] = clips
-            max_iou[row], video_classes = proposal_targets(
+            max_iou[row], classes[row] = proposal_targets(
                 lattice, video.duration, video.segments, video.labels
             )
-            if class_min_iou != 0.5:
-                video_classes = np.where(
-                    max_iou[row] > class_min_iou, video_classes, -1
-                )
-            classes[row] = video_classes
             usable.append(video)
     if skipped:
         logger.warning(
