@@ -1,0 +1,43 @@
+"""The classifier head: class probabilities per proposal (DESIGN.md section 6)."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="tal_keras")
+class ClassHead(keras.layers.Layer):
+    """Dense(C) and a softmax over the classes, per proposal.
+
+    Args:
+        num_classes: C, action classes (HACS: 200).
+        **kwargs: passed on to `keras.layers.Layer` (name, dtype, ...).
+
+    Input shape: float [batch, num_proposals, hidden_size], lattice order.
+    Output shape: float [batch, num_proposals, num_classes], rows sum to 1.
+
+    Example:
+        >>> head = ClassHead(num_classes=200)
+        >>> head(np.zeros((2, 17472, 512), "float32")).shape
+        (2, 17472, 200)
+    """
+
+    def __init__(self, num_classes, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.projection = keras.layers.Dense(
+            num_classes, dtype=self.dtype_policy, name="projection"
+        )
+
+    def build(self, input_shape):
+        self.projection.build(input_shape)
+
+    def call(self, proposal_features):
+        return ops.softmax(self.projection(proposal_features), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.num_classes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_classes": self.num_classes})
+        return config

@@ -1,0 +1,100 @@
+"""Training losses of the two networks (DESIGN.md section 6)."""
+
+import keras
+from keras import ops
+
+# Probabilities are clipped to [EPSILON, 1 - EPSILON] before the log, as
+# keras.losses.binary_crossentropy does.
+EPSILON = 1e-7
+
+
+@keras.saving.register_keras_serializable(package="tal_keras")
+class ScaledOverlapLoss(keras.losses.Loss):
+    """Binary cross-entropy of P_over against the rescaled max IoU.
+
+    y = clip((t - t_min) / (t_max - t_min), 0, 1), t = a proposal's max IoU
+    with the video's ground truth (2D-TAN's bce_rescale_loss without its
+    bias). Averaged over the proposals of each video, then over the batch;
+    every lattice proposal is valid in every video (all are resampled to N
+    clips), so no mask is needed.
+
+    Args:
+        t_min: IoU at and below which the target is 0 (DESIGN.md: 0.5).
+        t_max: IoU at and above which the target is 1 (DESIGN.md: 1.0).
+        name, reduction, dtype: as `keras.losses.Loss`.
+
+    y_true: float [batch, num_proposals], max IoU in [0, 1].
+    y_pred: float [batch, num_proposals], P_over in (0, 1).
+    Returns: scalar (default reduction).
+
+    Example:
+        >>> loss = ScaledOverlapLoss()
+        >>> loss(np.array([[0.4, 1.0]]), np.array([[0.1, 0.9]]))  # ~0.105
+    """
+
+    def __init__(
+        self,
+        t_min=0.5,
+        t_max=1.0,
+        name="scaled_overlap_loss",
+        reduction="sum_over_batch_size",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if not t_max > t_min:
+            raise ValueError(
+                f"t_max must exceed t_min, got t_min={t_min}, t_max={t_max}."
+            )
+        self.t_min = t_min
+        self.t_max = t_max
+
+    def call(self, y_true, y_pred):
+        targets = ops.clip((y_true - self.t_min) / (self.t_max - self.t_min), 0.0, 1.0)
+        scores = ops.clip(y_pred, EPSILON, 1.0 - EPSILON)
+        cross_entropy = -(
+            targets * ops.log(scores) + (1.0 - targets) * ops.log(1.0 - scores)
+        )
+        return ops.mean(cross_entropy, axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"t_min": self.t_min, "t_max": self.t_max})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tal_keras")
+class ProposalClassLoss(keras.losses.Loss):
+    """Cross-entropy of the class probabilities on the labelled proposals.
+
+    Averaged over all proposals of the batch whose label is >= 0 (those whose
+    max IoU exceeds 0.5; tal_keras.targets sets the others to -1, so the IoU
+    threshold lives there only). A batch with no labelled proposal gives 0.
+    The batch-wide average is returned as per-video values whose mean is that
+    average, so keep the default reduction "sum_over_batch_size".
+
+    Args:
+        name, reduction, dtype: as `keras.losses.Loss`.
+
+    y_true: int [batch, num_proposals], class index, -1 for "no class".
+    y_pred: float [batch, num_proposals, num_classes], probabilities.
+    Returns: scalar (default reduction).
+
+    Example:
+        >>> loss = ProposalClassLoss()
+        >>> loss(np.array([[1, -1]]), np.array([[[0.5, 0.5], [0.9, 0.1]]]))  # log 2
+    """
+
+    def __init__(
+        self, name="proposal_class_loss", reduction="sum_over_batch_size", dtype=None
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        # Loss.__call__ casts y_true to float; class indices are exact in it.
+        labels = ops.cast(ops.round(y_true), "int32")
+        labelled = ops.cast(labels >= 0, y_pred.dtype)
+        chosen = ops.take_along_axis(y_pred, ops.maximum(labels, 0)[..., None], axis=-1)
+        cross_entropy = -ops.log(ops.clip(ops.squeeze(chosen, axis=-1), EPSILON, 1.0))
+        per_video = ops.sum(cross_entropy * labelled, axis=-1)
+        batch_size = ops.cast(ops.shape(labelled)[0], y_pred.dtype)
+        return per_video * batch_size / ops.maximum(ops.sum(labelled), 1.0)
