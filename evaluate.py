@@ -13,12 +13,12 @@ The flags shared with train.py are defined here, and only in the entry points.
 """
 
 import json
-import logging
 import os
 import sys
 
 from absl import app, flags
 
+import tal_keras
 from tal_keras.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 
 # Data (DESIGN.md section 1). Defaults: the HACS layout OpenTAD/TCANet distribute.
@@ -225,7 +225,7 @@ def score_file_mode():
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    tal_keras.configure_logging()
     if FLAGS.predictions or FLAGS.ground_truth:
         if not (FLAGS.predictions and FLAGS.ground_truth):
             raise app.UsageError(

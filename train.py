@@ -9,13 +9,13 @@ Flags shared with evaluate.py are defined there.
 """
 
 import json
-import logging
 import os
 import sys
 
 from absl import app, flags
 
 import evaluate  # defines the flags shared with evaluate.py
+import tal_keras
 from tal_keras.config import RunConfig, TrainConfig
 
 flags.DEFINE_list(
@@ -72,7 +72,7 @@ def train_config_from_flags():
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    tal_keras.configure_logging()
     try:
         run_config, classes_from_data = evaluate.run_config_from_flags(
             train_config_from_flags()

@@ -30,12 +30,13 @@ def predict_scores(model, cache, batch_size):
     return np.asarray(outputs)
 
 
-def ground_truth_of(annotations):
-    """The annotation file and subsets the official evaluator scores against."""
-    return {
-        "path": annotations.path,
-        "subset": annotations.subsets[0] if annotations.subsets else None,
-    }
+def ground_truth_of(annotations, blocklist=()):
+    """The official evaluator's view of the annotation file's evaluation subset
+    (raw segments, as the official code reads them), loaded once."""
+    subset = annotations.subsets[0] if annotations.subsets else "validation"
+    return metrics.load_ground_truth(
+        annotations.path, subset=subset, blocked_videos=blocklist
+    )
 
 
 def proposal_results(run_config, lattice, cache, overlap_scores):
@@ -84,19 +85,28 @@ def detection_results(
     }
 
 
-def _submission(results):
-    return detections.submission(results)
-
-
 def score_proposals(ground_truth, results):
+    """Official proposal metrics of {video_id: proposals} against a `GroundTruth`."""
     return metrics.evaluate_proposals(
-        ground_truth["path"], _submission(results), subset=ground_truth["subset"]
+        ground_truth, detections.submission(results), subset=ground_truth.subset
     )
 
 
 def score_detections(ground_truth, results):
+    """Official detection metrics of {video_id: detections} against a `GroundTruth`.
+
+    Detections of classes the subset's ground truth never uses are left out
+    first: the official evaluator raises on them, and as mAP averages the
+    per-class APs of the ground truth's classes only, leaving them out changes
+    no number.
+    """
+    known = set(ground_truth.class_names)
+    kept = {
+        video_id: [entry for entry in entries if entry["label"] in known]
+        for video_id, entries in results.items()
+    }
     return metrics.evaluate_detection(
-        ground_truth["path"], _submission(results), subset=ground_truth["subset"]
+        ground_truth, detections.submission(kept), subset=ground_truth.subset
     )
 
 
@@ -264,7 +274,7 @@ def evaluate_run(
             run_config, run_config.data.eval_subset
         )
     lattice = run_config.model.lattice
-    ground_truth = ground_truth_of(eval_annotations)
+    ground_truth = ground_truth_of(eval_annotations, run_config.data.blocklist)
     class_names = _class_names(run_config)
     paths = {
         network: os.path.join(workdir, network, "best.keras")
@@ -280,9 +290,7 @@ def evaluate_run(
     )
     proposals = proposal_results(run_config, lattice, eval_cache, overlap_scores)
     detections.write_submission(os.path.join(workdir, "proposals.json"), proposals)
-    proposal_metrics = metrics.evaluate_proposals(
-        ground_truth["path"], _submission(proposals), subset=ground_truth["subset"]
-    )
+    proposal_metrics = score_proposals(ground_truth, proposals)
     summary = {"proposals": _proposal_summary(proposal_metrics)}
     class_scores = results = None
     if os.path.exists(paths["classifier"]):

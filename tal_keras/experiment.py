@@ -139,7 +139,9 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
         train_cache.load_into_memory()
         eval_cache.load_into_memory()
     lattice = run_config.model.lattice
-    ground_truth = evaluation.ground_truth_of(eval_annotations)
+    ground_truth = evaluation.ground_truth_of(
+        eval_annotations, run_config.data.blocklist
+    )
     proposal_best = os.path.join(run_config.workdir, "proposal", "best.keras")
     for network in train_config.networks:
         if network == "proposal":

@@ -208,6 +208,7 @@ def train_network(
         steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,
         verbose=verbose,
+        shuffle=False,  # the tf.data pipeline shuffles
     )
     return best_model_path(network_dir)
 
