@@ -4,6 +4,7 @@ fusion without text, then the shared masked conv network over the maps."""
 import keras
 from keras import ops
 
+from tal_keras.layers.band_map_conv import BandMapConv
 from tal_keras.layers.masked_map_conv import MAP_MODES, MaskedMapConv
 
 CONV_IMPLEMENTATIONS = ("band", "whole")
@@ -17,7 +18,8 @@ class SubMapNetwork(keras.layers.Layer):
     to the map and zeroing the empty cells), L2 normalisation over channels
     (2D-TAN's `F.normalize(map_h) * map_mask`), then `MaskedMapConv`: scatter
     into the maps, L masked KxK conv layers with weights shared by all maps,
-    read back into lattice order.
+    read back into lattice order (or the same on each layer's band of cells,
+    see `BandMapConv`).
 
     Args:
         num_clips: N, clips per video.
@@ -27,8 +29,9 @@ class SubMapNetwork(keras.layers.Layer):
         num_conv_layers: L, map conv layers (DESIGN.md: 4).
         map_mode: "s2dtan" (one compact map per scale) or "2dtan" (one
             N x N map holding every proposal at (start, end)).
-        conv_implementation: "band" or "whole"; both compute whole maps for
-            now (see `call`).
+        conv_implementation: "band" (`BandMapConv`: only the cells each
+            layer needs; the default) or "whole" (`MaskedMapConv`: whole
+            maps, the reference). Same weights and outputs either way.
         **kwargs: passed on to `keras.layers.Layer` (name, dtype, ...).
 
     Input shape: float [batch, num_proposals, channels], lattice order.
@@ -69,8 +72,8 @@ class SubMapNetwork(keras.layers.Layer):
         self.projection = keras.layers.Dense(
             hidden_size, dtype=self.dtype_policy, name="projection"
         )
-        # "band" computes whole maps too until the band-limited layer lands.
-        self.map_conv = MaskedMapConv(
+        map_conv_class = BandMapConv if conv_implementation == "band" else MaskedMapConv
+        self.map_conv = map_conv_class(
             num_clips,
             scale_layers,
             hidden_size,

@@ -1,0 +1,240 @@
+"""The band of map cells the shared masked conv network must compute, layer by
+layer, and the gather tables that compute it (DESIGN.md section 5). numpy only,
+so that the cost model reads the same cell counts as the layer.
+
+2D-TAN's mask step makes the map's nonzero set grow by h = K // 2 cells
+(Chebyshev distance) per layer: after layer m the cells within m * h of a
+proposal are nonzero, every other cell is zero. Only the proposal cells are
+read after the last layer L, and layer m + 1 reads layer m within h, so layer
+m's output matters only within (L - m) * h of a proposal. Layer m therefore
+computes the cells within min(m, L - m) * h of a proposal (its "band"); every
+other cell is zero or never read. Cells outside the map are zero padding and
+are never in a band.
+
+Each band is a flat list of cells (all maps of the network in one list, map by
+map, row by row); the first and last list are the proposals in lattice order.
+A KxK conv from band m - 1 to band m is, per kernel tap t, a gather: output
+cell o reads input cell `forward_index[t, o]`, or the zero row (index n_in)
+where that cell is zero or off the map. `backward_index[t, i]` is the inverse
+(the output cell that reads input cell i through tap t, or the zero row n_out);
+it turns the gradient of the gather into a gather too.
+"""
+
+import numpy as np
+
+MAP_MODES = ("s2dtan", "2dtan")
+
+
+class MapBand:
+    """Band cells, gather tables and mask-step weights of every conv layer.
+
+    Args:
+        lattice: `Lattice`.
+        kernel_size: K, odd side of the square conv kernels.
+        num_conv_layers: L.
+        map_mode: "s2dtan" (one compact map per scale, proposal p at
+            (`map_rows[p]`, `map_cols[p]`)) or "2dtan" (one N x N map,
+            proposal p at (start, end)).
+
+    Attributes (layer m = 0 is the input of the first conv, m = L the output
+    of the last; tables of conv layer m = 1..L sit at index m - 1):
+        map_sizes: tuple, side of each map.
+        band_sizes: tuple of L + 1 ints n_m, cells of band m;
+            n_0 = n_L = P.
+        band_cells: tuple of L + 1 int64 [n_m, 3] arrays, (map, row, col) of
+            each cell of band m, in band order (lattice order for m = 0, L).
+        forward_index: tuple of L int32 [K * K, n_m], taps in kernel order
+            (row-major, as a Keras Conv2D kernel [K, K, C, H] reshaped to
+            [K * K, C, H]); values in [0, n_{m-1}], n_{m-1} = zero row.
+        backward_index: tuple of L int32 [K * K, n_{m-1}]; values in
+            [0, n_m], n_m = zero row.
+        active_taps: tuple of L tuples of tap indices that read at least one
+            nonzero cell (the others contribute nothing and are skipped).
+        mask_weights: tuple of L float32 [n_m], 1 / (valid input cells under
+            the kernel) at each cell of band m (2D-TAN's mask step; never 0 in
+            a band).
+        gather_first: tuple of L bools: gather the inputs of each tap then
+            multiply by the kernel (n_m rows per tap), or multiply the inputs
+            then gather (n_{m-1} + 1 rows, the zero row included), whichever
+            is fewer rows.
+        rows_multiplied: tuple of L ints, rows of each tap's matrix product.
+
+    Example:
+        >>> band = MapBand(Lattice(256, (64, 32, 32)), 9, 4)
+        >>> band.band_sizes
+        (17472, 22428, 27064, 22428, 17472)
+    """
+
+    def __init__(self, lattice, kernel_size, num_conv_layers, map_mode="s2dtan"):
+        if map_mode not in MAP_MODES:
+            raise ValueError(f"map_mode must be one of {MAP_MODES}, got {map_mode!r}.")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(
+                f"kernel_size must be a positive odd integer, got {kernel_size!r}."
+            )
+        if num_conv_layers < 1:
+            raise ValueError(
+                f"num_conv_layers must be a positive integer, got {num_conv_layers!r}."
+            )
+        self.kernel_size = kernel_size
+        self.num_conv_layers = num_conv_layers
+        self.map_mode = map_mode
+        maps = _proposal_places(lattice, map_mode)
+        self.map_sizes = tuple(size for size, _, _, _ in maps)
+        positions, weights = _bands(maps, kernel_size, num_conv_layers)
+        self.band_cells = tuple(
+            _cells_in_order(layer_positions) for layer_positions in positions
+        )
+        self.band_sizes = tuple(len(cells) for cells in self.band_cells)
+        forward, backward, active = [], [], []
+        for layer in range(1, num_conv_layers + 1):
+            forward.append(
+                _tap_index(
+                    self.band_cells[layer], positions[layer - 1], kernel_size, +1
+                )
+            )
+            backward.append(
+                _tap_index(
+                    self.band_cells[layer - 1], positions[layer], kernel_size, -1
+                )
+            )
+            reads = forward[-1] < self.band_sizes[layer - 1]
+            active.append(tuple(int(tap) for tap in np.flatnonzero(reads.any(axis=1))))
+        self.forward_index = tuple(forward)
+        self.backward_index = tuple(backward)
+        self.active_taps = tuple(active)
+        self.mask_weights = tuple(
+            weights[layer - 1][tuple(self.band_cells[layer].T)]
+            for layer in range(1, num_conv_layers + 1)
+        )
+        self.gather_first = tuple(
+            self.band_sizes[layer] <= self.band_sizes[layer - 1] + 1
+            for layer in range(1, num_conv_layers + 1)
+        )
+        self.rows_multiplied = tuple(
+            self.band_sizes[layer] if first else self.band_sizes[layer - 1] + 1
+            for layer, first in zip(range(1, num_conv_layers + 1), self.gather_first)
+        )
+
+    def multiply_adds(self, in_channels, out_channels):
+        """Multiply-adds of the L band convs on one video (inactive taps skipped)."""
+        return sum(
+            len(taps) * rows * in_channels * out_channels
+            for taps, rows in zip(self.active_taps, self.rows_multiplied)
+        )
+
+    def __repr__(self):
+        return (
+            f"MapBand(map_sizes={self.map_sizes}, kernel_size={self.kernel_size}, "
+            f"band_sizes={self.band_sizes})"
+        )
+
+
+def _proposal_places(lattice, map_mode):
+    """[(side, proposal ids, rows, cols)] of each map, from the lattice."""
+    ids = np.arange(lattice.num_proposals)
+    if map_mode == "2dtan":
+        return [(lattice.num_clips, ids, lattice.starts, lattice.ends)]
+    return [
+        (size, ids[part], lattice.map_rows[part], lattice.map_cols[part])
+        for size, part in zip(lattice.map_sizes, lattice.scale_slices)
+    ]
+
+
+def _box_count(mask, half):
+    """int64 [S, S]: True cells of `mask` in the (2 half + 1)^2 window, zero padded."""
+    if half == 0:
+        return mask.astype(np.int64)
+    size = mask.shape[0]
+    integral = np.zeros((size + 2 * half + 1,) * 2, dtype=np.int64)
+    integral[half + 1 : half + 1 + size, half + 1 : half + 1 + size] = mask
+    integral = integral.cumsum(axis=0).cumsum(axis=1)
+    width = 2 * half + 1
+    return (
+        integral[width:, width:]
+        - integral[:-width, width:]
+        - integral[width:, :-width]
+        + integral[:-width, :-width]
+    )
+
+
+def _bands(maps, kernel_size, num_layers):
+    """Per layer 0..L, a map -> int64 [S, S] place of each cell in the band
+    (-1 off the band); per conv layer, a full float32 [num_maps, S_max, S_max]
+    table of 1 / count (0 where count is 0)."""
+    half = kernel_size // 2
+    largest = max(size for size, _, _, _ in maps)
+    positions = [[] for _ in range(num_layers + 1)]
+    weights = np.zeros((num_layers, len(maps), largest, largest), np.float32)
+    for map_id, (size, ids, rows, cols) in enumerate(maps):
+        proposals = np.zeros((size, size), dtype=bool)
+        proposals[rows, cols] = True
+        # 2D-TAN's get_padded_mask_and_weight, layer by layer: reached[m] are
+        # the cells nonzero after layer m.
+        reached = [proposals]
+        for layer in range(num_layers):
+            count = _box_count(reached[-1], half)
+            weights[layer, map_id, :size, :size] = np.where(
+                count > 0, 1.0 / np.maximum(count, 1), 0.0
+            )
+            reached.append(count > 0)
+        for layer in range(num_layers + 1):
+            needed = _box_count(proposals, (num_layers - layer) * half) > 0
+            place = np.full((size, size), -1, dtype=np.int64)
+            if layer in (0, num_layers):
+                place[rows, cols] = ids  # lattice order
+            else:
+                band = reached[layer] & needed
+                place[band] = np.arange(int(band.sum()))
+            positions[layer].append(place)
+    # Intermediate bands: one flat list, map after map.
+    for layer in range(1, num_layers):
+        offset = 0
+        for place in positions[layer]:
+            count = int((place >= 0).sum())
+            place[place >= 0] += offset
+            offset += count
+    return positions, weights
+
+
+def _cells_in_order(places):
+    """int64 [n, 3] (map, row, col) of the band cells, sorted by their place."""
+    cells = [
+        np.stack([np.full(len(rows), map_id), rows, cols], axis=1)
+        for map_id, place in enumerate(places)
+        for rows, cols in [np.nonzero(place >= 0)]
+    ]
+    cells = np.concatenate(cells, axis=0)
+    order = np.concatenate(
+        [place[place >= 0] for place in places]
+    )  # same row-major order as np.nonzero
+    sorted_cells = np.empty_like(cells)
+    sorted_cells[order] = cells
+    return sorted_cells
+
+
+def _tap_index(cells, source_places, kernel_size, direction):
+    """int32 [K * K, n]: for each tap (a, b) and cell (map, r, c), the place of
+    (r + direction * (a - h), c + direction * (b - h)) in `source_places`, or
+    the number of source cells (the zero row) where it is off the band or map."""
+    half = kernel_size // 2
+    num_sources = sum(int((place >= 0).sum()) for place in source_places)
+    index = np.full((kernel_size * kernel_size, len(cells)), num_sources, np.int64)
+    map_ids, rows, cols = cells.T
+    for map_id, place in enumerate(source_places):
+        in_map = map_ids == map_id
+        size = place.shape[0]
+        for tap in range(kernel_size * kernel_size):
+            row_offset, col_offset = divmod(tap, kernel_size)
+            source_rows = rows[in_map] + direction * (row_offset - half)
+            source_cols = cols[in_map] + direction * (col_offset - half)
+            inside = (
+                (source_rows >= 0)
+                & (source_rows < size)
+                & (source_cols >= 0)
+                & (source_cols < size)
+            )
+            found = np.full(int(in_map.sum()), -1, dtype=np.int64)
+            found[inside] = place[source_rows[inside], source_cols[inside]]
+            index[tap, np.flatnonzero(in_map)[found >= 0]] = found[found >= 0]
+    return index.astype(np.int32)
