@@ -1,0 +1,243 @@
+"""The serving runtime: an exported ONNX file -> detections, with numpy and
+onnxruntime only (no TensorFlow, no Keras).
+
+Preprocessing (feature steps -> N clips) and postprocessing (fusion,
+per-class NMS or soft-NMS, top-k, seconds) are the numpy modules training and
+evaluate.py use (`tal_keras.clips`, `tal_keras.detections`), configured by the
+metadata the file carries (`export.metadata`).
+"""
+
+import contextlib
+import dataclasses
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+from export import metadata
+from tal_keras import detections
+from tal_keras.clips import resample_to_clips
+from tal_keras.errors import DataError
+
+# onnxruntime's exceptions share no base class but Exception.
+_ORT_ERRORS = (
+    RuntimeError,
+    ort_errors.EPFail,
+    ort_errors.Fail,
+    ort_errors.InvalidArgument,
+    ort_errors.InvalidGraph,
+    ort_errors.InvalidProtobuf,
+    ort_errors.NoSuchFile,
+    ort_errors.NotImplemented,
+    ort_errors.RuntimeException,
+)
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+_ORT_DEFAULT_SEVERITY = 2  # onnxruntime's own default: warnings and above
+
+
+class Detector:
+    """Detections of videos from their raw features, with an exported model.
+
+    Args:
+        model_path: an ONNX file written by `python -m export.onnx_export`.
+        providers: onnxruntime execution providers, in order of preference.
+            None: CUDA when onnxruntime-gpu is installed and its CUDA provider
+            actually loads (probed without logging), else the CPU.
+        postprocessing: optional overrides of the file's `Postprocessing`
+            settings, e.g. {"soft_nms": True}.
+
+    Raises:
+        ValueError: the file cannot be loaded or was not written by
+            `export.onnx_export` (the message names the file).
+
+    Attributes:
+        spec: `ServingSpec` read from the file's metadata.
+        lattice: the proposal `Lattice`.
+        provider: the execution provider that runs the graph (e.g.
+            "CPUExecutionProvider").
+        postprocessing: the `Postprocessing` in use.
+
+    Example:
+        >>> detector = Detector("runs/demo/s2dtan.onnx")
+        >>> detector.provider
+        'CPUExecutionProvider'
+        >>> detector(features, duration=92.2)[:1]  # features: [T, D]
+        [{'label': 'Archery', 'score': 0.61, 'segment': [3.1, 40.3]}]
+    """
+
+    def __init__(self, model_path, providers=None, postprocessing=None):
+        self.model_path = str(model_path)
+        try:
+            if providers is None:
+                self.session = _auto_session(self.model_path)
+            else:
+                self.session = ort.InferenceSession(
+                    self.model_path, providers=list(providers)
+                )
+        except _ORT_ERRORS as error:
+            raise ValueError(
+                f"{self.model_path}: cannot load the ONNX model: {error}"
+            ) from None
+        self.provider = self.session.get_providers()[0]
+        properties = self.session.get_modelmeta().custom_metadata_map
+        self.spec = metadata.parse_metadata(properties, self.model_path)
+        self.lattice = self.spec.lattice
+        self.postprocessing = dataclasses.replace(
+            self.spec.postprocessing, **(postprocessing or {})
+        )
+        self.class_names = list(self.spec.class_names)
+        self._check_graph()
+
+    def _check_graph(self):
+        inputs = [value.name for value in self.session.get_inputs()]
+        outputs = [value.name for value in self.session.get_outputs()]
+        expected = [metadata.OVERLAP_SCORES, metadata.CLASS_SCORES]
+        if inputs != [metadata.INPUT_NAME] or sorted(outputs) != sorted(expected):
+            raise ValueError(
+                f"{self.model_path}: graph inputs {inputs} and outputs {outputs}; "
+                f"expected [{metadata.INPUT_NAME!r}] and {expected}."
+            )
+
+    def clip_features(self, features, duration, video_id="video"):
+        """float32 [N, D]: a video's feature steps [T, D] resampled to N clips.
+
+        Raises:
+            DataError: features not [T >= 1, D] with the model's D, not
+                finite, or a duration that is not a positive number.
+        """
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[0] == 0:
+            raise DataError(
+                f"video {video_id}: expected features [T >= 1, "
+                f"{self.spec.feature_dim}], found shape {features.shape}."
+            )
+        if features.shape[1] != self.spec.feature_dim:
+            raise DataError(
+                f"video {video_id}: expected feature width {self.spec.feature_dim}, "
+                f"found {features.shape[1]} (shape {features.shape})."
+            )
+        if not np.isfinite(features).all():
+            raise DataError(f"video {video_id}: features hold NaN or inf values.")
+        try:
+            duration = float(duration)
+        except (TypeError, ValueError):
+            raise DataError(
+                f"video {video_id}: duration {duration!r} is not a number of seconds."
+            ) from None
+        if not np.isfinite(duration) or duration <= 0:
+            raise DataError(
+                f"video {video_id}: duration {duration} is not a positive number of seconds."
+            )
+        return resample_to_clips(
+            features, duration, self.spec.num_clips, self.spec.timing
+        )
+
+    def predict(self, clip_features):
+        """Model scores of a batch of videos.
+
+        Args:
+            clip_features: float [B, N, D].
+
+        Returns:
+            {"overlap_scores": float32 [B, P], "class_scores": float32
+            [B, P, C]}, lattice order.
+        """
+        clip_features = np.ascontiguousarray(clip_features, dtype=np.float32)
+        expected = (self.spec.num_clips, self.spec.feature_dim)
+        if clip_features.ndim != 3 or clip_features.shape[1:] != expected:
+            raise ValueError(
+                f"clip_features must be [batch, {expected[0]}, {expected[1]}], "
+                f"got {clip_features.shape}."
+            )
+        names = [metadata.OVERLAP_SCORES, metadata.CLASS_SCORES]
+        values = self.session.run(names, {metadata.INPUT_NAME: clip_features})
+        return dict(zip(names, values))
+
+    def proposals(self, overlap_scores, duration):
+        """Class-agnostic proposals of one video: [{"score", "segment"}], seconds."""
+        settings = self.postprocessing
+        return detections.video_proposals(
+            self.lattice,
+            duration,
+            overlap_scores,
+            nms_threshold=settings.nms_threshold,
+            top_k=settings.proposals_per_video,
+        )
+
+    def detections(self, overlap_scores, class_scores, duration, video_labels=None):
+        """Detections of one video: [{"label", "score", "segment"}], seconds.
+
+        Args:
+            overlap_scores: float [P].
+            class_scores: float [P, C].
+            duration: seconds.
+            video_labels: optional [(label, score)] of an external video-level
+                classifier, fused as in evaluate.py.
+        """
+        settings = self.postprocessing
+        return detections.video_detections(
+            self.lattice,
+            duration,
+            overlap_scores,
+            class_scores,
+            self.class_names,
+            top_m=settings.top_pairs,
+            nms_threshold=settings.nms_threshold,
+            soft_nms=settings.soft_nms,
+            top_k=settings.detections_per_video,
+            video_labels=video_labels,
+            soft_nms_sigma=settings.soft_nms_sigma,
+        )
+
+    def __call__(self, features, duration, video_labels=None):
+        """Detections of one video from its raw features [T, D]."""
+        clips = self.clip_features(features, duration)
+        scores = self.predict(clips[None])
+        return self.detections(
+            scores[metadata.OVERLAP_SCORES][0],
+            scores[metadata.CLASS_SCORES][0],
+            duration,
+            video_labels,
+        )
+
+    def __repr__(self):
+        return (
+            f"Detector({self.model_path!r}, provider={self.provider!r}, "
+            f"{self.lattice}, classes={len(self.class_names)}, "
+            f"precision={self.spec.precision!r})"
+        )
+
+
+def _auto_session(model_path):
+    """A session on CUDA when its provider loads, else on the CPU.
+
+    onnxruntime-gpu lists the CUDA provider even where the CUDA libraries are
+    missing; asking for it then logs an error and falls back to the CPU. The
+    probe silences that and reads which provider the session really got.
+    """
+    if CUDA in ort.get_available_providers():
+        with _quiet_onnxruntime():
+            options = ort.SessionOptions()
+            options.log_severity_level = 4
+            try:
+                session = ort.InferenceSession(
+                    model_path, sess_options=options, providers=[CUDA, CPU]
+                )
+            except _ORT_ERRORS:
+                session = None
+        if session is not None and session.get_providers()[0] == CUDA:
+            return session
+    return ort.InferenceSession(model_path, providers=[CPU])
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    ort.set_default_logger_severity(4)  # fatal only
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)

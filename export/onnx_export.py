@@ -1,0 +1,446 @@
+"""Exports a trained run to one ONNX file: clip features [B, N, D] ->
+overlap_scores [B, P] and class_scores [B, P, C], both networks in one graph,
+with everything serving needs as metadata (`export.metadata`).
+
+    python -m export.onnx_export --workdir runs/demo [--out runs/demo/s2dtan.onnx]
+        [--opset 17] [--fp16] [--check_videos 8]
+
+The ONNX outputs are checked against Keras on videos of the run's evaluation
+subset (the training cache and resampling); without the data, on random
+inputs, with a warning. A difference above the tolerance (1e-4 in float32;
+--fp16_tolerance in float16) fails the export and leaves no file behind.
+Needs TensorFlow (the Keras TF backend and tf2onnx); serving does not.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from export import metadata
+
+logger = logging.getLogger("tal_keras")
+
+DEFAULT_NAME = "s2dtan.onnx"
+DEFAULT_FP16_NAME = "s2dtan.fp16.onnx"
+DEFAULT_OPSET = 17
+FP32_TOLERANCE = 1e-4  # the issue's bound on max |ONNX - Keras| in float32
+# float16 keeps ~3 significant digits; sigmoid and softmax outputs lie in
+# [0, 1], so errors of a few 1e-3 are expected and 1e-2 flags a broken graph.
+FP16_TOLERANCE = 1e-2
+
+
+class ParityError(RuntimeError):
+    """The exported graph's outputs differ from Keras beyond the tolerance."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportReport:
+    """What `export_run` wrote and how it was checked.
+
+    Attributes:
+        path: the ONNX file.
+        precision: "float32" or "float16".
+        inputs: description of the inputs the check ran on.
+        max_abs_diff: {output name: max |ONNX - Keras|}.
+        batch_consistency: max |batched - one video at a time| of the ONNX
+            graph (dynamic batch works).
+        tolerance: the bound the differences were held to.
+        seconds: time the export took, check included.
+    """
+
+    path: str
+    precision: str
+    inputs: str
+    max_abs_diff: dict
+    batch_consistency: float
+    tolerance: float
+    seconds: float
+
+    def summary(self):
+        diffs = ", ".join(
+            f"{name} {value:.2e}" for name, value in self.max_abs_diff.items()
+        )
+        return (
+            f"{self.path}: {self.precision}, max |ONNX - Keras| {diffs} "
+            f"(tolerance {self.tolerance:g}) on {self.inputs}; batch vs single "
+            f"video {self.batch_consistency:.2e}; {os.path.getsize(self.path) / 2**20:.1f} MiB "
+            f"in {self.seconds:.1f} s"
+        )
+
+
+def load_run(workdir):
+    """(RunConfig, proposal network, classifier network) of a run folder.
+
+    Raises:
+        FileNotFoundError: config.json or a network's best.keras is missing.
+    """
+    import keras
+
+    import tal_keras.layers  # noqa: F401 (registers the custom layers)
+    from tal_keras.config import RunConfig
+
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(
+            f"{config_path} does not exist: {workdir} is not a run folder "
+            "(python train.py --flagfile=... writes one)."
+        )
+    with open(config_path) as stream:
+        run_config = RunConfig.from_dict(json.load(stream))
+    # The run may have been moved: its own folder is where it is now.
+    run_config = dataclasses.replace(run_config, workdir=workdir)
+    networks = []
+    for network in ("proposal", "classifier"):
+        path = os.path.join(workdir, network, "best.keras")
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} does not exist: the export needs both trained networks "
+                f"(python train.py --flagfile=... --networks={network} --resume)."
+            )
+        networks.append(keras.saving.load_model(path, compile=False))
+    return run_config, networks[0], networks[1]
+
+
+def run_class_names(run_config, category_file=None):
+    """The C class names of the run, in class_scores column order."""
+    from tal_keras.data.annotations import read_class_names
+    from tal_keras.experiment import class_names_of
+
+    if category_file:
+        names = read_class_names(category_file)
+    else:
+        names = class_names_of(run_config.data)
+    if len(names) != run_config.model.num_classes:
+        raise ValueError(
+            f"{len(names)} class names (from {category_file or run_config.data.annotations}) "
+            f"but the run's networks have {run_config.model.num_classes} classes."
+        )
+    return list(names)
+
+
+def check_inputs(run_config, num_videos, seed=0):
+    """(clip features float32 [V, N, D], description) for the parity check.
+
+    Videos of the run's evaluation subset, through the cache and resampling
+    training used; random normal inputs, with a warning, when the data
+    cannot be read.
+    """
+    from tal_keras import experiment
+    from tal_keras.errors import DataError
+
+    model = run_config.model
+    subset = run_config.data.eval_subset
+    try:
+        _, cache = experiment.open_subset(run_config, subset)
+        count = min(num_videos, len(cache))
+        clips = np.asarray(cache.clips[:count], dtype=np.float32)
+        return clips, f"{count} videos of the {subset} subset"
+    except (DataError, OSError) as error:
+        logger.warning(
+            "!! PARITY CHECK ON RANDOM INPUTS: the %s subset cannot be read (%s); "
+            "the ONNX graph is compared with Keras on random normal clip features, "
+            "not on real videos.",
+            subset,
+            error,
+        )
+    rng = np.random.default_rng(seed)
+    clips = rng.standard_normal((num_videos, model.num_clips, model.feature_dim))
+    return clips.astype(np.float32), f"{num_videos} random normal inputs (no data)"
+
+
+def keras_scores(inference_model, clip_features, batch_size):
+    """{name: float32 array} of the Keras inference model, in batches."""
+    outputs = {metadata.OVERLAP_SCORES: [], metadata.CLASS_SCORES: []}
+    for begin in range(0, len(clip_features), batch_size):
+        batch = inference_model(
+            clip_features[begin : begin + batch_size], training=False
+        )
+        for name, parts in outputs.items():
+            parts.append(np.asarray(batch[name], dtype=np.float32))
+    return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+
+def onnx_scores(session, clip_features):
+    names = [metadata.OVERLAP_SCORES, metadata.CLASS_SCORES]
+    values = session.run(names, {metadata.INPUT_NAME: clip_features})
+    return dict(zip(names, values))
+
+
+def convert(inference_model, model_config, opset):
+    """onnx.ModelProto of the Keras inference model, with a dynamic batch named
+    "batch", static proposal and class dimensions, outputs in the order
+    (overlap_scores, class_scores)."""
+    import onnx
+    import tensorflow as tf
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    signature = [
+        tf.TensorSpec(
+            (None, model_config.num_clips, model_config.feature_dim),
+            tf.float32,
+            name=metadata.INPUT_NAME,
+        )
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        # An explicit signature: the model need not have been called (a paper
+        # config forward takes minutes on a CPU).
+        inference_model.export(
+            path,
+            format="onnx",
+            input_signature=signature,
+            opset_version=opset,
+            verbose=False,
+        )
+        model = onnx.load(path)
+    graph = model.graph
+    if [value.name for value in graph.input] != [metadata.INPUT_NAME]:
+        raise RuntimeError(
+            f"the converted graph's inputs are {[value.name for value in graph.input]}, "
+            f"expected [{metadata.INPUT_NAME!r}]."
+        )
+    outputs = {value.name: value for value in graph.output}
+    expected = [metadata.OVERLAP_SCORES, metadata.CLASS_SCORES]
+    if sorted(outputs) != sorted(expected):
+        raise RuntimeError(
+            f"the converted graph's outputs are {sorted(outputs)}, expected {expected}."
+        )
+    num_proposals = model_config.lattice.num_proposals
+    shapes = {
+        metadata.INPUT_NAME: [
+            "batch",
+            model_config.num_clips,
+            model_config.feature_dim,
+        ],
+        metadata.OVERLAP_SCORES: ["batch", num_proposals],
+        metadata.CLASS_SCORES: ["batch", num_proposals, model_config.num_classes],
+    }
+    ordered = [outputs[name] for name in expected]
+    del graph.output[:]
+    graph.output.extend(ordered)
+    for value in [*graph.input, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        for dim, size in zip(dims, shapes[value.name]):
+            dim.Clear()
+            if isinstance(size, str):
+                dim.dim_param = size
+            else:
+                dim.dim_value = size
+    model.doc_string = (
+        "S-2D-TAN (tal_keras): clip features -> overlap_scores (P_over) and "
+        "class_scores (P_class) of every lattice proposal; see metadata_props."
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+def to_float16(model):
+    """The graph with float16 weights and activations, float32 inputs and outputs."""
+    import warnings
+
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():
+        # It warns about weights rounded to 0 or clipped; the check measures the effect.
+        warnings.simplefilter("ignore")
+        return convert_float_to_float16(model, keep_io_types=True)
+
+
+def _session(model):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+
+
+def _set_metadata(model, values):
+    del model.metadata_props[:]
+    for key, value in values.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def export_run(
+    workdir,
+    out=None,
+    opset=DEFAULT_OPSET,
+    fp16=False,
+    check_videos=8,
+    tolerance=None,
+    category_file=None,
+):
+    """Exports the run in `workdir` to one ONNX file, checked against Keras.
+
+    Args:
+        workdir: the run folder (config.json, proposal/ and classifier/best.keras).
+        out: the ONNX path; default WORKDIR/s2dtan.onnx (s2dtan.fp16.onnx with fp16).
+        opset: ONNX opset.
+        fp16: convert weights and activations to float16.
+        check_videos: evaluation videos (or random inputs) the check runs on.
+        tolerance: max |ONNX - Keras| allowed; default 1e-4, or 1e-2 with fp16.
+        category_file: class names, one per line, when the run's annotations
+            are not at hand.
+
+    Returns:
+        `ExportReport`.
+
+    Raises:
+        ParityError: a difference above the tolerance; nothing is written.
+    """
+    import onnx
+
+    import tal_keras
+    from tal_keras.atomic import atomic_path
+    from tal_keras.models import build_inference_model
+
+    started = time.perf_counter()
+    precision = "float16" if fp16 else "float32"
+    if tolerance is None:
+        tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
+    if out is None:
+        out = os.path.join(workdir, DEFAULT_FP16_NAME if fp16 else DEFAULT_NAME)
+    run_config, proposal_network, classifier_network = load_run(workdir)
+    class_names = run_class_names(run_config, category_file)
+    inference_model = build_inference_model(proposal_network, classifier_network)
+    model = convert(inference_model, run_config.model, opset)
+    if fp16:
+        model = to_float16(model)
+
+    clip_features, inputs = check_inputs(run_config, check_videos)
+    expected = keras_scores(inference_model, clip_features, run_config.eval.batch_size)
+    session = _session(model)
+    found = onnx_scores(session, clip_features)
+    max_abs_diff = {
+        name: float(np.abs(found[name] - expected[name]).max()) for name in expected
+    }
+    single = onnx_scores(session, clip_features[:1])
+    batch_consistency = max(
+        float(np.abs(single[name][0] - found[name][0]).max()) for name in found
+    )
+    failed = {
+        name: diff for name, diff in max_abs_diff.items() if not diff <= tolerance
+    }
+    if failed or not batch_consistency <= tolerance:
+        raise ParityError(
+            f"ONNX export of {workdir} does not match Keras on {inputs}: max |ONNX - "
+            f"Keras| {max_abs_diff}, batch vs single video {batch_consistency:.3g}, "
+            f"tolerance {tolerance:g} ({precision}). Nothing was written."
+        )
+    parity = {
+        "inputs": inputs,
+        "max_abs_diff": max_abs_diff,
+        "batch_consistency": batch_consistency,
+        "tolerance": tolerance,
+        "reference": "Keras (TensorFlow backend) inference model",
+    }
+    _set_metadata(
+        model,
+        metadata.build_metadata(
+            run_config, class_names, precision, parity, tal_keras.__version__
+        ),
+    )
+    with atomic_path(out) as temporary:
+        onnx.save(model, temporary)
+    return ExportReport(
+        path=out,
+        precision=precision,
+        inputs=inputs,
+        max_abs_diff=max_abs_diff,
+        batch_consistency=batch_consistency,
+        tolerance=tolerance,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m export.onnx_export",
+        description="Export a trained run to one ONNX file, checked against Keras.",
+    )
+    parser.add_argument("--workdir", required=True, help="The run folder.")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help=f"ONNX file to write; default WORKDIR/{DEFAULT_NAME} "
+        f"(WORKDIR/{DEFAULT_FP16_NAME} with --fp16).",
+    )
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version."
+    )
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="float16 weights and activations (inputs and outputs stay float32).",
+    )
+    parser.add_argument(
+        "--check_videos",
+        type=int,
+        default=8,
+        help="Evaluation videos the ONNX graph is checked against Keras on.",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help=f"Max |ONNX - Keras| allowed; default {FP32_TOLERANCE:g}, "
+        f"{FP16_TOLERANCE:g} with --fp16.",
+    )
+    parser.add_argument(
+        "--category_file",
+        default=None,
+        help="Class names, one per line, if the run's annotations are not at hand.",
+    )
+    args = parser.parse_args(argv)
+    if args.check_videos < 1:
+        parser.error(f"--check_videos must be >= 1, got {args.check_videos}.")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tal_keras
+
+    tal_keras.configure_logging()
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        print(
+            f"error: the export needs the TensorFlow backend of Keras, got "
+            f"KERAS_BACKEND={keras.backend.backend()!r}.",
+            file=sys.stderr,
+        )
+        return 2
+    from tal_keras.errors import DataError
+
+    try:
+        report = export_run(
+            args.workdir,
+            out=args.out,
+            opset=args.opset,
+            fp16=args.fp16,
+            check_videos=args.check_videos,
+            tolerance=args.tolerance,
+            category_file=args.category_file,
+        )
+    except ParityError as error:
+        print(f"EXPORT FAILED: {error}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, DataError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""Batch inference with an exported model: raw features -> an ActivityNet
+detection file, with numpy and onnxruntime only (no TensorFlow).
+
+    python -m export.serve --model runs/demo/s2dtan.onnx \
+        --features data/synthetic/features \
+        --annotations data/synthetic/annotations.json --subset validation \
+        --out detections.json [--proposals_out proposals.json] [--batch_size 32]
+
+The videos are those of `--subset` in `--annotations` ("all" for every
+subset), or the rows of `--durations` (a CSV of video_id,duration) alone.
+Durations come from the annotations, or from the CSV where it lists the
+video. A video that cannot be served (no duration, features missing,
+unreadable, empty, of the wrong width or not finite) is skipped with one line
+giving its reason; the others are served, and the output files are written
+atomically. Exit status: 0 when at least one video was served, 1 when none
+was, 2 on a usage error (bad model, annotation or feature path).
+"""
+
+import argparse
+import concurrent.futures
+import csv
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+
+import numpy as np
+
+from export import metadata
+from export.detector import Detector
+from tal_keras import detections
+from tal_keras.errors import DataError
+
+logger = logging.getLogger("tal_keras")
+
+ALL_SUBSETS = "all"
+
+
+@dataclasses.dataclass(frozen=True)
+class Video:
+    """One video to serve: its id and duration in seconds, or why it has none."""
+
+    video_id: str
+    duration: float = None
+    problem: str = None
+
+
+@dataclasses.dataclass
+class ServeResult:
+    """What `serve` produced.
+
+    Attributes:
+        detections: {video_id: [{"label", "score", "segment"}]}.
+        proposals: {video_id: [{"score", "segment"}]}.
+        skipped: [(video_id, reason)], in input order.
+        seconds: {"loading", "inference", "postprocessing", "total"}; loading
+            counts only the time spent waiting for features.
+    """
+
+    detections: dict
+    proposals: dict
+    skipped: list
+    seconds: dict
+
+    @property
+    def num_served(self):
+        return len(self.detections)
+
+
+def _positive_seconds(value):
+    """float(value) if it is a positive finite number (or numeric string), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+def read_annotation_videos(path, subset):
+    """The videos of `subset` ("all": every subset) of an ActivityNet-style
+    JSON, sorted by id, each with its duration or the reason it has none.
+
+    Only durations are read; labels and segments are not needed to serve, and
+    one malformed entry does not stop the others.
+
+    Raises:
+        DataError: unreadable file, no "database", or no video of `subset`.
+    """
+    try:
+        with open(path, encoding="utf-8") as stream:
+            content = json.load(stream)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: cannot read the annotations: {error}") from None
+    database = content.get("database") if isinstance(content, dict) else None
+    if not isinstance(database, dict):
+        raise DataError(f'{path}: expected {{"database": {{VIDEO_ID: {{...}}}}}}.')
+    videos, subsets = [], set()
+    for video_id in sorted(database):
+        entry = database[video_id]
+        entry_subset = entry.get("subset") if isinstance(entry, dict) else None
+        subsets.add(str(entry_subset))
+        if subset != ALL_SUBSETS and entry_subset != subset:
+            continue
+        duration = _positive_seconds(entry.get("duration"))
+        if duration is None:
+            found = entry.get("duration") if isinstance(entry, dict) else entry
+            videos.append(
+                Video(
+                    str(video_id),
+                    problem=f"no duration in {path} (found {found!r}, expected "
+                    "a positive number of seconds)",
+                )
+            )
+        else:
+            videos.append(Video(str(video_id), duration))
+    if not videos:
+        raise DataError(
+            f"{path}: no video of subset {subset!r}; the file has subsets "
+            f"{sorted(subsets)} (or pass --subset {ALL_SUBSETS})."
+        )
+    return videos
+
+
+def read_durations_csv(path):
+    """{video_id: seconds or None} of a CSV of `video_id,duration` rows (a
+    header row is allowed); a row whose duration is not a positive number
+    maps to None.
+
+    Raises:
+        DataError: unreadable file or a row without two fields.
+    """
+    durations = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as stream:
+            for line, row in enumerate(csv.reader(stream), start=1):
+                if not row or not "".join(row).strip():
+                    continue
+                if len(row) < 2:
+                    raise DataError(
+                        f"{path}: line {line}: expected video_id,duration, got {row!r}."
+                    )
+                video_id, value = row[0].strip(), row[1].strip()
+                if line == 1 and _positive_seconds(value) is None and value.isalpha():
+                    continue  # header
+                durations[video_id] = _positive_seconds(value)
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot read the durations: {error}") from None
+    return durations
+
+
+def videos_to_serve(annotations=None, subset="validation", durations_csv=None):
+    """[Video] from the annotations' subset, durations from the CSV where it
+    lists the video; or the CSV's rows alone without annotations."""
+    if annotations is None and durations_csv is None:
+        raise ValueError("need --annotations or --durations to know the videos.")
+    durations = read_durations_csv(durations_csv) if durations_csv else {}
+    if annotations is None:
+        videos = [Video(video_id, duration) for video_id, duration in durations.items()]
+    else:
+        videos = read_annotation_videos(annotations, subset)
+    resolved = []
+    for video in videos:
+        if video.video_id in durations:
+            seconds = durations[video.video_id]
+            if seconds is None:
+                video = Video(
+                    video.video_id,
+                    problem=f"no duration: {durations_csv} does not give a positive "
+                    "number of seconds",
+                )
+            else:
+                video = Video(video.video_id, seconds)
+        resolved.append(video)
+    return resolved
+
+
+def serve(
+    detector,
+    store,
+    videos,
+    batch_size=32,
+    video_labels=None,
+    num_workers=2,
+    progress=True,
+):
+    """Detections and proposals of `videos`, in batches.
+
+    Args:
+        detector: a `Detector`.
+        store: a feature store (`tal_keras.data.features.open_feature_store`).
+        videos: [Video].
+        batch_size: videos per onnxruntime call.
+        video_labels: optional {video_id: [(label, score)]} fused into detections.
+        num_workers: threads loading and resampling features while the model runs.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        `ServeResult`. Each skipped video is logged with its reason.
+    """
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    video_labels = video_labels or {}
+    feature_dim = detector.spec.feature_dim
+    result = ServeResult(
+        {}, {}, [], dict.fromkeys(("loading", "inference", "postprocessing"), 0.0)
+    )
+    started = time.perf_counter()
+
+    def prepare(video):
+        if video.problem is not None:
+            return video, None, video.problem
+        try:
+            features = store.load(video.video_id, feature_dim)
+            clips = detector.clip_features(features, video.duration, video.video_id)
+        except (DataError, ValueError) as error:
+            return video, None, str(error)
+        return video, clips, None
+
+    chunks = [
+        videos[begin : begin + batch_size]
+        for begin in range(0, len(videos), batch_size)
+    ]
+    with (
+        concurrent.futures.ThreadPoolExecutor(num_workers) as pool,
+        logging_redirect_tqdm(loggers=[logger]),
+        # disable=None: a bar on a terminal only.
+        tqdm(
+            total=len(videos), unit="video", disable=None if progress else True
+        ) as bar,
+    ):
+        pending = [pool.submit(prepare, video) for video in chunks[0]] if chunks else []
+        for index in range(len(chunks)):
+            waited = time.perf_counter()
+            prepared = [future.result() for future in pending]
+            result.seconds["loading"] += time.perf_counter() - waited
+            # Load the next batch while this one runs.
+            following = chunks[index + 1] if index + 1 < len(chunks) else []
+            pending = [pool.submit(prepare, video) for video in following]
+            ready = []
+            for video, clips, reason in prepared:
+                if reason is None:
+                    ready.append((video, clips))
+                else:
+                    logger.warning("skipping video %s: %s", video.video_id, reason)
+                    result.skipped.append((video.video_id, reason))
+            if ready:
+                _serve_batch(detector, ready, video_labels, result)
+            bar.update(len(prepared))
+    result.seconds["total"] = time.perf_counter() - started
+    return result
+
+
+def _serve_batch(detector, ready, video_labels, result):
+    begin = time.perf_counter()
+    scores = detector.predict(np.stack([clips for _, clips in ready]))
+    result.seconds["inference"] += time.perf_counter() - begin
+    begin = time.perf_counter()
+    for row, (video, _) in enumerate(ready):
+        overlap = scores[metadata.OVERLAP_SCORES][row]
+        result.proposals[video.video_id] = detector.proposals(overlap, video.duration)
+        result.detections[video.video_id] = detector.detections(
+            overlap,
+            scores[metadata.CLASS_SCORES][row],
+            video.duration,
+            video_labels.get(video.video_id),
+        )
+    result.seconds["postprocessing"] += time.perf_counter() - begin
+
+
+def summary_line(result, total, provider):
+    seconds = result.seconds
+    rate = result.num_served / seconds["total"] if seconds["total"] > 0 else 0.0
+    skipped = f"{len(result.skipped)} skipped"
+    if result.skipped:
+        skipped += f" (first: {result.skipped[0][0]}: {result.skipped[0][1]})"
+    return (
+        f"served {result.num_served} of {total} videos, {skipped}; "
+        f"{seconds['total']:.2f} s ({rate:.1f} videos/s; waiting for features "
+        f"{seconds['loading']:.2f} s, inference {seconds['inference']:.2f} s, "
+        f"postprocessing {seconds['postprocessing']:.2f} s) on {provider}"
+    )
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m export.serve",
+        description="Detections of a set of videos with an exported ONNX model "
+        "(numpy and onnxruntime only).",
+    )
+    parser.add_argument(
+        "--model", required=True, help="ONNX file from export.onnx_export."
+    )
+    parser.add_argument(
+        "--features", required=True, help="Folder of ID.npy files or one HDF5 file."
+    )
+    parser.add_argument("--annotations", default=None, help="ActivityNet-style JSON.")
+    parser.add_argument(
+        "--subset",
+        default="validation",
+        help=f"Subset of --annotations to serve; '{ALL_SUBSETS}' for every video.",
+    )
+    parser.add_argument(
+        "--durations",
+        default=None,
+        help="CSV of video_id,duration (seconds); overrides the annotations' "
+        "durations, or lists the videos without --annotations.",
+    )
+    parser.add_argument(
+        "--out", required=True, help="Detection submission JSON to write."
+    )
+    parser.add_argument(
+        "--proposals_out",
+        default=None,
+        help="Also write class-agnostic proposals here.",
+    )
+    parser.add_argument(
+        "--batch_size", type=int, default=32, help="Videos per model call."
+    )
+    parser.add_argument(
+        "--video_labels",
+        default=None,
+        help="External video-level classifier JSON {video_id: [[label, score], ...]} "
+        "fused into detections, as evaluate.py --video_labels.",
+    )
+    parser.add_argument(
+        "--providers",
+        default=None,
+        help="Comma-separated onnxruntime providers; default: CUDA if it loads, else CPU.",
+    )
+    parser.add_argument(
+        "--num_workers", type=int, default=2, help="Feature loading threads."
+    )
+    parser.add_argument("--no_progress", action="store_true", help="No progress bar.")
+    # Postprocessing overrides; default: the settings the model was exported with.
+    parser.add_argument("--nms_threshold", type=float, default=None)
+    parser.add_argument("--top_pairs", type=int, default=None)
+    parser.add_argument("--detections_per_video", type=int, default=None)
+    parser.add_argument("--proposals_per_video", type=int, default=None)
+    parser.add_argument(
+        "--soft_nms", action=argparse.BooleanOptionalAction, default=None
+    )
+    args = parser.parse_args(argv)
+    if args.annotations is None and args.durations is None:
+        parser.error("pass --annotations (with --subset) or --durations.")
+    if args.batch_size < 1 or args.num_workers < 1:
+        parser.error("--batch_size and --num_workers must be >= 1.")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    import tal_keras
+    from tal_keras.data.features import open_feature_store
+    from tal_keras.evaluation import read_video_labels
+
+    tal_keras.configure_logging()
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "nms_threshold",
+            "top_pairs",
+            "detections_per_video",
+            "proposals_per_video",
+            "soft_nms",
+        )
+        if getattr(args, name) is not None
+    }
+    providers = args.providers.split(",") if args.providers else None
+    try:
+        detector = Detector(args.model, providers=providers, postprocessing=overrides)
+        store = open_feature_store(args.features)
+        videos = videos_to_serve(args.annotations, args.subset, args.durations)
+        video_labels = (
+            read_video_labels(args.video_labels, detector.class_names)
+            if args.video_labels
+            else None
+        )
+    except (DataError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    logger.info("%r; %d videos to serve", detector, len(videos))
+    result = serve(
+        detector,
+        store,
+        videos,
+        batch_size=args.batch_size,
+        video_labels=video_labels,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+    )
+    if not result.num_served:
+        print(
+            f"error: none of the {len(videos)} videos could be served; nothing "
+            "written (reasons above).",
+            file=sys.stderr,
+        )
+        return 1
+    detections.write_submission(args.out, result.detections)
+    written = [args.out]
+    if args.proposals_out:
+        detections.write_submission(args.proposals_out, result.proposals)
+        written.append(args.proposals_out)
+    print(summary_line(result, len(videos), detector.provider))
+    print(f"written: {', '.join(written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
