@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
@@ -192,13 +193,15 @@ def convert(inference_model, model_config, opset):
         path = os.path.join(folder, "model.onnx")
         # An explicit signature: the model need not have been called (a paper
         # config forward takes minutes on a CPU).
-        inference_model.export(
-            path,
-            format="onnx",
-            input_signature=signature,
-            opset_version=opset,
-            verbose=False,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # keras' tf2onnx numpy patch
+            inference_model.export(
+                path,
+                format="onnx",
+                input_signature=signature,
+                opset_version=opset,
+                verbose=False,
+            )
         model = onnx.load(path)
     graph = model.graph
     if [value.name for value in graph.input] != [metadata.INPUT_NAME]:
@@ -243,8 +246,6 @@ def convert(inference_model, model_config, opset):
 
 def to_float16(model):
     """The graph with float16 weights and activations, float32 inputs and outputs."""
-    import warnings
-
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     with warnings.catch_warnings():

@@ -1,0 +1,248 @@
+"""export.onnx_export: the ONNX graph against Keras on real and random inputs,
+its metadata, dynamic batch, float16, and loud failures. The tiny run folder
+built here is shared with test_serve.py."""
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+
+import keras
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from export import metadata, onnx_export
+from tal_keras.config import DataConfig, EvalConfig, ModelConfig, RunConfig
+from tal_keras.data import synthetic
+from tal_keras.models import (
+    build_classifier_network,
+    build_inference_model,
+    build_proposal_network,
+)
+
+TINY_MODEL = ModelConfig(
+    num_clips=16,
+    scale_layers=(4, 2, 2),
+    feature_dim=8,
+    hidden_size=8,
+    kernel_size=3,
+    num_conv_layers=2,
+    num_classes=4,
+)
+_BUILT = {}
+
+
+def make_tiny_run(tmp_path_factory):
+    """(run folder, its RunConfig, exported ONNX path, the export's report),
+    made once per test session: a 30-video synthetic dataset, both networks
+    with random weights saved as best.keras, config.json, and the export."""
+    if "run" in _BUILT:
+        return _BUILT["run"]
+    root = tmp_path_factory.mktemp("tiny_run")
+    data = synthetic.generate(
+        root / "data", num_videos=30, num_classes=4, feature_dim=8, seed=3
+    )
+    workdir = str(root / "run")
+    run_config = RunConfig(
+        workdir=workdir,
+        data=DataConfig(
+            annotations=data.annotations_path,
+            features=data.features_path,
+            category_file=data.classes_path,
+        ),
+        model=TINY_MODEL,
+        eval=EvalConfig(batch_size=4),
+    )
+    keras.utils.set_random_seed(5)
+    for name, builder in (
+        ("proposal", build_proposal_network),
+        ("classifier", build_classifier_network),
+    ):
+        os.makedirs(os.path.join(workdir, name))
+        builder(TINY_MODEL).save(os.path.join(workdir, name, "best.keras"))
+    with open(os.path.join(workdir, "config.json"), "w") as stream:
+        json.dump(run_config.to_dict(), stream)
+    report = onnx_export.export_run(workdir, check_videos=5)
+    _BUILT["run"] = (workdir, run_config, report.path, report)
+    return _BUILT["run"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """The entry points' `main` configures the "tal_keras" logger (a handler
+    on the captured stderr, no propagation); undo that after each test."""
+    logger = logging.getLogger("tal_keras")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate, logger.level = saved
+
+
+def random_clips(batch, config=TINY_MODEL, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(
+        (batch, config.num_clips, config.feature_dim), dtype=np.float32
+    )
+
+
+def test_export_matches_keras_on_real_videos_and_any_batch(tiny_run):
+    workdir, _, path, report = tiny_run
+    assert path == os.path.join(workdir, "s2dtan.onnx") and os.path.exists(path)
+    assert report.inputs == "5 videos of the validation subset"
+    assert max(report.max_abs_diff.values()) <= 1e-5
+    assert report.batch_consistency <= 1e-5
+    # Independently of the export's own check: another batch size, other inputs.
+    _, proposal_network, classifier_network = onnx_export.load_run(workdir)
+    reference = build_inference_model(proposal_network, classifier_network)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert [value.name for value in session.get_outputs()] == [
+        "overlap_scores",
+        "class_scores",
+    ]
+    num_proposals = TINY_MODEL.lattice.num_proposals
+    assert session.get_inputs()[0].shape == ["batch", 16, 8]
+    assert session.get_outputs()[1].shape == ["batch", num_proposals, 4]
+    for batch in (1, 3):
+        clips = random_clips(batch, seed=batch)
+        overlap, classes = session.run(None, {"clip_features": clips})
+        expected = reference(clips)
+        np.testing.assert_allclose(overlap, expected["overlap_scores"], atol=1e-5)
+        np.testing.assert_allclose(classes, expected["class_scores"], atol=1e-5)
+        assert overlap.shape == (batch, num_proposals)
+
+
+def test_metadata_holds_what_serving_needs(tiny_run):
+    _, run_config, path, report = tiny_run
+    properties = {
+        entry.key: json.loads(entry.value) for entry in onnx.load(path).metadata_props
+    }
+    assert properties["format"] == metadata.FORMAT
+    assert properties["num_clips"] == 16
+    assert properties["scale_layers"] == [4, 2, 2]
+    assert properties["feature_dim"] == 8
+    assert properties["class_names"] == synthetic.class_names(4)
+    assert properties["feature_timing"] == {"fps": 15.0, "stride": 8, "window": 32}
+    assert properties["model_config"] == TINY_MODEL.to_dict()
+    assert properties["precision"] == "float32"
+    assert properties["tal_keras_version"] == "0.1.0"
+    post = properties["postprocessing"]
+    assert post["nms_threshold"] == run_config.eval.nms_threshold
+    assert post["top_pairs"] == run_config.eval.top_pairs
+    assert post["detections_per_video"] == run_config.eval.detections_per_video
+    assert post["soft_nms"] is False
+    assert properties["parity"]["max_abs_diff"] == report.max_abs_diff
+    spec = metadata.parse_metadata(
+        {entry.key: entry.value for entry in onnx.load(path).metadata_props}, path
+    )
+    assert spec.lattice.num_proposals == TINY_MODEL.lattice.num_proposals
+
+
+def test_float16_export_reports_its_own_tolerance(tiny_run, tmp_path):
+    workdir, *_ = tiny_run
+    out = str(tmp_path / "half.onnx")
+    report = onnx_export.export_run(workdir, out=out, fp16=True, check_videos=3)
+    assert report.precision == "float16"
+    assert report.tolerance == onnx_export.FP16_TOLERANCE
+    # Rounded to float16, so not as close as float32, yet within tolerance.
+    assert 0 < max(report.max_abs_diff.values()) <= onnx_export.FP16_TOLERANCE
+    model = onnx.load(out)
+    weights = [
+        tensor
+        for tensor in model.graph.initializer
+        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+        and np.prod(tensor.dims) > 1
+    ]
+    assert weights
+    assert all(tensor.data_type == onnx.TensorProto.FLOAT16 for tensor in weights)
+    io_types = [
+        value.type.tensor_type.elem_type
+        for value in [*model.graph.input, *model.graph.output]
+    ]
+    assert io_types == [onnx.TensorProto.FLOAT] * 3
+    properties = {entry.key: entry.value for entry in model.metadata_props}
+    assert json.loads(properties["precision"]) == "float16"
+
+
+def test_a_mismatch_fails_loudly_and_writes_nothing(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    workdir, *_ = tiny_run
+    keras_scores = onnx_export.keras_scores
+
+    def off_by_a_little(*args):
+        return {name: value + 2e-4 for name, value in keras_scores(*args).items()}
+
+    monkeypatch.setattr(onnx_export, "keras_scores", off_by_a_little)
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(onnx_export.ParityError, match="does not match Keras"):
+        onnx_export.export_run(workdir, out=str(out), check_videos=2)
+    assert not out.exists()
+    status = onnx_export.main(
+        ["--workdir", workdir, "--out", str(out), "--check_videos", "2"]
+    )
+    assert status == 1
+    assert "EXPORT FAILED" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_without_data_the_check_runs_on_random_inputs_and_says_so(tiny_run, caplog):
+    _, run_config, *_ = tiny_run
+    moved = dataclasses.replace(
+        run_config,
+        data=dataclasses.replace(run_config.data, annotations="/nonexistent/a.json"),
+    )
+    clips, description = onnx_export.check_inputs(moved, 3)
+    assert clips.shape == (3, 16, 8) and clips.dtype == np.float32
+    assert "random" in description
+    assert "PARITY CHECK ON RANDOM INPUTS" in caplog.text
+
+
+def test_missing_classifier_is_a_clear_error(tiny_run, tmp_path):
+    workdir, *_ = tiny_run
+    partial = tmp_path / "run"
+    partial.mkdir()
+    shutil.copy(os.path.join(workdir, "config.json"), partial)
+    shutil.copytree(os.path.join(workdir, "proposal"), partial / "proposal")
+    with pytest.raises(FileNotFoundError, match="classifier/best.keras"):
+        onnx_export.export_run(str(partial))
+    assert onnx_export.main(["--workdir", str(partial)]) == 2
+
+
+@pytest.mark.parametrize(
+    ("conv_implementation", "map_mode", "proposal_features"),
+    [
+        ("band", "s2dtan", "pool"),
+        ("whole", "s2dtan", "pool"),
+        ("band", "2dtan", "conv"),
+    ],
+)
+def test_every_architecture_variant_converts(
+    conv_implementation, map_mode, proposal_features
+):
+    config = dataclasses.replace(
+        TINY_MODEL,
+        conv_implementation=conv_implementation,
+        map_mode=map_mode,
+        proposal_features=proposal_features,
+    )
+    model = build_inference_model(
+        build_proposal_network(config), build_classifier_network(config)
+    )
+    session = ort.InferenceSession(
+        onnx_export.convert(
+            model, config, onnx_export.DEFAULT_OPSET
+        ).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    )
+    clips = random_clips(2, config)
+    found = onnx_export.onnx_scores(session, clips)
+    expected = onnx_export.keras_scores(model, clips, 2)
+    for name in expected:
+        np.testing.assert_allclose(found[name], expected[name], atol=1e-5)
