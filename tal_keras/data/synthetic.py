@@ -22,9 +22,10 @@ What it models:
     tenth (at least 1.5 s, at most a quarter of it), then the body, then the
     offset for its last tenth, at a random per-instance amplitude;
   - distractors: body-only stretches (usually of the video's class, sometimes
-    of another) in the gaps between instances, with no onset or offset, so
-    that finding boundaries needs temporal context, not only the body
-    pattern;
+    of another) in the gaps between instances, with no onset or offset, at
+    most as long as the video's longest instance and weaker (amplitude 0.3 to
+    0.7), so that finding boundaries needs temporal context, not only the
+    body pattern;
   - noise: i.i.d. Gaussian, standard deviation 1, per step and channel.
 - Signal-to-noise: per channel a pattern (amplitude 0.5 to 1.0, unit root
   mean square direction) is below the noise, but projected on its direction
@@ -72,7 +73,7 @@ from tal_keras.data.features import HACS_TIMING
 FORMATS = ("npy", "hdf5")
 SUBSET_FRACTIONS = (("training", 0.7), ("validation", 0.2), ("testing", 0.1))
 PARAMETERS_FILE = "synthetic.json"
-GENERATOR_VERSION = 1  # bump when the same seed would give different data
+GENERATOR_VERSION = 2  # bump when the same seed would give different data
 
 MIN_DURATION, MAX_DURATION = 20.0, 240.0  # seconds, uniform
 INSTANCE_COUNT_WEIGHTS = (0.35, 0.25, 0.2, 0.12, 0.08)  # of 1..5 instances
@@ -87,6 +88,10 @@ BACKGROUND_RANK = 8  # dimensions of the shared background subspace
 BACKGROUND_SECONDS = 10.0  # time scale of the background drift
 DISTRACTOR_PROBABILITY = 0.5  # per gap between instances (and at the ends)
 DISTRACTOR_OTHER_CLASS = 0.3  # share of distractors of another class
+# A distractor is at most as long as the video's longest instance (and 40% of
+# its gap) and weaker than an instance, so that it resembles part of an action
+# without dwarfing a short one.
+DISTRACTOR_AMPLITUDE_RANGE = (0.3, 0.7)
 MIN_GAP_FOR_DISTRACTOR = 4.0  # seconds
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 ID_LENGTH = 11  # YouTube ids, as in HACS
@@ -416,13 +421,15 @@ def _video(rng, num_classes, timing, patterns, background_basis):
         gap = gap_end - gap_start
         if gap < MIN_GAP_FOR_DISTRACTOR or rng.random() >= DISTRACTOR_PROBABILITY:
             continue
-        length = rng.uniform(0.2, 0.6) * gap
+        longest = max(end - start for start, end in segments) if segments else gap
+        length = rng.uniform(0.3, 1.0) * min(0.4 * gap, longest)
         start = gap_start + rng.uniform(0.2 * gap, 0.8 * gap - length)
         distractor_class = label
         if num_classes > 1 and rng.random() < DISTRACTOR_OTHER_CLASS:
             distractor_class = (label + int(rng.integers(1, num_classes))) % num_classes
         mask = (centers >= start) & (centers < start + length)
-        signal[mask] += rng.uniform(*AMPLITUDE_RANGE) * patterns[distractor_class, 1]
+        amplitude = rng.uniform(*DISTRACTOR_AMPLITUDE_RANGE)
+        signal[mask] += amplitude * patterns[distractor_class, 1]
 
     background = _background(rng, num_steps, timing) @ background_basis
     noise = rng.standard_normal((num_steps, feature_dim)) * NOISE_STD
