@@ -181,15 +181,13 @@ def test_a_mismatch_fails_loudly_and_writes_nothing(
 
     monkeypatch.setattr(onnx_export, "keras_scores", off_by_a_little)
     out = tmp_path / "bad.onnx"
-    with pytest.raises(onnx_export.ParityError, match="does not match Keras"):
-        onnx_export.export_run(workdir, out=str(out), check_videos=2)
-    assert not out.exists()
     status = onnx_export.main(
         ["--workdir", workdir, "--out", str(out), "--check_videos", "2"]
     )
     assert status == 1
-    assert "EXPORT FAILED" in capsys.readouterr().err
-    assert not out.exists()
+    error = capsys.readouterr().err
+    assert "EXPORT FAILED" in error and "does not match Keras" in error
+    assert "Nothing was written" in error and not out.exists()
 
 
 def test_without_data_the_check_runs_on_random_inputs_and_says_so(tiny_run, caplog):
@@ -215,17 +213,15 @@ def test_missing_classifier_is_a_clear_error(tiny_run, tmp_path):
     assert onnx_export.main(["--workdir", str(partial)]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("conv_implementation", "map_mode", "proposal_features"),
-    [
-        ("band", "s2dtan", "pool"),
-        ("whole", "s2dtan", "pool"),
-        ("band", "2dtan", "conv"),
-    ],
+    [("whole", "s2dtan", "pool"), ("band", "2dtan", "conv")],
 )
-def test_every_architecture_variant_converts(
+def test_other_architecture_variants_convert(
     conv_implementation, map_mode, proposal_features
 ):
+    # The tiny run covers the default (band, s2dtan, pool).
     config = dataclasses.replace(
         TINY_MODEL,
         conv_implementation=conv_implementation,
