@@ -1,0 +1,261 @@
+"""Times serving: Keras (TensorFlow) against onnxruntime, at batch 1 and 32,
+for the demo config and the paper config, with postprocessing timed apart.
+
+    python bench/bench_serving.py [--configs demo,paper] [--batch_sizes 1,32]
+        [--runs 5] [--paper_runs 1] [--markdown table.md]
+
+Both networks are built with random weights (latency does not depend on
+them) and exported with `export.onnx_export.convert`. Each engine is warmed
+up with one call per batch size, then timed over --runs calls (--paper_runs
+for the paper config); the median is reported. Model time is one call on a
+batch of random clip features [B, N, D]; postprocessing is the per-video
+numpy work serving does after it (class-agnostic proposals, then fusion,
+per-class NMS and top-k), on the onnxruntime scores. A row marked
+"extrapolated" was not run: its model time is B x the batch-1 time (batches
+gain little on a CPU whose cores one video already fills), which the table
+says.
+"""
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np
+
+# Runnable from a checkout without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tal_keras.config import ModelConfig
+
+CONFIGS = {
+    # demo.flags: N 64, scales 16,8,8, D 256, H 128, K 5, L 2, 20 classes.
+    "demo": ModelConfig(
+        num_clips=64,
+        scale_layers=(16, 8, 8),
+        feature_dim=256,
+        hidden_size=128,
+        kernel_size=5,
+        num_conv_layers=2,
+        num_classes=20,
+    ),
+    # The report's S-2D-TAN on HACS: N 256, H 512, K 9, L 4, D 2304, 200 classes.
+    "paper": ModelConfig(),
+}
+
+
+@dataclasses.dataclass
+class Row:
+    config: str
+    engine: str
+    batch: int
+    batch_seconds: float
+    post_seconds: float  # per video
+    runs: int
+    note: str = ""
+
+    def cells(self):
+        per_video = self.batch_seconds / self.batch
+        return [
+            self.config,
+            self.engine,
+            str(self.batch),
+            f"{1000 * self.batch_seconds:,.1f}",
+            f"{1000 * per_video:,.1f}",
+            f"{1 / per_video:,.2f}",
+            f"{1000 * self.post_seconds:,.1f}",
+            f"{1 / (per_video + self.post_seconds):,.2f}",
+            str(self.runs) if self.runs else "-",
+            self.note,
+        ]
+
+
+HEADER = [
+    "config",
+    "engine",
+    "batch",
+    "model ms/batch",
+    "model ms/video",
+    "model videos/s",
+    "post ms/video",
+    "end-to-end videos/s",
+    "runs",
+    "note",
+]
+
+
+def markdown(rows):
+    lines = [
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join(" --- " for _ in HEADER) + "|",
+    ]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def median_seconds(function, runs):
+    times = []
+    for _ in range(runs):
+        begin = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def postprocess_seconds(config, overlap_scores, class_scores, duration=120.0):
+    """Median per-video seconds of serving's numpy postprocessing
+    (`Detector.proposals` + `Detector.detections` with the run defaults)."""
+    from export.metadata import Postprocessing
+    from tal_keras import detections
+
+    lattice = config.lattice
+    settings = Postprocessing()
+    class_names = [f"class {index}" for index in range(config.num_classes)]
+    times = []
+    for overlap, classes in zip(overlap_scores, class_scores):
+        begin = time.perf_counter()
+        detections.video_proposals(
+            lattice,
+            duration,
+            overlap,
+            nms_threshold=settings.nms_threshold,
+            top_k=settings.proposals_per_video,
+        )
+        detections.video_detections(
+            lattice,
+            duration,
+            overlap,
+            classes,
+            class_names,
+            top_m=settings.top_pairs,
+            nms_threshold=settings.nms_threshold,
+            soft_nms=settings.soft_nms,
+            top_k=settings.detections_per_video,
+        )
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def bench_config(name, config, batch_sizes, runs, extrapolate_above, seed=0):
+    """Rows of one config, and the max |ONNX - Keras| seen."""
+    import keras
+    import onnxruntime as ort
+
+    from export.onnx_export import DEFAULT_OPSET, convert
+    from tal_keras.models import (
+        build_classifier_network,
+        build_inference_model,
+        build_proposal_network,
+    )
+
+    keras.utils.set_random_seed(seed)
+    model = build_inference_model(
+        build_proposal_network(config), build_classifier_network(config)
+    )
+    begin = time.perf_counter()
+    session = ort.InferenceSession(
+        convert(model, config, DEFAULT_OPSET).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    )
+    print(f"{name}: exported in {time.perf_counter() - begin:.1f} s", flush=True)
+    rng = np.random.default_rng(seed)
+    rows, max_diff, batch_one = [], 0.0, {}
+    for batch in batch_sizes:
+        if batch > extrapolate_above:
+            for engine in ("Keras (TF)", "onnxruntime"):
+                rows.append(
+                    Row(
+                        name,
+                        engine,
+                        batch,
+                        batch * batch_one[engine][0],
+                        batch_one[engine][1],
+                        0,
+                        f"extrapolated: {batch} x batch 1",
+                    )
+                )
+            continue
+        clips = rng.standard_normal(
+            (batch, config.num_clips, config.feature_dim), dtype=np.float32
+        )
+        feeds = {"clip_features": clips}
+        # Warm-up: traces the Keras function, sizes onnxruntime's arenas.
+        expected = model.predict_on_batch(clips)
+        overlap, classes = session.run(["overlap_scores", "class_scores"], feeds)
+        max_diff = max(
+            max_diff,
+            float(np.abs(overlap - expected["overlap_scores"]).max()),
+            float(np.abs(classes - expected["class_scores"]).max()),
+        )
+        post = postprocess_seconds(config, overlap, classes)
+        for engine, function in (
+            ("Keras (TF)", lambda clips=clips: model.predict_on_batch(clips)),
+            ("onnxruntime", lambda feeds=feeds: session.run(None, feeds)),
+        ):
+            seconds = median_seconds(function, runs)
+            rows.append(Row(name, engine, batch, seconds, post, runs))
+            if batch == 1:
+                batch_one[engine] = (seconds, post)
+            print(f"  {engine:<12} batch {batch:>3}: {seconds:.3f} s", flush=True)
+    return rows, max_diff
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="demo,paper")
+    parser.add_argument("--batch_sizes", default="1,32")
+    parser.add_argument("--runs", type=int, default=5, help="Timed calls (demo).")
+    parser.add_argument(
+        "--paper_runs", type=int, default=1, help="Timed calls (paper config)."
+    )
+    parser.add_argument(
+        "--paper_max_batch",
+        type=int,
+        default=1,
+        help="Larger paper-config batches are extrapolated from batch 1, not run.",
+    )
+    parser.add_argument("--markdown", default=None, help="Also write the table here.")
+    args = parser.parse_args()
+
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    if 1 not in batch_sizes:
+        batch_sizes.insert(0, 1)
+    rows, diffs = [], {}
+    for name in args.configs.split(","):
+        paper = name == "paper"
+        config_rows, diffs[name] = bench_config(
+            name,
+            CONFIGS[name],
+            batch_sizes,
+            args.paper_runs if paper else args.runs,
+            args.paper_max_batch if paper else max(batch_sizes),
+        )
+        rows += config_rows
+    table = markdown(rows)
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
+        f"(shared with other jobs), TensorFlow {tf.__version__} (CPU), "
+        f"onnxruntime {ort.__version__} (CPUExecutionProvider), float32"
+    )
+    checks = ", ".join(f"{name} {diff:.1e}" for name, diff in diffs.items())
+    print()
+    print(table)
+    print(f"\n{machine}; max |ONNX - Keras| on the timed inputs: {checks}.")
+    if args.markdown:
+        with open(args.markdown, "w") as stream:
+            stream.write(
+                f"{table}\n\n{machine}; max |ONNX - Keras| on the timed inputs: {checks}.\n"
+            )
+
+
+if __name__ == "__main__":
+    main()
