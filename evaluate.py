@@ -228,21 +228,24 @@ def main(argv):
     tal_keras.configure_logging()
     if FLAGS.predictions or FLAGS.ground_truth:
         if not (FLAGS.predictions and FLAGS.ground_truth):
-            raise app.UsageError(
-                "Scoring mode needs both --ground_truth and --predictions."
+            raise SystemExit(
+                "error: scoring mode needs both --ground_truth and --predictions."
             )
-        score_file_mode()
+        try:
+            score_file_mode()
+        except (ValueError, OSError) as error:
+            raise SystemExit(f"error: {error}") from None
         return
     try:
         run_config, _ = run_config_from_flags()
     except ValueError as error:
-        raise app.UsageError(str(error)) from None
+        raise SystemExit(f"error: {error}") from None
     from tal_keras import evaluation
 
     saved = os.path.join(run_config.workdir, "config.json")
     if not os.path.exists(saved):
-        raise app.UsageError(
-            f"{saved} does not exist: train first (python train.py --flagfile=...)."
+        raise SystemExit(
+            f"error: {saved} does not exist: train first (python train.py --flagfile=...)."
         )
     with open(saved) as stream:
         trained = RunConfig.from_dict(json.load(stream))
@@ -254,9 +257,12 @@ def main(argv):
         train=trained.train,
         eval=run_config.eval,
     )
-    evaluation.evaluate_run(
-        run_config, video_labels=FLAGS.video_labels, show=FLAGS.show
-    )
+    try:
+        evaluation.evaluate_run(
+            run_config, video_labels=FLAGS.video_labels, show=FLAGS.show
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

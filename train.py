@@ -78,7 +78,7 @@ def main(argv):
             train_config_from_flags()
         )
     except ValueError as error:
-        raise app.UsageError(str(error)) from None
+        raise SystemExit(f"error: {error}") from None
     from tal_keras import experiment
 
     try:
@@ -89,13 +89,13 @@ def main(argv):
                 previous = RunConfig.from_dict(json.load(stream))
             run_config = experiment.check_resume_config(previous, run_config)
     except ValueError as error:
-        raise app.UsageError(str(error)) from None
+        raise SystemExit(f"error: {error}") from None
     try:
         experiment.train_and_evaluate(
             run_config, resume=FLAGS.resume, evaluate_at_end=FLAGS.evaluate_at_end
         )
     except FileExistsError as error:
-        raise app.UsageError(str(error)) from None
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,247 @@
+"""train.py and evaluate.py as a user runs them: flags, the run folder,
+resuming a killed run, and the scoring mode."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from tal_keras import metrics
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+
+
+def run(args, check=True, timeout=600):
+    result = subprocess.run(
+        [sys.executable, *args],
+        check=False,
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def tiny_flags(tmp_path, workdir, epochs=2):
+    data = tmp_path / "data"
+    flagfile = tmp_path / f"{workdir}.flags"
+    flagfile.write_text(
+        "\n".join(
+            [
+                f"--workdir={tmp_path / workdir}",
+                f"--annotations={data / 'annotations.json'}",
+                f"--features={data / 'features'}",
+                f"--category_file={data / 'classes.txt'}",
+                "--synthetic_videos=40",
+                "--feature_dim=256",
+                "--num_clips=16",
+                "--scale_layers=4,2,2",
+                "--hidden_size=8",
+                "--kernel_size=3",
+                "--num_conv_layers=1",
+                "--batch_size=4",
+                f"--epochs={epochs}",
+            ]
+        )
+    )
+    return flagfile
+
+
+@pytest.mark.slow
+def test_train_writes_a_complete_run_folder_and_evaluate_reproduces_it(tmp_path):
+    flagfile = tiny_flags(tmp_path, "run")
+    result = run(["train.py", f"--flagfile={flagfile}"])
+    workdir = tmp_path / "run"
+    assert "baseline (content-blind)" in result.stdout
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["model"]["num_classes"] == 20  # resolved from the data
+    assert config["model"]["scale_layers"] == [4, 2, 2]
+    for network in ("proposal", "classifier"):
+        state = json.loads((workdir / network / "state.json").read_text())
+        assert state["finished"] and state["epochs_done"] == 2
+        assert [entry["epoch"] for entry in state["history"]] == [1, 2]
+        keras.saving.load_model(workdir / network / "best.keras", compile=False)
+    saved = json.loads((workdir / "metrics.json").read_text())
+    assert set(saved["detection"]["mAP"]) == {
+        f"{t:.2f}" for t in np.linspace(0.5, 0.95, 10)
+    }
+    assert set(saved["proposals"]) == {"AR@1", "AR@5", "AR@10", "AR@100", "AUC"}
+    # The files on disk score to the metrics written next to them.
+    ground_truth = tmp_path / "data" / "annotations.json"
+    rescored = metrics.evaluate_proposals(ground_truth, workdir / "proposals.json")
+    assert rescored["AUC"] == pytest.approx(saved["proposals"]["AUC"], abs=1e-12)
+    proposals = json.loads((workdir / "proposals.json").read_text())["results"]
+    assert all(len(entries) <= 100 for entries in proposals.values())
+    assert (workdir / "ar_an.png").stat().st_size > 0
+
+    video_id = next(iter(proposals))
+    again = run(["evaluate.py", f"--flagfile={flagfile}", f"--show={video_id}"])
+    assert json.loads((workdir / "metrics.json").read_text()) == saved
+    assert (workdir / f"show_{video_id}.png").stat().st_size > 0
+    assert "AUC" in again.stdout
+
+    refused = run(["train.py", f"--flagfile={flagfile}"], check=False)
+    assert refused.returncode != 0
+    assert "--resume" in refused.stderr + refused.stdout
+
+
+@pytest.mark.slow
+def test_training_killed_mid_run_resumes_to_a_complete_folder(tmp_path):
+    flagfile = tiny_flags(tmp_path, "killed", epochs=4)
+    workdir = tmp_path / "killed"
+    state_path = workdir / "proposal" / "state.json"
+    process = subprocess.Popen(
+        [sys.executable, "train.py", f"--flagfile={flagfile}"],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if (
+                state_path.exists()
+                and json.loads(state_path.read_text())["epochs_done"] >= 1
+            ):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("no epoch finished in time")
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    killed_state = json.loads(state_path.read_text())
+    assert not killed_state["finished"]
+    done = killed_state["epochs_done"]
+    checkpoint = keras.saving.load_model(
+        workdir / "proposal" / "checkpoints" / killed_state["checkpoint"]
+    )
+    steps_per_epoch = 7  # 28 training videos, batch 4
+    assert int(checkpoint.optimizer.iterations.numpy()) == done * steps_per_epoch
+
+    run(["train.py", f"--flagfile={flagfile}", "--resume"])
+    state = json.loads(state_path.read_text())
+    assert state["finished"] and state["epochs_done"] == 4
+    # Each epoch once: the resumed run continued after the last saved epoch.
+    assert [entry["epoch"] for entry in state["history"]] == [1, 2, 3, 4]
+    final = keras.saving.load_model(
+        workdir / "proposal" / "checkpoints" / state["checkpoint"]
+    )
+    assert int(final.optimizer.iterations.numpy()) == 4 * steps_per_epoch
+    assert (workdir / "metrics.json").exists()
+    assert not list((workdir / "proposal").rglob("*.tmp")) and not list(
+        (workdir / "proposal").rglob(".saving-*")
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--scale_layers=4,2,3", "longer than num_clips"),
+        ("--kernel_size=4", "odd"),
+        ("--networks=proposal,detector", "networks"),
+        ("--learning_rate=0", "learning_rate"),
+        ("--scale_layers=4,x", "integers"),
+    ],
+)
+def test_a_wrong_flag_fails_at_start_up_with_a_message(tmp_path, flag, message):
+    flagfile = tiny_flags(tmp_path, "bad")
+    result = run(["train.py", f"--flagfile={flagfile}", flag], check=False, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def write_json(path, payload):
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def scoring_fixture(tmp_path):
+    database = {
+        "a": {"subset": "validation", "duration": 50.0, "annotations": [
+            {"label": "Jump", "segment": [5.0, 15.0]}, {"label": "Run", "segment": [20.0, 40.0]}]},
+        "b": {"subset": "validation", "duration": 30.0, "annotations": [
+            {"label": "Jump", "segment": [0.0, 10.0]}]},
+        "c": {"subset": "validation", "duration": 30.0, "annotations": [
+            {"label": "Run", "segment": [3.0, 9.0]}]},
+        "t": {"subset": "training", "duration": 30.0, "annotations": [
+            {"label": "Run", "segment": [3.0, 9.0]}]},
+    }  # fmt: skip
+    results = {
+        # Two predictions on one segment, segments out of order.
+        "a": [
+            {"label": "Jump", "score": 0.9, "segment": [6.0, 15.0]},
+            {"label": "Jump", "score": 0.8, "segment": [5.0, 14.0]},
+            {"label": "Run", "score": 0.3, "segment": [21.0, 30.0]},
+        ],
+        # "c" has no predictions; "zz" is not in the ground truth.
+        "b": [{"label": "Run", "score": 0.7, "segment": [0.0, 10.0]}],
+        "zz": [{"label": "Jump", "score": 0.95, "segment": [0.0, 10.0]}],
+    }
+    ground_truth = write_json(tmp_path / "gt.json", {"database": database})
+    predictions = write_json(
+        tmp_path / "pred.json", {"version": "x", "results": results}
+    )
+    return ground_truth, predictions, results
+
+
+def test_scoring_mode_writes_the_official_metrics(tmp_path):
+    ground_truth, predictions, _ = scoring_fixture(tmp_path)
+    out = tmp_path / "m.json"
+    args = [
+        "evaluate.py",
+        f"--ground_truth={ground_truth}",
+        f"--predictions={predictions}",
+    ]
+    run([*args, "--subset=validation", "--task=detection", f"--metrics_out={out}"])
+    written = json.loads(out.read_text())
+    expected = metrics.evaluate_detection(
+        ground_truth, predictions, subset="validation"
+    )
+    assert set(written) == {"detection"}
+    assert written["detection"]["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
+    # Jump: 2 GT, the 0.95 prediction on an unknown video is a false positive
+    # first, then a hit on "a" at every threshold up to 0.9 tIoU; AP@0.5 by hand.
+    assert written["detection"]["mAP"]["0.50"] == pytest.approx(
+        (0.5 * 0.5 + 0.0) / 2, abs=1e-12
+    )
+
+    run([*args, "--task=proposals", f"--metrics_out={out}"])
+    written = json.loads(out.read_text())
+    assert set(written["proposals"]) == {"AR@1", "AR@5", "AR@10", "AR@100", "AUC"}
+    expected = metrics.evaluate_proposals(
+        ground_truth, predictions, subset="validation"
+    )
+    assert written["proposals"]["AUC"] == pytest.approx(expected["AUC"], abs=1e-12)
+
+
+def test_scoring_mode_rejects_a_label_unknown_to_the_ground_truth(tmp_path):
+    ground_truth, _, results = scoring_fixture(tmp_path)
+    results["b"][0]["label"] = "Swim"
+    predictions = write_json(tmp_path / "bad.json", {"results": results})
+    result = run(
+        [
+            "evaluate.py",
+            f"--ground_truth={ground_truth}",
+            f"--predictions={predictions}",
+        ],
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "Swim" in result.stderr and "bad.json" in result.stderr
