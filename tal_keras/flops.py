@@ -3,13 +3,16 @@
 numpy only (no Keras): FLOPs count 2 per multiply-add of the dense and conv
 layers; biases, activations, pooling, normalisation and the mask step are
 left out (each is below 0.1% of the total for the paper config). The map
-convs are reported twice: on whole maps (what `MaskedMapConv` computes) and
-on the proposal cells only (the least any implementation must compute).
+convs are reported three times: on whole maps (what `MaskedMapConv`
+computes), on each layer's band (what `BandMapConv`, the default, computes;
+cell counts from `MapBand`), and on the proposal cells only (the valid-cell
+minimum: every layer on every proposal, nothing else).
 
 Run `python -m tal_keras.flops` for the paper config and the report's Table 1.
 """
 
 from tal_keras.config import ModelConfig
+from tal_keras.map_band import MapBand
 
 
 def model_cost(config):
@@ -25,11 +28,14 @@ def model_cost(config):
             clip_encoder_flops, proposal_features_flops (0 for max-pooling),
             map_projection_flops, overlap_head_flops, class_head_flops.
             map_conv_flops_whole: the L KxK convs on every cell of every map.
+            map_conv_flops_band: the same as `BandMapConv` computes them.
             map_conv_flops_valid_cells: the same on the proposal cells only.
-            proposal_flops_whole, proposal_flops_valid_cells: the proposal
-                network with either map conv figure.
+            proposal_flops_whole, proposal_flops_band,
+                proposal_flops_valid_cells: the proposal network with each
+                map conv figure.
             classifier_flops.
-            total_flops_whole, total_flops_valid_cells: both networks.
+            total_flops_whole, total_flops_band, total_flops_valid_cells:
+                both networks.
     """
     lattice = config.lattice
     clips, features, hidden = config.num_clips, config.feature_dim, config.hidden_size
@@ -71,6 +77,8 @@ def model_cost(config):
     classifier_params = encoder_params + pooling_params + class_params
     conv_whole = conv_flops_per_cell * map_cells
     conv_valid = conv_flops_per_cell * proposals
+    band = MapBand(lattice, kernel, conv_layers, config.map_mode)
+    conv_band = 2 * band.multiply_adds(hidden, hidden)
     proposal_rest = encoder_flops + pooling_flops + projection_flops + overlap_flops
     classifier_flops = encoder_flops + pooling_flops + class_flops
     return {
@@ -83,13 +91,16 @@ def model_cost(config):
         "proposal_features_flops": pooling_flops,
         "map_projection_flops": projection_flops,
         "map_conv_flops_whole": conv_whole,
+        "map_conv_flops_band": conv_band,
         "map_conv_flops_valid_cells": conv_valid,
         "overlap_head_flops": overlap_flops,
         "class_head_flops": class_flops,
         "proposal_flops_whole": proposal_rest + conv_whole,
+        "proposal_flops_band": proposal_rest + conv_band,
         "proposal_flops_valid_cells": proposal_rest + conv_valid,
         "classifier_flops": classifier_flops,
         "total_flops_whole": proposal_rest + conv_whole + classifier_flops,
+        "total_flops_band": proposal_rest + conv_band + classifier_flops,
         "total_flops_valid_cells": proposal_rest + conv_valid + classifier_flops,
     }
 
@@ -119,8 +130,8 @@ def format_table(rows):
     """A text table of `model_cost` for (label, ModelConfig) rows."""
     header = (
         f"{'row':<12}{'N':>5}{'K':>3}{'L':>3}{'P':>7}{'cells':>7}"
-        f"{'prop M':>9}{'class M':>9}{'conv whole':>12}{'conv valid':>12}"
-        f"{'total whole':>13}{'total valid':>13}"
+        f"{'prop M':>9}{'class M':>9}{'conv whole':>12}{'conv band':>11}"
+        f"{'conv valid':>12}{'band/valid':>11}{'total band':>12}"
     )
     lines = [header, "-" * len(header)]
     for label, config in rows:
@@ -130,9 +141,10 @@ def format_table(rows):
             f"{config.num_conv_layers:>3}{cost['num_proposals']:>7}{cost['map_cells']:>7}"
             f"{cost['proposal_params'] / 1e6:>9.2f}{cost['classifier_params'] / 1e6:>9.2f}"
             f"{_tflop(cost['map_conv_flops_whole']):>12}"
+            f"{_tflop(cost['map_conv_flops_band']):>11}"
             f"{_tflop(cost['map_conv_flops_valid_cells']):>12}"
-            f"{_tflop(cost['total_flops_whole']):>13}"
-            f"{_tflop(cost['total_flops_valid_cells']):>13}"
+            f"{cost['map_conv_flops_band'] / cost['map_conv_flops_valid_cells']:>11.3f}"
+            f"{_tflop(cost['total_flops_band']):>12}"
         )
     return "\n".join(lines)
 
@@ -151,7 +163,8 @@ def main():
         "Table 1 of the report (row 1 is the paper config). Per video; params in millions (prop = proposal network), FLOPs in TFLOP"
     )
     print(
-        "(2 per multiply-add); conv = the shared map convs, whole maps or proposal cells."
+        "(2 per multiply-add); conv = the shared map convs on whole maps, on the bands BandMapConv computes,\n"
+        "or on the proposal cells only (valid); total band = both networks with the band convs."
     )
     print(format_table([(label, ModelConfig(**fields)) for label, fields in TABLE_1]))
 

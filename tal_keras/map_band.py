@@ -12,12 +12,14 @@ other cell is zero or never read. Cells outside the map are zero padding and
 are never in a band.
 
 Each band is a flat list of cells (all maps of the network in one list, map by
-map, row by row); the first and last list are the proposals in lattice order.
-A KxK conv from band m - 1 to band m is, per kernel tap t, a gather: output
-cell o reads input cell `forward_index[t, o]`, or the zero row (index n_in)
-where that cell is zero or off the map. `backward_index[t, i]` is the inverse
-(the output cell that reads input cell i through tap t, or the zero row n_out);
-it turns the gradient of the gather into a gather too.
+map, row by row), followed by one zero row: n_m cells, row n_m always zero.
+The first and last bands are the proposals in lattice order. A KxK conv from
+band m - 1 to band m is, per kernel tap t, a gather: output row o reads input
+row `forward_index[t, o]`, the zero row n_{m-1} where the tapped cell is zero
+or off the map (and for o = n_m, so that the zero row stays zero).
+`backward_index[t, i]` is its inverse: the output row that reads input row i
+through tap t, or the zero row n_m; it makes the gradient of a gather a gather
+too.
 """
 
 import numpy as np
@@ -39,25 +41,23 @@ class MapBand:
     Attributes (layer m = 0 is the input of the first conv, m = L the output
     of the last; tables of conv layer m = 1..L sit at index m - 1):
         map_sizes: tuple, side of each map.
-        band_sizes: tuple of L + 1 ints n_m, cells of band m;
-            n_0 = n_L = P.
+        band_sizes: tuple of L + 1 ints n_m, cells of band m (its zero row
+            not counted); n_0 = n_L = P.
         band_cells: tuple of L + 1 int64 [n_m, 3] arrays, (map, row, col) of
             each cell of band m, in band order (lattice order for m = 0, L).
-        forward_index: tuple of L int32 [K * K, n_m], taps in kernel order
-            (row-major, as a Keras Conv2D kernel [K, K, C, H] reshaped to
-            [K * K, C, H]); values in [0, n_{m-1}], n_{m-1} = zero row.
-        backward_index: tuple of L int32 [K * K, n_{m-1}]; values in
-            [0, n_m], n_m = zero row.
-        active_taps: tuple of L tuples of tap indices that read at least one
-            nonzero cell (the others contribute nothing and are skipped).
-        mask_weights: tuple of L float32 [n_m], 1 / (valid input cells under
-            the kernel) at each cell of band m (2D-TAN's mask step; never 0 in
-            a band).
+        forward_index: tuple of L int32 [K * K, n_m + 1], taps in kernel
+            order (row-major, as a Keras Conv2D kernel [K, K, C, H] reshaped
+            to [K * K, C, H]); values in [0, n_{m-1}].
+        backward_index: tuple of L int32 [K * K, n_{m-1} + 1]; values in
+            [0, n_m].
+        mask_weights: tuple of L float32 [n_m + 1], 1 / (valid input cells
+            under the kernel) at each cell of band m (2D-TAN's mask step;
+            never 0 in a band), 0 at the zero row.
         gather_first: tuple of L bools: gather the inputs of each tap then
-            multiply by the kernel (n_m rows per tap), or multiply the inputs
-            then gather (n_{m-1} + 1 rows, the zero row included), whichever
-            is fewer rows.
-        rows_multiplied: tuple of L ints, rows of each tap's matrix product.
+            multiply by the kernel (n_m + 1 rows per tap), or multiply the
+            inputs then gather (n_{m-1} + 1 rows), whichever is fewer rows.
+        rows_multiplied: tuple of L ints, rows of each tap's matrix product
+            (the zero row included).
 
     Example:
         >>> band = MapBand(Lattice(256, (64, 32, 32)), 9, 4)
@@ -86,7 +86,7 @@ class MapBand:
             _cells_in_order(layer_positions) for layer_positions in positions
         )
         self.band_sizes = tuple(len(cells) for cells in self.band_cells)
-        forward, backward, active = [], [], []
+        forward, backward, weights_with_zero = [], [], []
         for layer in range(1, num_conv_layers + 1):
             forward.append(
                 _tap_index(
@@ -98,29 +98,29 @@ class MapBand:
                     self.band_cells[layer - 1], positions[layer], kernel_size, -1
                 )
             )
-            reads = forward[-1] < self.band_sizes[layer - 1]
-            active.append(tuple(int(tap) for tap in np.flatnonzero(reads.any(axis=1))))
+            cell_weights = weights[layer - 1][tuple(self.band_cells[layer].T)]
+            weights_with_zero.append(np.append(cell_weights, np.float32(0.0)))
         self.forward_index = tuple(forward)
         self.backward_index = tuple(backward)
-        self.active_taps = tuple(active)
-        self.mask_weights = tuple(
-            weights[layer - 1][tuple(self.band_cells[layer].T)]
-            for layer in range(1, num_conv_layers + 1)
-        )
+        self.mask_weights = tuple(weights_with_zero)
         self.gather_first = tuple(
-            self.band_sizes[layer] <= self.band_sizes[layer - 1] + 1
+            self.band_sizes[layer] <= self.band_sizes[layer - 1]
             for layer in range(1, num_conv_layers + 1)
         )
         self.rows_multiplied = tuple(
-            self.band_sizes[layer] if first else self.band_sizes[layer - 1] + 1
-            for layer, first in zip(range(1, num_conv_layers + 1), self.gather_first)
+            min(self.band_sizes[layer], self.band_sizes[layer - 1]) + 1
+            for layer in range(1, num_conv_layers + 1)
         )
 
     def multiply_adds(self, in_channels, out_channels):
-        """Multiply-adds of the L band convs on one video (inactive taps skipped)."""
+        """Multiply-adds of the L band convs on one video, as computed."""
+        taps = self.kernel_size**2
         return sum(
-            len(taps) * rows * in_channels * out_channels
-            for taps, rows in zip(self.active_taps, self.rows_multiplied)
+            taps * rows * channels * out_channels
+            for rows, channels in zip(
+                self.rows_multiplied,
+                [in_channels] + [out_channels] * (self.num_conv_layers - 1),
+            )
         )
 
     def __repr__(self):
@@ -214,15 +214,18 @@ def _cells_in_order(places):
 
 
 def _tap_index(cells, source_places, kernel_size, direction):
-    """int32 [K * K, n]: for each tap (a, b) and cell (map, r, c), the place of
-    (r + direction * (a - h), c + direction * (b - h)) in `source_places`, or
-    the number of source cells (the zero row) where it is off the band or map."""
+    """int32 [K * K, n + 1]: for each tap (a, b) and cell (map, r, c), the place
+    of (r + direction * (a - h), c + direction * (b - h)) in `source_places`,
+    or the number of source cells (their zero row) where it is off the band or
+    the map; the last column (the zero row of `cells`) reads the zero row."""
     half = kernel_size // 2
     num_sources = sum(int((place >= 0).sum()) for place in source_places)
-    index = np.full((kernel_size * kernel_size, len(cells)), num_sources, np.int64)
+    index = np.full(
+        (kernel_size * kernel_size, len(cells) + 1), num_sources, dtype=np.int64
+    )
     map_ids, rows, cols = cells.T
     for map_id, place in enumerate(source_places):
-        in_map = map_ids == map_id
+        in_map = np.flatnonzero(map_ids == map_id)
         size = place.shape[0]
         for tap in range(kernel_size * kernel_size):
             row_offset, col_offset = divmod(tap, kernel_size)
@@ -234,7 +237,7 @@ def _tap_index(cells, source_places, kernel_size, direction):
                 & (source_cols >= 0)
                 & (source_cols < size)
             )
-            found = np.full(int(in_map.sum()), -1, dtype=np.int64)
+            found = np.full(len(in_map), -1, dtype=np.int64)
             found[inside] = place[source_rows[inside], source_cols[inside]]
-            index[tap, np.flatnonzero(in_map)[found >= 0]] = found[found >= 0]
+            index[tap, in_map[found >= 0]] = found[found >= 0]
     return index.astype(np.int32)

@@ -118,26 +118,20 @@ class BandMapConv(keras.layers.Layer):
 
     def call(self, proposal_features):
         band = self._band
-        features = proposal_features
+        # Every band carries a zero row after its cells (see MapBand).
+        features = _with_zero_row(proposal_features)
         for layer, conv in enumerate(self.convs):
             kernel = ops.cast(conv.kernel, features.dtype)
-            kernel = ops.reshape(
-                kernel, (self.kernel_size**2, ops.shape(kernel)[2], self.hidden_size)
-            )
-            features = _band_conv(
+            features = _band_layer(
                 features,
-                kernel,
+                ops.reshape(kernel, (self.kernel_size**2, *kernel.shape[2:])),
+                ops.cast(conv.bias, features.dtype),
+                ops.convert_to_tensor(band.mask_weights[layer], features.dtype),
                 band.forward_index[layer],
                 band.backward_index[layer],
-                band.active_taps[layer],
                 band.gather_first[layer],
             )
-            weights = ops.convert_to_tensor(
-                band.mask_weights[layer][None, :, None], dtype=features.dtype
-            )
-            bias = ops.cast(conv.bias, features.dtype)
-            features = ops.relu(features + bias) * weights
-        return features
+        return features[:, :-1]
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.hidden_size)
@@ -158,74 +152,118 @@ class BandMapConv(keras.layers.Layer):
 
 
 def _with_zero_row(values):
-    """[B, n, C] -> [B, n + 1, C], the last row zero (what index n gathers)."""
+    """[B, n, C] -> [B, n + 1, C], the last row zero."""
     return ops.concatenate([values, ops.zeros_like(values[:, :1])], axis=1)
 
 
-def _band_conv(features, kernel, forward_index, backward_index, taps, gather_first):
-    """One KxK conv (no bias) from one band to the next, by gathers.
+def _band_layer(
+    features, kernel, bias, mask_weights, forward_index, backward_index, gather_first
+):
+    """One layer, band m - 1 to band m: KxK conv by gathers, bias, ReLU, mask step.
 
-    features: [B, n_in, C]; kernel: [K * K, C, H], taps row-major;
-    forward_index: int32 [K * K, n_out]; backward_index: int32 [K * K, n_in];
-    taps: the taps to sum; gather_first: gather then multiply (n_out rows
-    per tap) or multiply then gather (n_in + 1 rows). Returns [B, n_out, H].
+    features: [B, n_in + 1, C], last row zero; kernel: [K * K, C, H], taps
+    row-major; bias: [H]; mask_weights: [n_out + 1], 0 at the zero row;
+    forward_index: int32 [K * K, n_out + 1]; backward_index: int32
+    [K * K, n_in + 1]; gather_first: gather then multiply (n_out + 1 rows per
+    tap) or multiply then gather (n_in + 1 rows). Returns [B, n_out + 1, H],
+    last row zero.
+
+    The gradient is written out so that the backward pass keeps only the
+    layer's input and output (each also the neighbouring layer's output or
+    input): gathers of rows, not K^2 gathered copies.
     """
+    forward_table = ops.convert_to_tensor(forward_index)
+    backward_table = ops.convert_to_tensor(backward_index)
+    taps = forward_index.shape[0]
 
     @ops.custom_gradient
-    def conv(features, kernel):
-        padded = _with_zero_row(features)
-        output = None
-        for tap in taps:
+    def layer(features, kernel, bias):
+        def tap_output(tap):
+            rows = ops.take(forward_table, tap, axis=0)
+            weights = ops.take(kernel, tap, axis=0)
             if gather_first:
-                term = ops.matmul(
-                    ops.take(padded, forward_index[tap], axis=1), kernel[tap]
-                )
-            else:
-                term = ops.take(
-                    ops.matmul(padded, kernel[tap]), forward_index[tap], axis=1
-                )
-            output = term if output is None else output + term
+                return ops.matmul(ops.take(features, rows, axis=1), weights)
+            return ops.take(ops.matmul(features, weights), rows, axis=1)
+
+        conv = _one_tap_at_a_time(
+            1, taps, lambda tap, total: total + tap_output(tap), tap_output(0)
+        )
+        output = ops.relu(conv + bias) * mask_weights[None, :, None]
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            padded_upstream = _with_zero_row(upstream)
-            features_grad, kernel_grads = None, []
-            for tap in range(kernel.shape[0]):
-                if tap not in taps:
-                    kernel_grads.append(ops.zeros_like(kernel[tap]))
-                    continue
-                transposed = ops.transpose(kernel[tap])
-                if gather_first:
-                    # n_out rows: the products run over the output band.
+            # Gradient at the conv output; 0 at the zero row (weight 0).
+            conv_grad = ops.where(
+                output > 0, upstream * mask_weights[None, :, None], 0.0
+            )
+
+            def features_grad_step(total, tap):
+                backward_rows, weights = tap
+                if gather_first:  # n_out + 1 rows per product
                     term = ops.take(
-                        ops.matmul(padded_upstream, transposed),
-                        backward_index[tap],
+                        ops.matmul(conv_grad, ops.transpose(weights)),
+                        backward_rows,
                         axis=1,
                     )
-                    tap_inputs = ops.take(padded, forward_index[tap], axis=1)
-                    kernel_grads.append(
-                        ops.tensordot(tap_inputs, upstream, axes=[[0, 1], [0, 1]])
+                else:  # n_in + 1 rows
+                    term = ops.matmul(
+                        ops.take(conv_grad, backward_rows, axis=1),
+                        ops.transpose(weights),
+                    )
+                return total + term, None
+
+            def kernel_grad_step(unused, tap):
+                forward_rows, backward_rows = tap
+                if gather_first:
+                    tap_features = ops.take(features, forward_rows, axis=1)
+                    kernel_grad = ops.tensordot(
+                        tap_features, conv_grad, axes=[[0, 1], [0, 1]]
                     )
                 else:
-                    # n_in rows: the products run over the input band.
-                    tap_upstream = ops.take(
-                        padded_upstream, backward_index[tap], axis=1
+                    tap_grad = ops.take(conv_grad, backward_rows, axis=1)
+                    kernel_grad = ops.tensordot(
+                        features, tap_grad, axes=[[0, 1], [0, 1]]
                     )
-                    term = ops.matmul(tap_upstream, transposed)
-                    kernel_grads.append(
-                        ops.tensordot(features, tap_upstream, axes=[[0, 1], [0, 1]])
-                    )
-                features_grad = term if features_grad is None else features_grad + term
-            if features_grad is None:
-                features_grad = ops.zeros_like(features)
-            return features_grad, ops.stack(kernel_grads, axis=0)
+                return unused, kernel_grad
 
-        if output is None:
-            batch = ops.shape(features)[0]
-            output = ops.zeros(
-                (batch, forward_index.shape[1], kernel.shape[-1]), features.dtype
+            # ops.scan runs one step at a time on every backend.
+            features_grad, _ = ops.scan(
+                features_grad_step,
+                ops.zeros_like(features),
+                (backward_table, kernel),
             )
+            # A second loop: TensorFlow's scan only stacks outputs shaped like
+            # its carry, here a [C, H] placeholder.
+            _, kernel_grad = ops.scan(
+                kernel_grad_step,
+                ops.zeros_like(kernel[0]),
+                (forward_table, backward_table),
+            )
+            bias_grad = ops.sum(conv_grad, axis=(0, 1))
+            return features_grad, kernel_grad, bias_grad
+
         return output, grad
 
-    return conv(features, kernel)
+    return layer(features, kernel, bias)
+
+
+def _one_tap_at_a_time(lower, upper, body, initial):
+    """`ops.fori_loop`, but on TensorFlow one iteration at a time.
+
+    TensorFlow's while loop starts up to 10 iterations at once by default, so
+    10 taps' gathers and products would be alive together; ops.scan runs one
+    at a time but tf2onnx cannot export its TensorArray carry. So on
+    TensorFlow this is a plain tf.while_loop with parallel_iterations=1 (an
+    ONNX Loop); other backends run their fori_loop, which is sequential.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return ops.fori_loop(lower, upper, body, initial)
+    import tensorflow as tf
+
+    return tf.while_loop(
+        lambda index, total: index < upper,
+        lambda index, total: (index + 1, body(index, total)),
+        (tf.constant(lower), initial),
+        parallel_iterations=1,
+    )[1]

@@ -1,0 +1,291 @@
+"""Whole-map vs band-limited map convs (issue 6): per-video forward time and
+peak memory through Keras on TensorFlow and through onnxruntime on the CPU,
+FLOPs against the valid-cell minimum, and one training step, for the demo
+config and the paper config. Prints one table.
+
+    python bench/bench_band_conv.py [--configs demo,paper] [--runs 3]
+        [--slow_runs 1] [--train_steps 3] [--workdir /tmp/bench_band_conv]
+
+Every measurement runs in a fresh subprocess: it builds the model (or the
+onnxruntime session), makes one warm-up call (tracing, first allocations),
+then times `--runs` calls (`--slow_runs` for whole maps at the paper config,
+which take minutes per call). "median s" is their median. "peak MiB" is the
+process's peak resident set size during them (the peak counter is reset
+after the warm-up through /proc/self/clear_refs). "+run MiB" is the memory
+the calls add on top of what was live before them (weights, traced graph,
+runtime): for Keras, the peak of TensorFlow's CPU allocator (its BFC
+allocator, switched on for this) minus its use before the calls; for
+onnxruntime (arena off, glibc returning freed blocks of 1 MiB and more),
+the RSS peak minus the RSS before the calls. Forward passes use batch 1 (one
+video); the training step (forward, backward and Adam update through
+`train_on_batch`) uses the demo's batch of 16. The machine is shared:
+timings vary with its load, so compare rows of one run of this script.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+# Runnable from a checkout without installing the package.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from tal_keras.config import ModelConfig
+from tal_keras.flops import model_cost
+
+CONFIGS = {
+    # demo.flags
+    "demo": ModelConfig(
+        num_clips=64,
+        scale_layers=(16, 8, 8),
+        feature_dim=256,
+        hidden_size=128,
+        kernel_size=5,
+        num_conv_layers=2,
+        num_classes=200,
+    ),
+    # hacs.flags, the report's settings
+    "paper": ModelConfig(),
+}
+TRAIN_BATCH = 16  # demo.flags --batch_size
+PATHS = ("whole", "band")
+
+
+def memory_mib(field):
+    """VmRSS (current) or VmHWM (peak since the last reset) of this process."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def timed(function, runs, allocator_stats=None):
+    """Times `runs` calls after a warm-up; peak memory during them.
+
+    allocator_stats: None, or a function that resets the framework
+    allocator's peak and returns (current, peak) bytes; then "plus" is that
+    allocator's peak minus its current use before the runs, else the RSS
+    peak minus the RSS before the runs.
+    """
+    function()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    rss_before = memory_mib("VmRSS")
+    if allocator_stats:
+        allocated_before, _ = allocator_stats(reset=True)
+    seconds = []
+    for _ in range(runs):
+        begin = time.perf_counter()
+        function()
+        seconds.append(time.perf_counter() - begin)
+    peak = memory_mib("VmHWM")
+    if allocator_stats:
+        _, allocated_peak = allocator_stats(reset=False)
+        plus = (allocated_peak - allocated_before) / 2**20
+    else:
+        plus = peak - rss_before
+    return {"seconds": seconds, "peak": peak, "plus": plus}
+
+
+def tensorflow_allocator_stats(reset):
+    """(current, peak) bytes of TensorFlow's CPU allocator (BFC, see run_child)."""
+    import tensorflow as tf
+
+    if reset:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+    info = tf.config.experimental.get_memory_info("CPU:0")
+    return info["current"], info["peak"]
+
+
+def clip_features(config, batch, seed=1):
+    shape = (batch, config.num_clips, config.feature_dim)
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+def build_network(config, path):
+    import keras
+
+    from tal_keras.models import build_proposal_network
+
+    keras.utils.set_random_seed(0)  # same weights for both paths
+    return build_proposal_network(dataclasses.replace(config, conv_implementation=path))
+
+
+def task_keras(args):
+    config = dataclasses.replace(CONFIGS[args.config])
+    model = build_network(config, args.path)
+    features = clip_features(config, 1)
+    outputs = []
+
+    def forward():
+        outputs[:] = [model.predict_on_batch(features)]
+
+    result = timed(forward, args.runs, tensorflow_allocator_stats)
+    np.save(args.output, np.asarray(outputs[0]))
+    if args.onnx:
+        model.export(args.onnx, format="onnx", verbose=False)
+    return result
+
+
+def task_onnx(args):
+    import onnxruntime
+
+    config = CONFIGS[args.config]
+    options = onnxruntime.SessionOptions()
+    options.enable_cpu_mem_arena = False  # the RSS then follows live tensors
+    session = onnxruntime.InferenceSession(
+        args.onnx, options, providers=["CPUExecutionProvider"]
+    )
+    name = session.get_inputs()[0].name
+    features = clip_features(config, 1)
+    outputs = []
+
+    def forward():
+        outputs[:] = session.run(None, {name: features})
+
+    result = timed(forward, args.runs)
+    np.save(args.output, outputs[0])
+    return result
+
+
+def task_train(args):
+    import keras
+
+    from tal_keras.losses import ScaledOverlapLoss
+
+    config = CONFIGS[args.config]
+    model = build_network(config, args.path)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=ScaledOverlapLoss())
+    features = clip_features(config, TRAIN_BATCH)
+    max_iou = np.random.default_rng(2).uniform(
+        size=(TRAIN_BATCH, config.lattice.num_proposals)
+    )
+    return timed(
+        lambda: model.train_on_batch(features, max_iou),
+        args.runs,
+        tensorflow_allocator_stats,
+    )
+
+
+TASKS = {"keras": task_keras, "onnx": task_onnx, "train": task_train}
+
+
+def run_child(task, **options):
+    command = [sys.executable, os.path.abspath(__file__), "--task", task]
+    for key, value in options.items():
+        command += [f"--{key}", str(value)]
+    environment = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        KERAS_BACKEND="tensorflow",
+        # Blocks of 1 MiB and more get their own mmap, returned on free: the
+        # RSS then follows live tensors instead of glibc's retained heap.
+        MALLOC_MMAP_THRESHOLD_=str(1 << 20),
+        # TensorFlow's BFC allocator on the CPU too: it counts its peak.
+        TF_CPU_ALLOCATOR_USE_BFC="true",
+    )
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=environment, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="demo,paper")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--slow_runs", type=int, default=1)
+    parser.add_argument("--train_steps", type=int, default=3)
+    parser.add_argument("--workdir", default="/tmp/bench_band_conv")
+    # Internal: one measurement in this process.
+    parser.add_argument("--task", choices=sorted(TASKS))
+    parser.add_argument("--config")
+    parser.add_argument("--path")
+    parser.add_argument("--onnx", default="")
+    parser.add_argument("--output")
+    args = parser.parse_args()
+    if args.task:
+        print(json.dumps(TASKS[args.task](args)))
+        return
+
+    os.makedirs(args.workdir, exist_ok=True)
+    rows, notes = [], []
+    for name in args.configs.split(","):
+        config = CONFIGS[name]
+        cost = model_cost(config)
+        valid = cost["map_conv_flops_valid_cells"]
+        outputs = {}
+        for path in PATHS:
+            flops = cost[f"map_conv_flops_{path}"]
+            runs = args.slow_runs if (name, path) == ("paper", "whole") else args.runs
+            stem = os.path.join(args.workdir, f"{name}_{path}")
+            for engine, task, options in (
+                ("keras-tf", "keras", {"onnx": stem + ".onnx"}),
+                ("onnxruntime", "onnx", {"onnx": stem + ".onnx"}),
+            ):
+                output = f"{stem}_{task}.npy"
+                result = run_child(
+                    task, config=name, path=path, runs=runs, output=output, **options
+                )
+                outputs[path, engine] = np.load(output)
+                rows.append((name, path, f"{engine} forward b1", result, flops, valid))
+                print(_row(*rows[-1]), flush=True)
+            if name == "demo":
+                result = run_child(
+                    "train", config=name, path=path, runs=args.train_steps
+                )
+                rows.append(
+                    (name, path, f"keras-tf train b{TRAIN_BATCH}", result, None, valid)
+                )
+                print(_row(*rows[-1]), flush=True)
+        band_vs_whole = np.abs(
+            outputs["band", "keras-tf"] - outputs["whole", "keras-tf"]
+        ).max()
+        onnx_vs_keras = np.abs(
+            outputs["band", "onnxruntime"] - outputs["band", "keras-tf"]
+        ).max()
+        notes.append(
+            f"{name}: max |P_over band - whole| (Keras) {band_vs_whole:.2e}, "
+            f"max |P_over onnxruntime - Keras| (band) {onnx_vs_keras:.2e}"
+        )
+    print()
+    print(_header())
+    for row in rows:
+        print(_row(*row))
+    for note in notes:
+        print(note)
+
+
+def _header():
+    header = (
+        f"{'config':<7}{'path':<7}{'run':<24}{'median s':>10}{'runs':>6}"
+        f"{'peak MiB':>10}{'+run MiB':>10}{'conv TFLOP':>12}{'x valid':>9}"
+    )
+    return header + "\n" + "-" * len(header)
+
+
+def _row(name, path, run, result, flops, valid):
+    flop_columns = (
+        f"{flops / 1e12:>12.3f}{flops / valid:>9.2f}"
+        if flops is not None
+        else f"{'':>12}{'':>9}"
+    )
+    return (
+        f"{name:<7}{path:<7}{run:<24}{statistics.median(result['seconds']):>10.3f}"
+        f"{len(result['seconds']):>6}{result['peak']:>10.0f}"
+        f"{result['plus']:>10.0f}{flop_columns}"
+    )
+
+
+if __name__ == "__main__":
+    main()
