@@ -15,8 +15,8 @@ What it models:
 - Features with the HACS SlowFast timing (15 fps, stride 8, window 32), so
   about duration * 15 / 8 steps, the last centres slightly past the duration.
   Each step is background + action + distractor + noise:
-  - background: a per-video offset plus a slow drift (time scale about 10 s)
-    in a low-dimensional subspace shared by all videos;
+  - background: a small per-video offset plus a slow drift (time scale about
+    10 s) in a low-dimensional subspace shared by all videos;
   - action: each class has three random directions in feature space, for its
     onset, body and offset. An instance shows the onset pattern for its first
     tenth (at least 1.5 s, at most a quarter of it), then the body, then the
@@ -73,7 +73,7 @@ from tal_keras.data.features import HACS_TIMING
 FORMATS = ("npy", "hdf5")
 SUBSET_FRACTIONS = (("training", 0.7), ("validation", 0.2), ("testing", 0.1))
 PARAMETERS_FILE = "synthetic.json"
-GENERATOR_VERSION = 2  # bump when the same seed would give different data
+GENERATOR_VERSION = 3  # bump when the same seed would give different data
 
 MIN_DURATION, MAX_DURATION = 20.0, 240.0  # seconds, uniform
 INSTANCE_COUNT_WEIGHTS = (0.35, 0.25, 0.2, 0.12, 0.08)  # of 1..5 instances
@@ -86,6 +86,7 @@ AMPLITUDE_RANGE = (0.5, 1.0)  # per-instance scale of the class pattern
 NOISE_STD = 1.0
 BACKGROUND_RANK = 8  # dimensions of the shared background subspace
 BACKGROUND_SECONDS = 10.0  # time scale of the background drift
+BACKGROUND_OFFSET_STD = 0.3  # per-video constant offset, relative to the drift
 DISTRACTOR_PROBABILITY = 0.5  # per gap between instances (and at the ends)
 DISTRACTOR_OTHER_CLASS = 0.3  # share of distractors of another class
 # A distractor is at most as long as the video's longest instance (and 40% of
@@ -456,7 +457,7 @@ def _background(rng, num_steps, timing):
         ],
         axis=1,
     )
-    return rng.standard_normal(BACKGROUND_RANK) + drift
+    return BACKGROUND_OFFSET_STD * rng.standard_normal(BACKGROUND_RANK) + drift
 
 
 def main(argv=None):
