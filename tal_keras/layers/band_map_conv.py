@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from tal_keras.lattice import Lattice
+from tal_keras.layers.masked_map_conv import mask_compensating_initializer
 from tal_keras.map_band import MAP_MODES, MapBand
 
 
@@ -95,6 +96,7 @@ class BandMapConv(keras.layers.Layer):
                 kernel_size,
                 padding="same",
                 activation="relu",
+                kernel_initializer=mask_compensating_initializer(kernel_size),
                 dtype=self.dtype_policy,
                 name=f"conv_{index}",
             )
