@@ -18,6 +18,20 @@ def test_paper_config_costs():
     assert cost["map_conv_flops_valid_cells"] == per_cell * 17472
     assert round(cost["map_conv_flops_whole"] / 1e12, 1) == 12.9
     assert round(cost["map_conv_flops_valid_cells"] / 1e12, 1) == 3.0
+    # Band rows per tap, zero row included: layers 1-2 multiply their input
+    # band (17,472 and 22,428 cells), layers 3-4 their output band.
+    per_row = 2 * 81 * 512 * 512
+    assert cost["map_conv_flops_band"] == per_row * (17473 + 22429 + 22429 + 17473)
+    assert cost["map_conv_flops_band"] <= 1.3 * cost["map_conv_flops_valid_cells"]
+    assert round(cost["map_conv_flops_band"] / 1e12, 3) == 3.389
+    assert (
+        cost["proposal_flops_whole"] - cost["proposal_flops_band"]
+        == cost["map_conv_flops_whole"] - cost["map_conv_flops_band"]
+    )
+    assert (
+        cost["total_flops_band"]
+        == cost["proposal_flops_band"] + cost["classifier_flops"]
+    )
     assert cost["proposal_params"] == (
         (2304 * 512 + 512) + (512 * 512 + 512) + 4 * (81 * 512 * 512 + 512) + (512 + 1)
     )
@@ -28,6 +42,31 @@ def test_paper_config_costs():
         == cost["proposal_flops_whole"] + cost["classifier_flops"]
     )
     assert cost["total_params"] == cost["proposal_params"] + cost["classifier_params"]
+
+
+def test_band_flops_between_valid_cells_and_whole_maps():
+    for fields in (
+        {"num_clips": 64, "scale_layers": (64,), "map_mode": "2dtan"},
+        {"map_mode": "2dtan"},
+        {"num_clips": 64, "scale_layers": (16, 8, 8), "kernel_size": 5},
+    ):
+        cost = model_cost(ModelConfig(**fields))
+        assert (
+            cost["map_conv_flops_valid_cells"]
+            < cost["map_conv_flops_band"]
+            < cost["map_conv_flops_whole"]
+        )
+    # K 1, L 1 (Table 1, row 4): the band is the proposal cells, plus the
+    # zero row.
+    row_4 = ModelConfig(
+        num_clips=64,
+        scale_layers=(64,),
+        map_mode="2dtan",
+        kernel_size=1,
+        num_conv_layers=1,
+    )
+    cost = model_cost(row_4)
+    assert cost["map_conv_flops_band"] == 2 * 512 * 512 * (2080 + 1)
 
 
 def test_map_modes_and_conv_proposal_features():
@@ -63,4 +102,5 @@ def test_printout_runs_without_tensorflow():
     )
     assert result.returncode == 0, result.stderr
     assert "12.872" in result.stdout and "2.968" in result.stdout
+    assert "3.389" in result.stdout and "map_conv_flops_band" in result.stdout
     assert "4 2D-TAN" in result.stdout
