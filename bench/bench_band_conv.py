@@ -4,7 +4,8 @@ FLOPs against the valid-cell minimum, and one training step, for the demo
 config and the paper config. Prints one table.
 
     python bench/bench_band_conv.py [--configs demo,paper] [--runs 3]
-        [--slow_runs 1] [--train_steps 3] [--workdir /tmp/bench_band_conv]
+        [--slow_runs 1] [--train_configs demo,paper_maps] [--train_steps 3]
+        [--workdir /tmp/bench_band_conv]
 
 Every measurement runs in a fresh subprocess: it builds the model (or the
 onnxruntime session), makes one warm-up call (tracing, first allocations),
@@ -18,8 +19,10 @@ allocator, switched on for this) minus its use before the calls; for
 onnxruntime (arena off, glibc returning freed blocks of 1 MiB and more),
 the RSS peak minus the RSS before the calls. Forward passes use batch 1 (one
 video); the training step (forward, backward and Adam update through
-`train_on_batch`) uses the demo's batch of 16. The machine is shared:
-timings vary with its load, so compare rows of one run of this script.
+`train_on_batch`) uses demo.flags' batch size, on the demo config and on
+"paper_maps" (the paper's maps and kernels at the demo's widths D and H).
+The machine is shared: timings vary with its load, so compare rows of one
+run of this script.
 """
 
 import argparse
@@ -40,21 +43,47 @@ sys.path.insert(0, REPO)
 from tal_keras.config import ModelConfig
 from tal_keras.flops import model_cost
 
-CONFIGS = {
-    # demo.flags
-    "demo": ModelConfig(
-        num_clips=64,
-        scale_layers=(16, 8, 8),
-        feature_dim=256,
-        hidden_size=128,
-        kernel_size=5,
-        num_conv_layers=2,
-        num_classes=200,
-    ),
-    # hacs.flags, the report's settings
-    "paper": ModelConfig(),
+FLAG_FIELDS = {
+    "num_clips": ("num_clips", int),
+    "scale_layers": ("scale_layers", lambda text: tuple(map(int, text.split(",")))),
+    "feature_dim": ("feature_dim", int),
+    "hidden_size": ("hidden_size", int),
+    "kernel_size": ("kernel_size", int),
+    "num_conv_layers": ("num_conv_layers", int),
+    "map": ("map_mode", str),
+    "proposal_features": ("proposal_features", str),
 }
-TRAIN_BATCH = 16  # demo.flags --batch_size
+
+
+def flag_file_config(path):
+    """(ModelConfig, batch size) of the model flags in a --flagfile."""
+    fields, batch_size = {}, 32
+    with open(path) as flags:
+        for line in flags:
+            name, _, value = line.strip().partition("=")
+            name = name.lstrip("-")
+            if name in FLAG_FIELDS:
+                field, parse = FLAG_FIELDS[name]
+                fields[field] = parse(value)
+            elif name == "batch_size":
+                batch_size = int(value)
+    return ModelConfig(**fields), batch_size
+
+
+# The demo's model and batch size are read from demo.flags; the paper's are
+# the report's (hacs.flags, ModelConfig's defaults).
+DEMO_CONFIG, TRAIN_BATCH = flag_file_config(os.path.join(REPO, "demo.flags"))
+CONFIGS = {
+    "demo": DEMO_CONFIG,
+    "paper": ModelConfig(),
+    # The paper's maps (N 256, K 9, L 4) at the demo's widths: a training
+    # step whose whole-map version fits minutes on 2 cores.
+    "paper_maps": dataclasses.replace(
+        ModelConfig(),
+        feature_dim=DEMO_CONFIG.feature_dim,
+        hidden_size=DEMO_CONFIG.hidden_size,
+    ),
+}
 PATHS = ("whole", "band")
 
 
@@ -120,7 +149,7 @@ def build_network(config, path):
 
 
 def task_keras(args):
-    config = dataclasses.replace(CONFIGS[args.config])
+    config = CONFIGS[args.config]
     model = build_network(config, args.path)
     features = clip_features(config, 1)
     outputs = []
@@ -206,6 +235,7 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--slow_runs", type=int, default=1)
     parser.add_argument("--train_steps", type=int, default=3)
+    parser.add_argument("--train_configs", default="demo,paper_maps")
     parser.add_argument("--workdir", default="/tmp/bench_band_conv")
     # Internal: one measurement in this process.
     parser.add_argument("--task", choices=sorted(TASKS))
@@ -240,14 +270,6 @@ def main():
                 outputs[path, engine] = np.load(output)
                 rows.append((name, path, f"{engine} forward b1", result, flops, valid))
                 print(_row(*rows[-1]), flush=True)
-            if name == "demo":
-                result = run_child(
-                    "train", config=name, path=path, runs=args.train_steps
-                )
-                rows.append(
-                    (name, path, f"keras-tf train b{TRAIN_BATCH}", result, None, valid)
-                )
-                print(_row(*rows[-1]), flush=True)
         band_vs_whole = np.abs(
             outputs["band", "keras-tf"] - outputs["whole", "keras-tf"]
         ).max()
@@ -258,7 +280,25 @@ def main():
             f"{name}: max |P_over band - whole| (Keras) {band_vs_whole:.2e}, "
             f"max |P_over onnxruntime - Keras| (band) {onnx_vs_keras:.2e}"
         )
+    for name in args.train_configs.split(","):
+        for path in PATHS:
+            result = run_child("train", config=name, path=path, runs=args.train_steps)
+            rows.append((name, path, f"keras-tf train b{TRAIN_BATCH}", result, None, 1))
+            print(_row(*rows[-1]), flush=True)
     print()
+    for name in dict.fromkeys(args.configs.split(",") + args.train_configs.split(",")):
+        config = CONFIGS[name]
+        print(
+            f"{name}: N {config.num_clips}, scales {config.scale_layers}, "
+            f"D {config.feature_dim}, H {config.hidden_size}, K {config.kernel_size}, "
+            f"L {config.num_conv_layers}, {config.map_mode}, "
+            f"{config.lattice.num_proposals} proposals"
+            + (
+                f", training batch {TRAIN_BATCH}"
+                if name in args.train_configs.split(",")
+                else ""
+            )
+        )
     print(_header())
     for row in rows:
         print(_row(*row))
@@ -269,14 +309,14 @@ def main():
 def _header():
     header = (
         f"{'config':<7}{'path':<7}{'run':<24}{'median s':>10}{'runs':>6}"
-        f"{'peak MiB':>10}{'+run MiB':>10}{'conv TFLOP':>12}{'x valid':>9}"
+        f"{'peak MiB':>10}{'+run MiB':>10}{'conv GFLOP':>12}{'x valid':>9}"
     )
     return header + "\n" + "-" * len(header)
 
 
 def _row(name, path, run, result, flops, valid):
     flop_columns = (
-        f"{flops / 1e12:>12.3f}{flops / valid:>9.2f}"
+        f"{flops / 1e9:>12.1f}{flops / valid:>9.2f}"
         if flops is not None
         else f"{'':>12}{'':>9}"
     )
