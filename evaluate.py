@@ -19,7 +19,13 @@ import sys
 from absl import app, flags
 
 import tal_keras
-from tal_keras.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from tal_keras.config import (
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 
 # Data (DESIGN.md section 1). Defaults: the HACS layout OpenTAD/TCANet distribute.
 flags.DEFINE_string(
@@ -131,6 +137,41 @@ flags.DEFINE_string(
     "show",
     "",
     "Also draw this video's ground truth, detections and P_over map to WORKDIR/show_<id>.png.",
+)
+# Training (read by train.py; defined here too so that one flagfile serves both).
+flags.DEFINE_list(
+    "networks", ["proposal", "classifier"], "Networks to train, in order."
+)
+flags.DEFINE_integer("epochs", TrainConfig.epochs, "Epochs per network.")
+flags.DEFINE_integer(
+    "batch_size", TrainConfig.batch_size, "Videos per training step (report: 32)."
+)
+flags.DEFINE_float(
+    "learning_rate", TrainConfig.learning_rate, "Adam learning rate (report: 1e-3)."
+)
+flags.DEFINE_float(
+    "overlap_t_min", TrainConfig.overlap_t_min, "IoU mapped to overlap target 0."
+)
+flags.DEFINE_float(
+    "overlap_t_max", TrainConfig.overlap_t_max, "IoU mapped to overlap target 1."
+)
+flags.DEFINE_bool(
+    "mixed_precision", TrainConfig.mixed_precision, "Train in mixed_float16."
+)
+flags.DEFINE_integer("seed", TrainConfig.seed, "Seed of shuffling and initialisation.")
+flags.DEFINE_enum(
+    "cache_dtype",
+    TrainConfig.cache_dtype,
+    ["float32", "float16"],
+    "Dtype of the cached clips.",
+)
+flags.DEFINE_bool(
+    "resume", False, "Continue from the last checkpoint, optimizer state included."
+)
+flags.DEFINE_bool(
+    "evaluate_at_end",
+    True,
+    "Evaluate the best epochs on --eval_subset when training ends.",
 )
 # Scoring mode.
 flags.DEFINE_string(
