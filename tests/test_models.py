@@ -2,7 +2,11 @@
 `.keras` round trip, and the paper config."""
 
 import dataclasses
+import os
+import pathlib
 import resource
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -152,3 +156,38 @@ def test_paper_config_builds_with_the_paper_parameter_count():
     assert tuple(class_scores.shape) == (1, 17472, 200)
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     assert peak_rss_gib < 8, f"peak RSS {peak_rss_gib:.1f} GiB"
+
+
+@pytest.mark.slow
+def test_paper_config_inference_on_one_video_fits_in_memory():
+    # The paper config (N 256, H 512, K 9, L 4, D 2304, 200 classes) with the
+    # default band-limited map conv, one video, in a fresh process so that
+    # its peak RSS is the forward pass's own.
+    code = """
+import os, resource
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import numpy as np
+from tal_keras.config import ModelConfig
+from tal_keras.models import build_classifier_network, build_inference_model, build_proposal_network
+config = ModelConfig()
+model = build_inference_model(build_proposal_network(config), build_classifier_network(config))
+features = np.random.default_rng(0).standard_normal((1, 256, 2304)).astype("float32")
+outputs = model(features)
+overlap, classes = np.asarray(outputs["overlap_scores"]), np.asarray(outputs["class_scores"])
+assert overlap.shape == (1, 17472) and classes.shape == (1, 17472, 200), (overlap.shape, classes.shape)
+assert np.isfinite(overlap).all() and ((overlap > 0) & (overlap < 1)).all()
+np.testing.assert_allclose(classes.sum(-1), 1.0, atol=1e-4)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    peak_rss_gib = float(result.stdout.split()[-1])
+    assert peak_rss_gib < 24, f"peak RSS {peak_rss_gib:.1f} GiB"
