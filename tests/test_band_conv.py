@@ -261,9 +261,8 @@ def test_mixed_precision_runs_close_to_float32():
             16, (4, 2, 2), hidden_size=4, kernel_size=3, num_conv_layers=2, dtype=dtype
         )
         outputs[dtype] = keras.ops.convert_to_numpy(layer(features)).astype("float32")
-    np.testing.assert_allclose(
-        outputs["mixed_float16"], outputs["float32"], rtol=0, atol=2e-3
-    )
+    # float16 keeps about 3 significant digits.
+    assert_close(outputs["mixed_float16"], outputs["float32"], tolerance=5e-3)
 
 
 @pytest.mark.slow

@@ -175,7 +175,6 @@ def _band_layer(
     input): gathers of rows, not K^2 gathered copies.
     """
     forward_table = ops.convert_to_tensor(forward_index)
-    backward_table = ops.convert_to_tensor(backward_index)
     taps = forward_index.shape[0]
 
     @ops.custom_gradient
@@ -195,6 +194,8 @@ def _band_layer(
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
+            # Made here, so that inference graphs (and ONNX files) lack it.
+            backward_table = ops.convert_to_tensor(backward_index)
             # Gradient at the conv output; 0 at the zero row (weight 0).
             conv_grad = ops.where(
                 output > 0, upstream * mask_weights[None, :, None], 0.0
