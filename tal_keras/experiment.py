@@ -2,6 +2,7 @@
 the final evaluation. The entry points (train.py, evaluate.py) call these."""
 
 import dataclasses
+import functools
 import logging
 import os
 
@@ -33,7 +34,9 @@ def ensure_data(data_config):
     synthetic.ensure_synthetic(root, num_videos=data_config.synthetic_videos)
 
 
+@functools.lru_cache(maxsize=8)
 def class_names_of(data_config):
+    """The class list of the run: the category file's, else the sorted labels."""
     annotations = load_annotations(
         data_config.annotations, category_file=data_config.category_file or None
     )
@@ -173,7 +176,6 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
             network,
             run_config,
             dataset,
-            None,
             score_fn=score_fn,
             metric_name=metric_name,
             resume=resume,

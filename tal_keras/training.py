@@ -146,7 +146,6 @@ def train_network(
     network,
     run_config,
     train_dataset,
-    steps_per_epoch,
     score_fn=None,
     metric_name="loss",
     resume=False,
@@ -158,7 +157,6 @@ def train_network(
         network: which network.
         run_config: the `RunConfig`.
         train_dataset: tf.data of (clip_features, targets), one epoch.
-        steps_per_epoch: batches per epoch (for the progress bar).
         score_fn: model -> validation metric (higher is better), or None.
         metric_name: the metric's name in logs and TensorBoard.
         resume: continue from the last checkpoint, optimizer state included.
@@ -205,7 +203,6 @@ def train_network(
         train_dataset,
         epochs=train.epochs,
         initial_epoch=initial_epoch,
-        steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,
         verbose=verbose,
         shuffle=False,  # the tf.data pipeline shuffles
