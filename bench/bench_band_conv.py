@@ -8,23 +8,26 @@ config and the paper config. Prints one table.
         [--train_configs demo,paper_maps] [--train_steps 3]
         [--workdir /tmp/bench_band_conv]
 
-Every measurement runs in a fresh subprocess: it builds the model (or the
-onnxruntime session), makes one warm-up call (tracing, first allocations),
-then times `--runs` calls (`--slow_runs` for whole maps at the paper config,
-which take minutes per call). "median s" is their median. "peak MiB" is the
-process's peak resident set size during them (the peak counter is reset
-after the warm-up through /proc/self/clear_refs). "+run MiB" is the memory
-the calls add on top of what was live before them (weights, traced graph,
-runtime): for Keras, the peak of TensorFlow's CPU allocator (its BFC
-allocator, switched on for this) minus its use before the calls; for
-onnxruntime (arena off, glibc returning freed blocks of 1 MiB and more),
-the RSS peak minus the RSS before the calls. Forward passes use batch 1 (one
-video); the training step (forward, backward and Adam update through
-`train_on_batch`) uses demo.flags' batch size. Configs: "demo" (demo.flags),
-"paper" (the report's) and "paper_maps" (the paper's maps and kernels at the
-demo's widths D and H, so that whole maps train in minutes).
-The machine is shared: timings vary with its load, so compare rows of one
-run of this script.
+Every figure comes from fresh subprocesses: each builds the model (or the
+onnxruntime session) and makes one warm-up call (tracing, first
+allocations). Times: `--runs` further calls (`--slow_runs` for whole maps at
+the paper config, which take minutes per call) under default settings;
+"median s" is their median. Memory: one further call in a second process
+whose peak-RSS counter was reset after the warm-up (/proc/self/clear_refs).
+"peak MiB" is that process's peak resident set size during the call; "+run
+MiB" the memory the call adds on top of what was live before it (weights,
+traced graph, runtime): for Keras, the peak of TensorFlow's CPU allocator
+(its BFC allocator, switched on for this) minus its use before the call; for
+onnxruntime (its arena off, glibc returning freed blocks of 1 MiB and more at
+once), the RSS peak minus the RSS before the call. These allocator settings
+slow onnxruntime's many small allocations, hence the separate timing runs.
+
+Forward passes use batch 1 (one video); the training step (forward, backward
+and Adam update through `train_on_batch`) uses demo.flags' batch size.
+Configs: "demo" (demo.flags), "paper" (the report's) and "paper_maps" (the
+paper's maps and kernels at the demo's widths D and H, so that whole maps
+train in minutes). The machine is shared: timings vary with its load, so
+compare rows of one run of this script.
 """
 
 import argparse
@@ -159,8 +162,9 @@ def task_keras(args):
     def forward():
         outputs[:] = [model.predict_on_batch(features)]
 
-    result = timed(forward, args.runs, tensorflow_allocator_stats)
-    np.save(args.output, np.asarray(outputs[0]))
+    result = timed(forward, args.runs, args.memory and tensorflow_allocator_stats)
+    if args.output:
+        np.save(args.output, np.asarray(outputs[0]))
     if args.onnx:
         model.export(args.onnx, format="onnx", verbose=False)
     return result
@@ -171,7 +175,7 @@ def task_onnx(args):
 
     config = CONFIGS[args.config]
     options = onnxruntime.SessionOptions()
-    options.enable_cpu_mem_arena = False  # the RSS then follows live tensors
+    options.enable_cpu_mem_arena = not args.memory  # off: the RSS follows tensors
     session = onnxruntime.InferenceSession(
         args.onnx, options, providers=["CPUExecutionProvider"]
     )
@@ -183,7 +187,8 @@ def task_onnx(args):
         outputs[:] = session.run(None, {name: features})
 
     result = timed(forward, args.runs)
-    np.save(args.output, outputs[0])
+    if args.output:
+        np.save(args.output, outputs[0])
     return result
 
 
@@ -202,33 +207,45 @@ def task_train(args):
     return timed(
         lambda: model.train_on_batch(features, max_iou),
         args.runs,
-        tensorflow_allocator_stats,
+        args.memory and tensorflow_allocator_stats,
     )
 
 
 TASKS = {"keras": task_keras, "onnx": task_onnx, "train": task_train}
 
 
-def run_child(task, **options):
+def run_child(task, memory=False, **options):
+    """One measurement in a fresh process; with `memory`, under allocators
+    that count (TensorFlow's BFC allocator; onnxruntime without its arena and
+    glibc returning blocks of 1 MiB and more at once), which slow some runs,
+    so times come from a run without them."""
     command = [sys.executable, os.path.abspath(__file__), "--task", task]
     for key, value in options.items():
         command += [f"--{key}", str(value)]
-    environment = dict(
-        os.environ,
-        TF_CPP_MIN_LOG_LEVEL="3",
-        KERAS_BACKEND="tensorflow",
-        # Blocks of 1 MiB and more get their own mmap, returned on free: the
-        # RSS then follows live tensors instead of glibc's retained heap.
-        MALLOC_MMAP_THRESHOLD_=str(1 << 20),
-        # TensorFlow's BFC allocator on the CPU too: it counts its peak.
-        TF_CPU_ALLOCATOR_USE_BFC="true",
-    )
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    if memory:
+        command += ["--memory"]
+        environment.update(
+            MALLOC_MMAP_THRESHOLD_=str(1 << 20), TF_CPU_ALLOCATOR_USE_BFC="true"
+        )
     result = subprocess.run(
         command, capture_output=True, text=True, env=environment, check=False
     )
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure(task, runs, output="", onnx="", **options):
+    """Median-worthy times from one child, peak memory from another (1 run)."""
+    timing = run_child(task, runs=runs, output=output, onnx=onnx, **options)
+    onnx_input = onnx if task == "onnx" else ""
+    memory = run_child(task, memory=True, runs=1, onnx=onnx_input, **options)
+    return {
+        "seconds": timing["seconds"],
+        "peak": memory["peak"],
+        "plus": memory["plus"],
+    }
 
 
 def main():
@@ -250,7 +267,8 @@ def main():
     parser.add_argument("--config")
     parser.add_argument("--path")
     parser.add_argument("--onnx", default="")
-    parser.add_argument("--output")
+    parser.add_argument("--output", default="")
+    parser.add_argument("--memory", action="store_true")
     args = parser.parse_args()
     if args.task:
         print(json.dumps(TASKS[args.task](args)))
@@ -275,13 +293,13 @@ def main():
                     print(_row(*rows[-1]), flush=True)
                     continue
                 output = f"{stem}_{task}.npy"
-                result = run_child(
+                result = measure(
                     task,
-                    config=name,
-                    path=path,
-                    runs=runs,
+                    runs,
                     output=output,
                     onnx="" if skipped else stem + ".onnx",
+                    config=name,
+                    path=path,
                 )
                 outputs[path, engine] = np.load(output)
                 rows.append((name, path, run, result, flops, valid))
@@ -301,7 +319,7 @@ def main():
             notes.append(f"{pair}: not exported to ONNX (--skip_onnx)")
     for name in args.train_configs.split(","):
         for path in PATHS:
-            result = run_child("train", config=name, path=path, runs=args.train_steps)
+            result = measure("train", args.train_steps, config=name, path=path)
             rows.append((name, path, f"keras-tf train b{TRAIN_BATCH}", result, None, 1))
             print(_row(*rows[-1]), flush=True)
     print()

@@ -201,20 +201,17 @@ def _band_layer(
                 output > 0, upstream * mask_weights[None, :, None], 0.0
             )
 
-            def features_grad_step(total, tap):
-                backward_rows, weights = tap
+            def features_grad_term(tap):
+                backward_rows = ops.take(backward_table, tap, axis=0)
+                transposed = ops.transpose(ops.take(kernel, tap, axis=0))
                 if gather_first:  # n_out + 1 rows per product
-                    term = ops.take(
-                        ops.matmul(conv_grad, ops.transpose(weights)),
-                        backward_rows,
-                        axis=1,
+                    return ops.take(
+                        ops.matmul(conv_grad, transposed), backward_rows, axis=1
                     )
-                else:  # n_in + 1 rows
-                    term = ops.matmul(
-                        ops.take(conv_grad, backward_rows, axis=1),
-                        ops.transpose(weights),
-                    )
-                return total + term, None
+                # n_in + 1 rows
+                return ops.matmul(
+                    ops.take(conv_grad, backward_rows, axis=1), transposed
+                )
 
             def kernel_grad_step(unused, tap):
                 forward_rows, backward_rows = tap
@@ -230,11 +227,11 @@ def _band_layer(
                     )
                 return unused, kernel_grad
 
-            # ops.scan runs one step at a time on every backend.
-            features_grad, _ = ops.scan(
-                features_grad_step,
-                ops.zeros_like(features),
-                (backward_table, kernel),
+            features_grad = _one_tap_at_a_time(
+                1,
+                taps,
+                lambda tap, total: total + features_grad_term(tap),
+                features_grad_term(0),
             )
             # A second loop: TensorFlow's scan only stacks outputs shaped like
             # its carry, here a [C, H] placeholder.
