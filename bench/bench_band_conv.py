@@ -26,7 +26,8 @@ Forward passes use batch 1 (one video); the training step (forward, backward
 and Adam update through `train_on_batch`) uses demo.flags' batch size.
 Configs: "demo" (demo.flags), "paper" (the report's) and "paper_maps" (the
 paper's maps and kernels at the demo's widths D and H, so that whole maps
-train in minutes). The machine is shared: timings vary with its load, so
+train in minutes). Training rows with path "none" run the same network
+without its map convs: the memory and time both paths share. The machine is shared: timings vary with its load, so
 compare rows of one run of this script.
 """
 
@@ -145,10 +146,22 @@ def clip_features(config, batch, seed=1):
 
 
 def build_network(config, path):
+    """The proposal network with `path` map convs; "none": without map convs
+    (SubMapNetwork stops after its projection and L2 norm), what both paths
+    share."""
     import keras
 
     from tal_keras.models import build_proposal_network
 
+    if path == "none":
+        from tal_keras.layers import sub_map_network
+
+        def projection_only(network, proposal_features):
+            projected = network.projection(proposal_features)
+            return sub_map_network._l2_normalize(projected)
+
+        sub_map_network.SubMapNetwork.call = projection_only
+        path = "band"
     keras.utils.set_random_seed(0)  # same weights for both paths
     return build_proposal_network(dataclasses.replace(config, conv_implementation=path))
 
@@ -318,7 +331,7 @@ def main():
         if pair.split(":")[0] in args.configs.split(","):
             notes.append(f"{pair}: not exported to ONNX (--skip_onnx)")
     for name in args.train_configs.split(","):
-        for path in PATHS:
+        for path in (*PATHS, "none"):
             result = measure("train", args.train_steps, config=name, path=path)
             rows.append((name, path, f"keras-tf train b{TRAIN_BATCH}", result, None, 1))
             print(_row(*rows[-1]), flush=True)
@@ -345,7 +358,7 @@ def main():
 
 def _header():
     header = (
-        f"{'config':<7}{'path':<7}{'run':<24}{'median s':>10}{'runs':>6}"
+        f"{'config':<11}{'path':<6}{'run':<24}{'median s':>10}{'runs':>6}"
         f"{'peak MiB':>10}{'+run MiB':>10}{'conv GFLOP':>12}{'x valid':>9}"
     )
     return header + "\n" + "-" * len(header)
@@ -353,14 +366,14 @@ def _header():
 
 def _row(name, path, run, result, flops, valid):
     if result is None:
-        return f"{name:<7}{path:<7}{run:<24}{'not run':>10}"
+        return f"{name:<11}{path:<6}{run:<24}{'not run':>10}"
     flop_columns = (
         f"{flops / 1e9:>12.1f}{flops / valid:>9.2f}"
         if flops is not None
         else f"{'':>12}{'':>9}"
     )
     return (
-        f"{name:<7}{path:<7}{run:<24}{statistics.median(result['seconds']):>10.3f}"
+        f"{name:<11}{path:<6}{run:<24}{statistics.median(result['seconds']):>10.3f}"
         f"{len(result['seconds']):>6}{result['peak']:>10.0f}"
         f"{result['plus']:>10.0f}{flop_columns}"
     )
