@@ -41,9 +41,11 @@ class BandMapConv(keras.layers.Layer):
     output and input) are kept for the backward pass, not the K^2 gathered
     copies that automatic differentiation would keep.
 
-    Rectangles in (start, length) coordinates, diagonal tiles and (1, K)
-    convolutions per kernel row were counted too: 1.45x to 1.6x the
-    valid-cell minimum at the paper's config, against 1.14x here.
+    Alternatives counted at the paper's config, in multiples of the
+    valid-cell minimum: one rectangle per map and layer in (start, length)
+    coordinates 1.51x (1.35x in blocks of 16 rows), (1, K) convolutions per
+    kernel row over zero-padded rows 1.46x to 1.59x, every band cell with
+    gathers in one fixed order 1.28x; this layer 1.14x.
 
     The weights are those of `MaskedMapConv` (Conv2D sublayers `conv_<i>`,
     kernel [K, K, C, H] and bias [H]), so a checkpoint of either loads into
