@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import time
 
 import keras
 import tensorflow as tf
@@ -91,6 +93,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
             "finished": False,
         }
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.perf_counter()
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         if self.score_fn is not None:
@@ -126,12 +131,16 @@ class EpochCheckpoint(keras.callbacks.Callback):
         ):
             if os.path.basename(path) != checkpoint:
                 os.remove(path)
+        # One line per epoch: the whole log where stdout is no terminal.
+        started = getattr(self, "_epoch_started", None)
         logger.info(
-            "epoch %d: %s = %.4f%s",
+            "%s epoch %d/%s: %s%s%s",
+            os.path.basename(os.path.normpath(self.network_dir)),
             epoch + 1,
-            self.metric_name,
-            value,
+            self.params.get("epochs", "?"),
+            ", ".join(f"{key} {float(item):.4f}" for key, item in logs.items()),
             " (best)" if better else "",
+            "" if started is None else f", {time.perf_counter() - started:.1f} s",
         )
 
     def on_train_end(self, logs=None):
@@ -149,7 +158,7 @@ def train_network(
     score_fn=None,
     metric_name="loss",
     resume=False,
-    verbose=1,
+    verbose=None,
 ):
     """Trains `network` ("proposal" or "classifier") and returns its best model path.
 
@@ -160,7 +169,7 @@ def train_network(
         score_fn: model -> validation metric (higher is better), or None.
         metric_name: the metric's name in logs and TensorBoard.
         resume: continue from the last checkpoint, optimizer state included.
-        verbose: Keras fit verbosity (1: progress bar).
+        verbose: Keras fit verbosity (1: progress bar); None: `fit_verbosity()`.
     """
     network_dir = os.path.join(run_config.workdir, network)
     state = read_state(network_dir)
@@ -194,6 +203,8 @@ def train_network(
                     os.path.join(network_dir, "checkpoints"), ignore_errors=True
                 )
             model = build_and_compile(network, run_config)
+    if verbose is None:
+        verbose = fit_verbosity()
     initial_epoch = state["epochs_done"] if state else 0
     callbacks = [
         EpochCheckpoint(network_dir, metric_name, score_fn, state),
@@ -208,6 +219,19 @@ def train_network(
         shuffle=False,  # the tf.data pipeline shuffles
     )
     return best_model_path(network_dir)
+
+
+def fit_verbosity(stream=None):
+    """Keras fit verbosity for `stream` (default stdout, where Keras writes):
+    1, the progress bar, on a terminal; 0 elsewhere (a file, a pipe, CI, a job
+    scheduler), where the bar would write one line per update, thousands per
+    run, and `EpochCheckpoint`'s one line per epoch is the log."""
+    stream = sys.stdout if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return 1 if isatty is not None and isatty() else 0
+    except ValueError:  # a closed stream
+        return 0
 
 
 def build_and_compile(network, run_config):

@@ -4,6 +4,7 @@ resuming a killed run, and the scoring mode."""
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,11 @@ def test_train_writes_a_complete_run_folder_and_evaluate_reproduces_it(tmp_path)
     result = run(["train.py", f"--flagfile={flagfile}"])
     workdir = tmp_path / "run"
     assert "baseline (content-blind)" in result.stdout
+    # Not a terminal: one line per epoch, no progress-bar frames.
+    log = result.stdout + result.stderr
+    assert "\r" not in log and "\x1b" not in log
+    for network in ("proposal", "classifier"):
+        assert len(re.findall(rf"^I {network} epoch \d/2: ", log, re.MULTILINE)) == 2
     config = json.loads((workdir / "config.json").read_text())
     assert config["model"]["num_classes"] == 20  # resolved from the data
     assert config["model"]["scale_layers"] == [4, 2, 2]
