@@ -3,16 +3,21 @@
 numpy only. The cache is a folder of .npy arrays (memory-mapped when read, so
 HACS-sized caches need not fit in memory) plus `index.json`; it is built in a
 temporary folder and renamed into place, so an interrupted build is never
-mistaken for a finished one.
+mistaken for a finished one. The builder holds an flock on a file inside the
+temporary folder; the next build removes temporary folders whose lock nobody
+holds (their builder was killed).
 """
 
 import concurrent.futures
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 
 import numpy as np
 
@@ -24,6 +29,8 @@ from tal_keras.targets import proposal_targets
 logger = logging.getLogger("tal_keras")
 
 _CACHE_VERSION = 1
+_BUILD_LOCK = ".building"  # flock-ed by the builder inside its temporary folder
+_LOCKLESS_GRACE_SECONDS = 60  # a folder made but not yet locked is this young
 
 
 class ClipCache:
@@ -121,27 +128,68 @@ def build_or_open_cache(
     if os.path.exists(os.path.join(folder, "index.json")):
         return ClipCache(folder)
     os.makedirs(root, exist_ok=True)
+    remove_abandoned_builds(root)
     building = tempfile.mkdtemp(dir=root, prefix=f".{name}-{key}.")
-    try:
-        _build(
-            building,
-            annotations,
-            store,
-            lattice,
-            timing,
-            feature_dim,
-            dtype,
-            num_workers,
-        )
+    with open(os.path.join(building, _BUILD_LOCK), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            os.rename(building, folder)
-        except OSError:
-            # Another process finished the same cache first; theirs is identical.
+            _build(
+                building,
+                annotations,
+                store,
+                lattice,
+                timing,
+                feature_dim,
+                dtype,
+                num_workers,
+            )
+            try:
+                os.rename(building, folder)
+            except OSError:
+                # Another process finished the same cache first; theirs is identical.
+                shutil.rmtree(building, ignore_errors=True)
+        except BaseException:
             shutil.rmtree(building, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
+            raise
     return ClipCache(folder)
+
+
+def remove_abandoned_builds(root):
+    """Removes the temporary folders of builds that were killed under `root`.
+
+    A build in progress holds an flock on its `.building` file, which the
+    kernel releases when the process dies; a folder whose lock can be taken
+    is abandoned. Returns the removed folders.
+    """
+    removed = []
+    for entry in os.scandir(root):
+        if not (entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)):
+            continue
+        lock_path = os.path.join(entry.path, _BUILD_LOCK)
+        if not os.path.exists(lock_path):
+            # Made but not yet locked (a builder just starting), or never locked.
+            with contextlib.suppress(OSError):
+                if time.time() - entry.stat().st_mtime > _LOCKLESS_GRACE_SECONDS:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed.append(entry.path)
+            continue
+        try:
+            with open(lock_path, "r+") as stream:
+                try:
+                    fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live build
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.path)
+        except OSError:
+            continue
+    if removed:
+        logger.warning(
+            "removed %d unfinished cache build(s) left by a killed run in %s",
+            len(removed),
+            root,
+        )
+    return removed
 
 
 def _build(
@@ -205,7 +253,8 @@ def _build(
         shape=(count, lattice.num_clips, feature_dim),
     )
     for begin in range(0, count, 256):
-        final[begin : begin + 256] = clips_array[begin : begin + 256]
+        end = min(begin + 256, count)  # the partial file has a row per video
+        final[begin:end] = clips_array[begin:end]
     final.flush()
     del clips_array, final
     os.remove(clips_path)
