@@ -129,6 +129,7 @@ def test_numpy_only_modules_import_no_tensorflow():
         "tal_keras.data.annotations",
         "tal_keras.data.features",
         "tal_keras.data.synthetic",
+        "tal_keras.data.benchmarks",
         "tal_keras.data.cache",
         "tal_keras.detections",
         "tal_keras.metrics",
