@@ -83,3 +83,24 @@ def test_tal_score_names_a_bad_file(submission, tmp_path, capsys):
     bad = write_json(tmp_path / "bad.json", {"results": {"a": [{"label": "Swim"}]}})
     assert scoring.main(["--ground_truth", ground_truth, "--predictions", bad]) == 2
     assert "bad.json" in capsys.readouterr().err
+
+
+def test_every_data_file_of_the_package_is_shipped():
+    with open(ROOT / "pyproject.toml", "rb") as stream:
+        package_data = tomllib.load(stream)["tool"]["setuptools"]["package-data"]
+    shipped = {
+        path
+        for package, patterns in package_data.items()
+        for pattern in patterns
+        for path in (ROOT / package.replace(".", "/")).glob(pattern)
+    }
+    data_files = {
+        path
+        for folder in ("tal_keras", "export")
+        for path in (ROOT / folder).rglob("*")
+        if path.is_file()
+        and path.suffix not in (".py", ".pyc")
+        and "__pycache__" not in path.parts
+        and path.name != "README.md"
+    }
+    assert data_files <= shipped, sorted(map(str, data_files - shipped))
