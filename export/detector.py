@@ -9,6 +9,7 @@ metadata the file carries (`export.metadata`).
 
 import contextlib
 import dataclasses
+import logging
 import warnings
 
 import numpy as np
@@ -18,7 +19,10 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from export import metadata
 from tal_keras import detections
 from tal_keras.clips import resample_to_clips
+from tal_keras.data.features import MAX_ABS_FEATURE, check_feature_length
 from tal_keras.errors import DataError
+
+logger = logging.getLogger("tal_keras")
 
 # onnxruntime's exceptions share no base class but Exception.
 _ORT_ERRORS = (
@@ -100,12 +104,19 @@ class Detector:
                 f"expected [{metadata.INPUT_NAME!r}] and {expected}."
             )
 
-    def clip_features(self, features, duration, video_id="video"):
+    def clip_features(self, features, duration, video_id="video", length_warnings=None):
         """float32 [N, D]: a video's feature steps [T, D] resampled to N clips.
+
+        A feature length that does not quite fit the duration
+        (`tal_keras.data.features.check_feature_length`) is appended to
+        `length_warnings` as (video_id, message) when a list is given, else
+        logged.
 
         Raises:
             DataError: features not [T >= 1, D] with the model's D, not
-                finite, or a duration that is not a positive number.
+                finite or beyond +-MAX_ABS_FEATURE, a duration that is not a
+                positive number, or T and the duration more than a factor 2
+                apart.
         """
         features = np.asarray(features)
         if features.ndim != 2 or features.shape[0] == 0:
@@ -120,6 +131,12 @@ class Detector:
             )
         if not np.isfinite(features).all():
             raise DataError(f"video {video_id}: features hold NaN or inf values.")
+        largest = float(np.abs(features).max())
+        if largest > MAX_ABS_FEATURE:
+            raise DataError(
+                f"video {video_id}: expected feature values within "
+                f"+-{MAX_ABS_FEATURE:g}, found {largest:.3g}."
+            )
         try:
             duration = float(duration)
         except (TypeError, ValueError):
@@ -130,6 +147,14 @@ class Detector:
             raise DataError(
                 f"video {video_id}: duration {duration} is not a positive number of seconds."
             )
+        message = check_feature_length(
+            f"video {video_id}", features.shape[0], duration, self.spec.timing
+        )
+        if message is not None:
+            if length_warnings is None:
+                logger.warning("%s", message)
+            else:
+                length_warnings.append((video_id, message))
         return resample_to_clips(
             features, duration, self.spec.num_clips, self.spec.timing
         )

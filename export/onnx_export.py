@@ -299,7 +299,7 @@ def export_run(
     import onnx
 
     import tal_keras
-    from tal_keras.atomic import atomic_path
+    from tal_keras.atomic import atomic_path, check_writable
     from tal_keras.models import build_inference_model
 
     started = time.perf_counter()
@@ -308,6 +308,7 @@ def export_run(
         tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
     if out is None:
         out = os.path.join(workdir, DEFAULT_FP16_NAME if fp16 else DEFAULT_NAME)
+    check_writable(out, "ONNX file")  # before the conversion, not after
     run_config, proposal_network, classifier_network = load_run(workdir)
     class_names = run_class_names(run_config, category_file)
     inference_model = build_inference_model(proposal_network, classifier_network)
@@ -436,7 +437,7 @@ def main(argv=None):
     except ParityError as error:
         print(f"EXPORT FAILED: {error}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, DataError, ValueError) as error:
+    except (OSError, DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(report.summary())

@@ -12,7 +12,7 @@ Durations come from the annotations, or from the CSV where it lists the
 video. A video that cannot be served (no duration, features missing,
 unreadable, empty, of the wrong width or not finite) is skipped with one line
 giving its reason; the others are served, and the output files are written
-atomically. Exit status: 0 when at least one video was served, 1 when none
+atomically (and checked to be writable before any work). Exit status: 0 when at least one video was served, 1 when none
 was, 2 on a usage error (bad model, annotation or feature path).
 """
 
@@ -55,6 +55,8 @@ class ServeResult:
         detections: {video_id: [{"label", "score", "segment"}]}.
         proposals: {video_id: [{"score", "segment"}]}.
         skipped: [(video_id, reason)], in input order.
+        length_warnings: [(video_id, message)] of served videos whose feature
+            length does not quite fit their duration.
         seconds: {"loading", "inference", "postprocessing", "total"}; loading
             counts only the time spent waiting for features.
     """
@@ -63,6 +65,7 @@ class ServeResult:
     proposals: dict
     skipped: list
     seconds: dict
+    length_warnings: list = dataclasses.field(default_factory=list)
 
     @property
     def num_served(self):
@@ -217,10 +220,21 @@ def serve(
         if video.problem is not None:
             return video, None, video.problem
         try:
-            features = store.load(video.video_id, feature_dim)
-            clips = detector.clip_features(features, video.duration, video.video_id)
+            features = store.load(
+                video.video_id,
+                feature_dim,
+                duration=video.duration,
+                timing=detector.spec.timing,
+            )
+            warnings = []
+            clips = detector.clip_features(
+                features, video.duration, video.video_id, length_warnings=warnings
+            )
         except (DataError, ValueError) as error:
             return video, None, str(error)
+        for _, message in warnings:
+            logger.warning("%s: %s", store.path_of(video.video_id), message)
+        result.length_warnings.extend(warnings)
         return video, clips, None
 
     chunks = [
@@ -280,6 +294,11 @@ def summary_line(result, total, provider):
     skipped = f"{len(result.skipped)} skipped"
     if result.skipped:
         skipped += f" (first: {result.skipped[0][0]}: {result.skipped[0][1]})"
+    if result.length_warnings:
+        skipped += (
+            f", {len(result.length_warnings)} with a feature length that does "
+            "not fit the duration"
+        )
     return (
         f"served {result.num_served} of {total} videos, {skipped}; "
         f"{seconds['total']:.2f} s ({rate:.1f} videos/s; waiting for features "
@@ -357,6 +376,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     import tal_keras
+    from tal_keras.atomic import check_writable
     from tal_keras.data.features import open_feature_store
     from tal_keras.evaluation import read_video_labels
 
@@ -374,6 +394,10 @@ def main(argv=None):
     }
     providers = args.providers.split(",") if args.providers else None
     try:
+        # Outputs first: a path that cannot be written fails before any work.
+        check_writable(args.out, "detections")
+        if args.proposals_out:
+            check_writable(args.proposals_out, "proposals")
         detector = Detector(args.model, providers=providers, postprocessing=overrides)
         store = open_feature_store(args.features)
         videos = videos_to_serve(args.annotations, args.subset, args.durations)

@@ -1,23 +1,54 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half."""
+"""Atomic file writes: a reader sees the old file or the new one, never half.
+
+Files get the permissions the umask gives an ordinary new file (mkstemp's
+private 0600 is widened to match). `check_writable` tells, before any work,
+whether an output can be written where the user asked.
+"""
 
 import contextlib
 import json
 import os
 import tempfile
 
+from tal_keras.errors import OutputError
+
+
+def _umask():
+    """The process umask, read without changing it where /proc allows."""
+    try:
+        with open("/proc/self/status") as stream:
+            for line in stream:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode():
+    """Permissions of a new ordinary file under the current umask."""
+    return 0o666 & ~_umask()
+
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, prefix=None):
     """Yields a temporary path beside `path`; renames it onto `path` on success.
 
     On an exception the temporary file is removed and `path` is left untouched.
+    The temporary name starts with `prefix` (default ".NAME.") so that
+    leftovers of a killed process can be recognised.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+        dir=directory,
+        prefix=prefix or f".{os.path.basename(path)}.",
+        suffix=".tmp" if prefix is None else os.path.splitext(path)[1],
     )
+    os.fchmod(handle, new_file_mode())
     os.close(handle)
     try:
         yield temporary
@@ -34,3 +65,22 @@ def write_json_atomic(path, payload, indent=None):
         json.dump(payload, stream, indent=indent)
         stream.flush()
         os.fsync(stream.fileno())
+
+
+def check_writable(path, what="output"):
+    """Raises `OutputError` unless a file can be created at `path` (its folder
+    is made if missing). Call it before the work whose result goes there."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise OutputError(f"{path}: cannot write the {what}: it is a directory.")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=directory, prefix=".write-check-")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OutputError(
+            f"{path}: cannot write the {what} in {directory}: {reason}."
+        ) from None

@@ -3,3 +3,10 @@
 
 class DataError(ValueError):
     """Bad input data: the message names the file, the video and what was expected."""
+
+
+class OutputError(OSError):
+    """An output that cannot be written where asked: the message names the path."""
+
+    def __str__(self):
+        return self.args[0] if self.args else ""

@@ -92,6 +92,7 @@ Deviations, on inputs where the official code crashes or returns NaN:
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import os
 import warnings
@@ -99,6 +100,8 @@ import warnings
 import numpy as np
 
 from tal_keras.errors import DataError
+
+logger = logging.getLogger("tal_keras")
 
 # Exactly the official default: its 0.9 is 0.8999999999999999, which matters
 # for a tIoU of exactly 0.9.
@@ -120,6 +123,8 @@ class GroundTruth:
         segment_videos: int64 [G], index into `video_ids` of each segment.
         segments: float64 [G, 2], (start, end) in seconds, as given.
         labels: int64 [G], index into `class_names`.
+        durations: {video_id: seconds or None} of the subset's videos (for
+            the warnings about predictions past the end; unused in scores).
     """
 
     source: str
@@ -129,6 +134,7 @@ class GroundTruth:
     segment_videos: np.ndarray
     segments: np.ndarray
     labels: np.ndarray
+    durations: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +242,7 @@ def load_ground_truth(ground_truth, subset="validation", blocked_videos=()):
     blocked = set(blocked_videos)
     class_index = {}
     video_ids, segment_videos, segments, labels, subsets = [], [], [], [], set()
+    durations = {}
     for video_id, video in database.items():
         if not isinstance(video, dict) or "subset" not in video:
             raise DataError(
@@ -245,6 +252,7 @@ def load_ground_truth(ground_truth, subset="validation", blocked_videos=()):
         subsets.add(str(video["subset"]))
         if video["subset"] != subset or video_id in blocked:
             continue
+        durations[video_id] = _optional_seconds(video.get("duration"))
         annotations = video.get("annotations")
         if not isinstance(annotations, list):
             raise DataError(
@@ -286,6 +294,7 @@ def load_ground_truth(ground_truth, subset="validation", blocked_videos=()):
         segment_videos=np.asarray(segment_videos, dtype=np.int64),
         segments=np.asarray(segments, dtype=np.float64).reshape(-1, 2),
         labels=np.asarray(labels, dtype=np.int64),
+        durations=durations,
     )
 
 
@@ -390,6 +399,7 @@ def evaluate_detection(
     ground_truth = load_ground_truth(ground_truth, subset, blocked_videos)
     predictions = load_predictions(predictions, ground_truth, blocked_videos)
     _warn_if_disjoint(ground_truth, predictions)
+    warn_about_silent_cases(ground_truth, predictions)
     thresholds = _thresholds(tiou_thresholds)
     average_precision = average_precision_per_class(
         ground_truth, predictions, thresholds
@@ -503,6 +513,7 @@ def proposal_curve(
     ground_truth = load_ground_truth(ground_truth, subset, blocked_videos)
     proposals = load_predictions(proposals, None, blocked_videos)
     _warn_if_disjoint(ground_truth, proposals)
+    warn_about_silent_cases(ground_truth, proposals)
     thresholds = _thresholds(tiou_thresholds)
     num_videos = len(ground_truth.video_ids)
     num_proposals = len(proposals.scores)
@@ -677,6 +688,97 @@ def _warn_if_disjoint(ground_truth, predictions):
             "prefix?). Every prediction counts as a miss.",
             stacklevel=3,
         )
+
+
+def warn_about_silent_cases(ground_truth, predictions):
+    """Logs one warning line per kind of prediction the official code scores
+    without a word, with how many there are; changes no number.
+
+    The kinds: predictions for videos that are not ground-truth videos of
+    the subset (false positives in detection; in the proposal total), +-inf
+    scores, reversed segments (start > end) and segments outside [0,
+    duration] of their video. Returns {kind: count} of those found.
+    """
+    source = predictions.source
+    counts = {}
+    # The subset's videos, those without segments included.
+    known = set(ground_truth.durations) | set(ground_truth.video_ids)
+    outside = [video for video in predictions.video_ids if video not in known]
+    disjoint = not set(predictions.video_ids) & set(ground_truth.video_ids)
+    if outside and not disjoint:  # disjoint: `_warn_if_disjoint` says so
+        per_video = np.bincount(
+            predictions.segment_videos, minlength=len(predictions.video_ids)
+        )
+        index = {video: row for row, video in enumerate(predictions.video_ids)}
+        number = int(sum(per_video[index[video]] for video in outside))
+        if number:
+            counts["outside_ground_truth"] = number
+            logger.warning(
+                "%s: %d predictions for %d videos that are not in subset %r of "
+                "the ground truth (e.g. %r); scored as the official code "
+                "does (false positives; counted in the proposal total)",
+                source,
+                number,
+                len(outside),
+                ground_truth.subset,
+                outside[0],
+            )
+    scores = np.asarray(predictions.scores)
+    infinite = (
+        int(np.count_nonzero(np.isinf(scores))) if scores.dtype.kind == "f" else 0
+    )
+    if infinite:
+        counts["infinite_score"] = infinite
+        logger.warning(
+            "%s: %d predictions have an infinite score; scored as given (they "
+            "sort first or last)",
+            source,
+            infinite,
+        )
+    starts, ends = predictions.segments[:, 0], predictions.segments[:, 1]
+    reversed_segments = int(np.count_nonzero(starts > ends))
+    if reversed_segments:
+        counts["reversed_segment"] = reversed_segments
+        logger.warning(
+            "%s: %d predicted segments end before they start; scored as given "
+            "(their tIoU is 0 or less)",
+            source,
+            reversed_segments,
+        )
+    durations = np.array(
+        [
+            np.nan
+            if ground_truth.durations.get(video) is None
+            else ground_truth.durations[video]
+            for video in predictions.video_ids
+        ],
+        dtype=np.float64,
+    ).reshape(-1)
+    video_durations = durations[predictions.segment_videos]
+    with np.errstate(invalid="ignore"):
+        out_of_range = (np.minimum(starts, ends) < 0) | (
+            np.maximum(starts, ends) > video_durations
+        )
+    if np.count_nonzero(out_of_range):
+        counts["out_of_range_segment"] = int(np.count_nonzero(out_of_range))
+        logger.warning(
+            "%s: %d predicted segments lie partly outside [0, duration] of their "
+            "video; scored as given (not clipped)",
+            source,
+            counts["out_of_range_segment"],
+        )
+    return counts
+
+
+def _optional_seconds(value):
+    """float(value) when it is a finite number (or numeric string), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def _thresholds(tiou_thresholds):

@@ -9,8 +9,10 @@ The file looks like::
 
 Testing videos may have no "annotations" key or an empty list. Segments are
 clamped to [0, duration]; those left empty or inverted are dropped and counted
-in one log line. Anything else that is wrong raises `DataError` naming the file
-and the video.
+in one log line. A video id listed twice (the last entry is used) and videos
+of subsets other than training/validation/testing (left out of the standard
+subsets: "train", "Validation") get one warning line each with a count.
+Anything else that is wrong raises `DataError` naming the file and the video.
 """
 
 import dataclasses
@@ -26,6 +28,7 @@ from tal_keras.errors import DataError
 logger = logging.getLogger("tal_keras")
 
 VIDEO_PREFIX = "v_"  # ActivityNet feature files prefix YouTube ids; HACS ids have none
+STANDARD_SUBSETS = ("training", "validation", "testing")
 
 
 def feature_key_candidates(video_id):
@@ -160,14 +163,15 @@ def load_annotations(
     if class_names is None:
         class_names = sorted({label for video in parsed for label, _ in video[3]})
     class_index = {name: index for index, name in enumerate(class_names)}
+    present = {video[1] for video in parsed}
     if subsets is not None:
-        present = {video[1] for video in parsed}
         missing = [name for name in subsets if name not in present]
         if missing:
             raise DataError(
                 f"{path}: no video of subset {missing}; the file has subsets "
                 f"{sorted(present)}."
             )
+        _warn_unusual_subsets(path, parsed, subsets)
 
     videos, dropped, blocked = {}, 0, 0
     for video_id, video_subset, duration, raw_segments in sorted(parsed):
@@ -199,6 +203,27 @@ def load_annotations(
         logging.WARNING if dropped else logging.INFO, "%s", annotations.summary()
     )
     return annotations
+
+
+def _warn_unusual_subsets(path, parsed, subsets):
+    """One warning when videos sit in subsets outside the standard three that
+    were not asked for (e.g. "train", "Validation"): they are left out."""
+    counts = {}
+    for _, subset, _, _ in parsed:
+        if subset not in STANDARD_SUBSETS and subset not in subsets:
+            counts[subset] = counts.get(subset, 0) + 1
+    if counts:
+        listed = ", ".join(
+            f"{name!r}: {count}" for name, count in sorted(counts.items())
+        )
+        logger.warning(
+            "%s: %d videos are in subsets other than %s and are left out "
+            "(%s); rename the subsets or ask for them by name",
+            path,
+            sum(counts.values()),
+            "/".join(STANDARD_SUBSETS),
+            listed,
+        )
 
 
 def read_class_names(path):
@@ -239,7 +264,7 @@ def _subset_tuple(subset):
 def _read_database(path):
     try:
         with open(path, encoding="utf-8") as stream:
-            content = json.load(stream)
+            content = json.load(stream, object_pairs_hook=_KeyCountingDict)
     except FileNotFoundError as error:
         raise DataError(f"{path}: annotation file not found.") from error
     except json.JSONDecodeError as error:
@@ -251,7 +276,29 @@ def _read_database(path):
     database = content["database"]
     if not isinstance(database, dict):
         raise DataError(f'{path}: "database" must map video ids to entries.')
+    if database.repeated:
+        names = sorted(database.repeated)
+        logger.warning(
+            "%s: %d video ids appear more than once in the database (%s%s); "
+            "the last entry of each is used",
+            path,
+            len(names),
+            ", ".join(names[:5]),
+            ", ..." if len(names) > 5 else "",
+        )
     return database
+
+
+class _KeyCountingDict(dict):
+    """A JSON object that remembers which keys it saw more than once."""
+
+    def __init__(self, pairs):
+        super().__init__()
+        self.repeated = set()
+        for key, value in pairs:
+            if key in self:
+                self.repeated.add(key)
+            self[key] = value
 
 
 def _parse_video(path, video_id, entry):

@@ -23,12 +23,13 @@ import numpy as np
 
 from tal_keras.atomic import write_json_atomic
 from tal_keras.clips import resample_to_clips
+from tal_keras.data.features import check_feature_length
 from tal_keras.errors import DataError
 from tal_keras.targets import proposal_targets
 
 logger = logging.getLogger("tal_keras")
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: features checked against durations and magnitude
 _BUILD_LOCK = ".building"  # flock-ed by the builder inside its temporary folder
 _LOCKLESS_GRACE_SECONDS = 60  # a folder made but not yet locked is this young
 
@@ -44,6 +45,8 @@ class ClipCache:
         classes: int16 [V, P] class of the best-matching segment, -1 if none
             above the classifier's IoU threshold.
         skipped: list of (video_id, reason) left out when the cache was built.
+        length_warnings: list of (video_id, message) of videos kept although
+            their feature length does not fit their duration.
     """
 
     def __init__(self, folder):
@@ -52,6 +55,9 @@ class ClipCache:
             index = json.load(stream)
         self.video_ids = index["video_ids"]
         self.skipped = [tuple(item) for item in index["skipped"]]
+        self.length_warnings = [
+            tuple(item) for item in index.get("length_warnings", [])
+        ]
         self.durations = np.asarray(index["durations"], dtype=np.float64)
         self.clips = np.load(os.path.join(folder, "clips.npy"), mmap_mode="r")
         self.max_iou = np.load(os.path.join(folder, "max_iou.npy"), mmap_mode="r")
@@ -206,13 +212,32 @@ def _build(
 
     def prepare(video):
         try:
-            features = store.load(video.video_id, feature_dim=feature_dim)
+            features = store.load(
+                video.video_id,
+                feature_dim=feature_dim,
+                duration=video.duration,
+                timing=timing,
+            )
         except DataError as error:
-            return video, None, str(error)
+            return video, None, str(error), None
+        where = f"{store.path_of(video.video_id)}: video {video.video_id}"
+        length_warning = check_feature_length(
+            where, features.shape[0], video.duration, timing
+        )
         clips = resample_to_clips(features, video.duration, lattice.num_clips, timing)
-        return video, clips, None
+        with np.errstate(over="ignore"):  # values float16 cannot hold become inf
+            representable = np.isfinite(clips.astype(dtype)).all()
+        if not representable:
+            limit = float(np.finfo(dtype).max)
+            return (
+                video,
+                None,
+                f"{where}: clip values beyond {dtype}'s +-{limit:g}; use --cache_dtype=float32.",
+                None,
+            )
+        return video, clips, None, length_warning
 
-    usable, skipped = [], []
+    usable, skipped, length_warnings = [], [], []
     clips_path = os.path.join(folder, "clips.partial.npy")
     clips_array = np.lib.format.open_memmap(
         clips_path,
@@ -223,11 +248,14 @@ def _build(
     max_iou = np.zeros((len(videos), lattice.num_proposals), dtype=np.float32)
     classes = np.full((len(videos), lattice.num_proposals), -1, dtype=np.int16)
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-        for video, clips, reason in pool.map(prepare, videos):
+        for video, clips, reason, length_warning in pool.map(prepare, videos):
             if reason is not None:
                 logger.warning("skipping video %s: %s", video.video_id, reason)
                 skipped.append((video.video_id, reason))
                 continue
+            if length_warning is not None:
+                logger.warning("%s", length_warning)
+                length_warnings.append((video.video_id, length_warning))
             row = len(usable)
             clips_array[row] = clips
             max_iou[row], classes[row] = proposal_targets(
@@ -237,6 +265,13 @@ def _build(
     if skipped:
         logger.warning(
             "skipped %d of %d videos (reasons above)", len(skipped), len(videos)
+        )
+    if length_warnings:
+        logger.warning(
+            "%d of %d videos have features of a length that does not fit their "
+            "duration (used anyway; lines above)",
+            len(length_warnings),
+            len(videos),
         )
     if not usable:
         raise DataError(
@@ -266,5 +301,6 @@ def _build(
             "video_ids": [video.video_id for video in usable],
             "durations": [video.duration for video in usable],
             "skipped": skipped,
+            "length_warnings": length_warnings,
         },
     )

@@ -5,8 +5,9 @@ Two stores share one interface (`has`, `load`, `path_of`): a directory of
 per video (2D-TAN style). `load` validates what it reads and raises
 `DataError` naming the file, the video, and the expected and found values.
 `find_usable_videos` checks a whole annotation set up front and skips bad
-videos with one log line each. numpy only (h5py is imported when an HDF5
-store is opened).
+videos with one log line each. `check_feature_length` compares the seconds
+the steps cover with the annotated duration. numpy only (h5py is imported
+when an HDF5 store is opened).
 """
 
 import dataclasses
@@ -21,6 +22,14 @@ from tal_keras.errors import DataError
 logger = logging.getLogger("tal_keras")
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+# Larger magnitudes are corrupt data: they overflow the networks' float32 sums.
+MAX_ABS_FEATURE = 1e6
+# Steps x stride / fps against the duration: features are often a little
+# longer or shorter (frame-count rounding, trimmed video ends). Beyond 10%
+# (plus two steps' slack) a warning; beyond a factor of 2 the video is skipped.
+LENGTH_WARN_FRACTION = 0.1
+LENGTH_SKIP_FACTOR = 2.0
+LENGTH_SLACK_STEPS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,14 +102,27 @@ class FeatureStore:
         """Whether features exist for the video (under its id or "v_" form)."""
         return self.path_of(video_id) is not None
 
-    def load(self, video_id, feature_dim=None):
+    def load(self, video_id, feature_dim=None, duration=None, timing=None):
         """float32 [T, D] features of the video, validated.
 
+        With `duration` (seconds) and `timing`, T is checked against the
+        duration (`check_feature_length`) from the shape alone, before the
+        values are read; only the hard limit raises here.
+
         Raises:
-            DataError: missing, unreadable or corrupt, not 2-D, empty (T = 0),
-                non-numeric, NaN/inf, or D != feature_dim (when given).
+            DataError: missing, unreadable or corrupt (a .npy header that
+                claims more than the file holds included), not 2-D, empty
+                (T = 0), non-numeric, NaN/inf, a value beyond
+                +-MAX_ABS_FEATURE, D != feature_dim (when given), or T far
+                from what `duration` holds.
         """
         location = self._locate(video_id)
+        shape, dtype = self._shape(video_id, location)
+        self._check_shape(video_id, location, shape, dtype, feature_dim)
+        if duration is not None:
+            check_feature_length(
+                f"{location}: video {video_id}", shape[0], duration, timing
+            )
         array = self._read(video_id, location)
         self._check_shape(video_id, location, array.shape, array.dtype, feature_dim)
         with np.errstate(
@@ -114,6 +136,15 @@ class FeatureStore:
                 f"{location}: video {video_id}: expected finite features, found "
                 f"{np.count_nonzero(~finite)} NaN/inf values in {bad_steps.size} "
                 f"of {features.shape[0]} steps (first at step {bad_steps[0]})."
+            )
+        huge = np.abs(features) > MAX_ABS_FEATURE
+        if huge.any():
+            bad_steps = np.flatnonzero(huge.any(axis=1))
+            raise DataError(
+                f"{location}: video {video_id}: expected feature values within "
+                f"+-{MAX_ABS_FEATURE:g}, found {np.count_nonzero(huge)} beyond "
+                f"(largest {np.abs(features).max():.3g}) in {bad_steps.size} of "
+                f"{features.shape[0]} steps (first at step {bad_steps[0]})."
             )
         return features
 
@@ -180,21 +211,47 @@ class NpyFeatureStore(FeatureStore):
                 return path
         return None
 
-    def _read(self, video_id, location, mmap_mode=None):
+    def _read(self, video_id, location):
+        # Memory-mapped: a header claiming more than the file holds fails here
+        # (nothing is allocated), and only the bytes used are read.
         try:
-            return np.load(location, mmap_mode=mmap_mode, allow_pickle=False)
+            return np.load(location, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as error:
             raise DataError(
                 f"{location}: video {video_id}: cannot read the feature file "
-                f"(expected a .npy array): {error}"
+                f"(expected a .npy array){_npy_size_problem(location)}: {error}"
             ) from error
 
     def _shape(self, video_id, location):
-        array = self._read(video_id, location, mmap_mode="r")
+        array = self._read(video_id, location)
         return array.shape, array.dtype
 
     def __repr__(self):
         return f"NpyFeatureStore({self.directory!r})"
+
+
+def _npy_size_problem(path):
+    """ ", the header claims shape S (B bytes) but the file holds M" when it does."""
+    try:
+        with open(path, "rb") as stream:
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+            else:
+                return ""
+            offset = stream.tell()
+        size = os.path.getsize(path)
+    except (OSError, ValueError, EOFError):
+        return ""
+    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if offset + claimed <= size:
+        return ""
+    return (
+        f"; its header claims shape {tuple(shape)} ({claimed} bytes of {dtype}) "
+        f"but the file holds {size - offset} bytes of data"
+    )
 
 
 class Hdf5FeatureStore(FeatureStore):
@@ -288,6 +345,48 @@ class Hdf5FeatureStore(FeatureStore):
 
     def __repr__(self):
         return f"Hdf5FeatureStore({self.path!r})"
+
+
+def check_feature_length(where, num_steps, duration, timing=None):
+    """Checks that `num_steps` feature steps fit a video of `duration` seconds.
+
+    The steps cover T * stride / fps seconds. Within LENGTH_WARN_FRACTION of
+    the duration (plus LENGTH_SLACK_STEPS steps) they fit; further apart the
+    video is still used and a one-line warning is returned for the caller to
+    log and count; beyond a factor LENGTH_SKIP_FACTOR either way (plus the
+    slack) the clips would not describe the video and `DataError` is raised.
+
+    Args:
+        where: "FILE: video ID", the start of the messages.
+        num_steps: T.
+        duration: the video's duration in seconds.
+        timing: `FeatureTiming` (default HACS_TIMING).
+
+    Returns:
+        None, or the warning message.
+    """
+    timing = timing or HACS_TIMING
+    duration = float(duration)
+    covered = num_steps * timing.step_seconds
+    slack = LENGTH_SLACK_STEPS * timing.step_seconds
+    expected = timing.num_steps(duration) if np.isfinite(duration) else None
+    text = (
+        f"{where}: {num_steps} feature steps cover {covered:.1f} s "
+        f"({timing.stride} frames each at {timing.fps:g} fps) but the duration "
+        f"is {duration:.6g} s (about {expected} steps)"
+    )
+    if not (
+        duration / LENGTH_SKIP_FACTOR - slack
+        <= covered
+        <= duration * LENGTH_SKIP_FACTOR + slack
+    ):
+        raise DataError(
+            f"{text}; more than {LENGTH_SKIP_FACTOR:g} times apart, so the "
+            "features do not belong to this duration."
+        )
+    if abs(covered - duration) > LENGTH_WARN_FRACTION * duration + slack:
+        return f"{text}; more than {LENGTH_WARN_FRACTION:.0%} apart, used anyway."
+    return None
 
 
 def open_feature_store(path):

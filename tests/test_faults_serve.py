@@ -1,0 +1,185 @@
+"""Fault suite, serving and export: bad videos in a serve run (skipped and
+counted, the good ones served), implausible durations, outputs that cannot
+be written (refused before any work), and the file modes of outputs."""
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+from test_export import make_tiny_run
+
+from export import onnx_export, serve
+from export.detector import Detector
+from tal_keras.atomic import check_writable, write_json_atomic
+from tal_keras.data.features import open_feature_store
+from tal_keras.errors import DataError, OutputError
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    logger = logging.getLogger("tal_keras")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate, logger.level = saved
+
+
+def bad_corpus(run_config, folder):
+    """Features of three good validation videos plus one bad video of each
+    kind; returns (features dir, durations CSV, good ids, {bad id: reason})."""
+    store = open_feature_store(run_config.data.features)
+    videos = serve.read_annotation_videos(run_config.data.annotations, "validation")
+    good = videos[:3]
+    directory = folder / "features"
+    directory.mkdir()
+    for video in good:
+        np.save(directory / f"{video.video_id}.npy", store.load(video.video_id))
+    steps = 38  # about 20 s of features at 15 fps, stride 8
+    huge = np.ones((steps, 8), np.float32)
+    huge[3, 1] = 3e38
+    np.save(directory / "huge.npy", huge)
+    header = {"descr": "<f4", "fortran_order": False, "shape": (10**9, 8)}
+    with open(directory / "lying.npy", "wb") as stream:
+        np.lib.format.write_array_header_1_0(stream, header)
+        stream.write(b"\0" * 64)
+    np.save(directory / "one_step.npy", np.ones((1, 8), np.float32))
+    np.save(directory / "endless.npy", np.ones((steps, 8), np.float32))
+    np.save(directory / "longish.npy", np.ones((steps, 8), np.float32))
+    rows = [f"{video.video_id},{video.duration}" for video in good]
+    rows += ["huge,20", "lying,20", "one_step,90", "endless,1e9", "longish,13"]
+    durations = folder / "durations.csv"
+    durations.write_text("\n".join(["video_id,duration", *rows]) + "\n")
+    reasons = {
+        "huge": "expected feature values within +-1e+06",
+        "lying": "header claims shape (1000000000, 8)",
+        "one_step": "more than 2 times apart",
+        "endless": "more than 2 times apart",
+    }
+    return directory, durations, [video.video_id for video in good], reasons
+
+
+def test_serve_skips_and_counts_bad_videos_and_serves_the_rest(
+    tiny_run, tmp_path, capsys
+):
+    _, run_config, path, _ = tiny_run
+    directory, durations, good, reasons = bad_corpus(run_config, tmp_path)
+    out = tmp_path / "detections.json"
+    status = serve.main(
+        [
+            *("--model", path, "--features", str(directory)),
+            *("--durations", str(durations), "--out", str(out), "--no_progress"),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    results = json.loads(out.read_text())["results"]
+    assert sorted(results) == sorted([*good, "longish"])
+    for video_id, words in reasons.items():
+        lines = [
+            line
+            for line in captured.err.splitlines()
+            if f"skipping video {video_id}:" in line
+        ]
+        assert len(lines) == 1, (video_id, captured.err)
+        assert f"{video_id}.npy: video {video_id}" in lines[0] and words in lines[0]
+    warned = [line for line in captured.err.splitlines() if "longish.npy" in line]
+    assert len(warned) == 1 and "more than 10% apart, used anyway" in warned[0]
+    assert (
+        "served 4 of 8 videos, 4 skipped (first: huge: " in captured.out  # CSV order
+    )
+    assert "1 with a feature length that does not fit the duration" in captured.out
+
+
+def test_detector_refuses_an_implausible_duration(tiny_run):
+    path = tiny_run[2]
+    detector = Detector(path)
+    features = np.ones((38, 8), np.float32)
+    with pytest.raises(DataError, match="video clip: 38 feature steps cover 20.3 s"):
+        detector.clip_features(features, 1e12, "clip")
+    with pytest.raises(DataError, match="more than 2 times apart"):
+        detector(features, 1e12)
+    with pytest.raises(DataError, match="feature values within"):
+        detector(np.full((38, 8), 1e20, np.float32), 20.0)
+    warnings = []
+    detector.clip_features(features, 14.0, "clip", length_warnings=warnings)
+    assert [video for video, _ in warnings] == ["clip"]
+
+
+@pytest.fixture
+def under_a_file(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    return blocker / "out" / "result.json"
+
+
+def test_serve_refuses_an_unwritable_output_before_any_work(
+    tiny_run, tmp_path, under_a_file, capsys, monkeypatch
+):
+    _, run_config, path, _ = tiny_run
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("served although the output cannot be written")
+
+    monkeypatch.setattr(serve, "serve", no_work)
+    for outputs in (
+        ["--out", str(under_a_file)],
+        ["--out", str(tmp_path / "ok.json"), "--proposals_out", str(tmp_path)],
+    ):
+        status = serve.main(
+            [
+                *("--model", path, "--features", run_config.data.features),
+                *("--annotations", run_config.data.annotations, *outputs),
+            ]
+        )
+        assert status == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"error: {under_a_file}: cannot write the detections in")
+    assert (
+        err[1] == f"error: {tmp_path}: cannot write the proposals: it is a directory."
+    )
+    assert not (tmp_path / "ok.json").exists()
+
+
+def test_export_refuses_an_unwritable_output_before_any_work(
+    tiny_run, under_a_file, capsys, monkeypatch
+):
+    workdir = tiny_run[0]
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("exported although the output cannot be written")
+
+    monkeypatch.setattr(onnx_export, "load_run", no_work)
+    status = onnx_export.main(["--workdir", workdir, "--out", str(under_a_file)])
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {under_a_file}: cannot write the ONNX file in")
+    assert "\n" not in err
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_follow_the_umask(tmp_path, mask, mode):
+    previous = os.umask(mask)
+    try:
+        write_json_atomic(tmp_path / "out.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == mode
+
+
+def test_check_writable_names_the_path_and_the_reason(tmp_path, under_a_file):
+    check_writable(tmp_path / "new" / "file.json")
+    assert (tmp_path / "new").is_dir() and os.listdir(tmp_path / "new") == []
+    with pytest.raises(OutputError, match="Not a directory"):
+        check_writable(under_a_file)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):
+        pytest.skip("running as root: permissions are not enforced")
+    with pytest.raises(OutputError, match="locked/x.json: cannot write the output in"):
+        check_writable(locked / "x.json")
