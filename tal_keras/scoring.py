@@ -41,10 +41,14 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from tal_keras.atomic import write_json_atomic
+    import tal_keras
+    from tal_keras.atomic import check_writable, write_json_atomic
     from tal_keras.evaluation import format_metrics_table, score_file
 
+    tal_keras.configure_logging()  # the evaluator's warnings, one line each
     try:
+        if args.metrics_out:
+            check_writable(args.metrics_out, "metrics")  # before scoring
         metrics = score_file(
             args.ground_truth, args.predictions, subset=args.subset, task=args.task
         )

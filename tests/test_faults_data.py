@@ -358,3 +358,39 @@ def test_scoring_warns_where_the_official_code_is_silent(tmp_path, caplog, monke
     # Read-only: the numbers are those computed without the warnings.
     monkeypatch.setattr(metrics, "warn_about_silent_cases", lambda *args: {})
     assert score() == scored
+
+
+@pytest.fixture
+def restore_logging():
+    logger = logging.getLogger("tal_keras")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate, logger.level = saved
+
+
+def test_tal_score_prints_warning_lines_and_checks_its_output_first(
+    tmp_path, capsys, restore_logging
+):
+    from tal_keras import scoring
+
+    ground_truth = write_annotations(
+        tmp_path / "gt.json", {"a": ("validation", 50.0, [("jump", 5.0, 15.0)])}
+    )
+    predictions = tmp_path / "predictions.json"
+    entries = [{"label": "jump", "score": 0.5, "segment": [16.0, 4.0]}]
+    predictions.write_text(json.dumps({"results": {"a": entries}}))
+    argv = ["--ground_truth", str(ground_truth), "--predictions", str(predictions)]
+    assert scoring.main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    expected = (
+        f"W {predictions}: 1 predicted segments end before they start; "
+        "scored as given (their tIoU is 0 or less)"
+    )
+    assert err == [expected]
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert scoring.main([*argv, "--metrics_out", str(blocker / "m.json")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"error: {blocker / 'm.json'}: cannot write the metrics in"
+    )
