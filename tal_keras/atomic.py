@@ -13,7 +13,7 @@ import tempfile
 from tal_keras.errors import OutputError
 
 
-def _umask():
+def umask():
     """The process umask, read without changing it where /proc allows."""
     try:
         with open("/proc/self/status") as stream:
@@ -29,7 +29,7 @@ def _umask():
 
 def new_file_mode():
     """Permissions of a new ordinary file under the current umask."""
-    return 0o666 & ~_umask()
+    return 0o666 & ~umask()
 
 
 @contextlib.contextmanager

@@ -394,3 +394,14 @@ def test_tal_score_prints_warning_lines_and_checks_its_output_first(
     assert len(err) == 1 and err[0].startswith(
         f"error: {blocker / 'm.json'}: cannot write the metrics in"
     )
+
+
+def test_cache_folder_follows_the_umask(corpus, tmp_path):
+    annotations, directory = corpus
+    previous = os.umask(0o022)
+    try:
+        cache = build(tmp_path / "cache", annotations, directory)
+    finally:
+        os.umask(previous)
+    assert os.stat(cache.folder).st_mode & 0o777 == 0o755
+    assert os.stat(os.path.join(cache.folder, "index.json")).st_mode & 0o777 == 0o644

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from tal_keras.atomic import write_json_atomic
+from tal_keras.atomic import umask, write_json_atomic
 from tal_keras.clips import resample_to_clips
 from tal_keras.data.features import check_feature_length
 from tal_keras.errors import DataError
@@ -136,6 +136,7 @@ def build_or_open_cache(
     os.makedirs(root, exist_ok=True)
     remove_abandoned_builds(root)
     building = tempfile.mkdtemp(dir=root, prefix=f".{name}-{key}.")
+    os.chmod(building, 0o777 & ~umask())  # mkdtemp's 0700 would stay after rename
     with open(os.path.join(building, _BUILD_LOCK), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
