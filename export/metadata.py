@@ -19,7 +19,7 @@ Keys (values are JSON):
 import dataclasses
 import json
 
-from tal_keras.data.features import FeatureTiming
+from tal_keras.clips import FeatureTiming
 from tal_keras.lattice import Lattice
 
 FORMAT = "tal_keras.s2dtan/1"

@@ -14,7 +14,6 @@ Needs TensorFlow (the Keras TF backend and tf2onnx); serving does not.
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -82,42 +81,33 @@ def load_run(workdir):
     Raises:
         FileNotFoundError: config.json or a network's best.keras is missing.
     """
-    import keras
+    from tal_keras import inference, run
 
-    import tal_keras.layers  # noqa: F401 (registers the custom layers)
-    from tal_keras.config import RunConfig
-
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(
-            f"{config_path} does not exist: {workdir} is not a run folder "
-            "(python train.py --flagfile=... writes one)."
-        )
-    with open(config_path) as stream:
-        run_config = RunConfig.from_dict(json.load(stream))
+    folder = run.RunFolder(workdir)
     # The run may have been moved: its own folder is where it is now.
-    run_config = dataclasses.replace(run_config, workdir=workdir)
-    networks = []
-    for network in ("proposal", "classifier"):
-        path = os.path.join(workdir, network, "best.keras")
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"{path} does not exist: the export needs both trained networks "
-                f"(python train.py --flagfile=... --networks={network} --resume)."
+    run_config = dataclasses.replace(folder.read_config(), workdir=workdir)
+    networks = [
+        inference.load_network(
+            folder.require_best_model(
+                network,
+                "the export needs both trained networks "
+                f"(python train.py --flagfile=... --networks={network} --resume).",
             )
-        networks.append(keras.saving.load_model(path, compile=False))
+        )
+        for network in ("proposal", "classifier")
+    ]
     return run_config, networks[0], networks[1]
 
 
 def run_class_names(run_config, category_file=None):
     """The C class names of the run, in class_scores column order."""
+    from tal_keras import run
     from tal_keras.data.annotations import read_class_names
-    from tal_keras.experiment import class_names_of
 
     if category_file:
         names = read_class_names(category_file)
     else:
-        names = class_names_of(run_config.data)
+        names = run.class_names_of(run_config.data)
     if len(names) != run_config.model.num_classes:
         raise ValueError(
             f"{len(names)} class names (from {category_file or run_config.data.annotations}) "
@@ -133,13 +123,13 @@ def check_inputs(run_config, num_videos, seed=0):
     training used; random normal inputs, with a warning, when the data
     cannot be read.
     """
-    from tal_keras import experiment
+    from tal_keras import run
     from tal_keras.errors import DataError
 
     model = run_config.model
     subset = run_config.data.eval_subset
     try:
-        _, cache = experiment.open_subset(run_config, subset)
+        _, cache = run.open_subset(run_config, subset)
         count = min(num_videos, len(cache))
         clips = np.asarray(cache.clips[:count], dtype=np.float32)
         return clips, f"{count} videos of the {subset} subset"

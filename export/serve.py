@@ -378,7 +378,7 @@ def main(argv=None):
     import tal_keras
     from tal_keras.atomic import check_writable
     from tal_keras.data.features import open_feature_store
-    from tal_keras.evaluation import read_video_labels
+    from tal_keras.inference import read_video_labels
 
     tal_keras.configure_logging()
     overrides = {

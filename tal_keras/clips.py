@@ -1,8 +1,54 @@
-"""Feature steps -> N clips of equal duration (DESIGN.md section 2). numpy only."""
+"""Feature steps -> N clips of equal duration (DESIGN.md section 2): where the
+steps lie in time (`FeatureTiming`) and the resampling. numpy only."""
+
+import dataclasses
 
 import numpy as np
 
-from tal_keras.data.features import HACS_TIMING
+
+@dataclasses.dataclass(frozen=True)
+class FeatureTiming:
+    """Where feature steps lie in time.
+
+    Step t covers frames [t * stride, t * stride + window) at `fps`.
+
+    Attributes:
+        fps: frame rate the features were extracted at (HACS SlowFast: 15).
+        stride: frames between consecutive steps (HACS SlowFast: 8).
+        window: frames each step sees (HACS SlowFast: 32).
+    """
+
+    fps: float = 15.0
+    stride: int = 8
+    window: int = 32
+
+    def __post_init__(self):
+        for name in ("fps", "stride", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(
+                    f"FeatureTiming.{name} must be a number, got {value!r}."
+                )
+            if not value > 0:
+                raise ValueError(f"FeatureTiming.{name} must be > 0, got {value!r}.")
+
+    @property
+    def step_seconds(self):
+        """Seconds between consecutive step centres."""
+        return self.stride / self.fps
+
+    def centers(self, num_steps):
+        """float64 [num_steps]: centre of each step in seconds,
+        (t * stride + window / 2) / fps."""
+        steps = np.arange(int(num_steps), dtype=np.float64)
+        return (steps * self.stride + self.window / 2.0) / self.fps
+
+    def num_steps(self, duration):
+        """About how many steps a video of `duration` seconds has."""
+        return max(1, round(duration * self.fps / self.stride))
+
+
+HACS_TIMING = FeatureTiming()  # HACS SlowFast features: 15 fps, stride 8, window 32
 
 
 def clip_edges(duration, num_clips):

@@ -1,143 +1,37 @@
-"""One run, from a `RunConfig`: data preparation, training both networks, and
-the final evaluation. The entry points (train.py, evaluate.py) call these."""
+"""One run, from a `RunConfig`: training both networks, then the final
+evaluation (inference, writing, scoring, reporting). The entry points
+(train.py, evaluate.py) call `train_and_evaluate` and `evaluate_run`; the run
+folder and the data are `tal_keras.run`'s."""
 
-import dataclasses
-import functools
 import logging
 import os
 
-from tal_keras import evaluation, pipeline, training
+from tal_keras import (
+    detections,
+    evaluation,
+    inference,
+    pipeline,
+    plots,
+    report,
+    run,
+    training,
+)
 from tal_keras.atomic import write_json_atomic
-from tal_keras.data.annotations import load_annotations
-from tal_keras.data.cache import build_or_open_cache
-from tal_keras.data.features import FeatureTiming, open_feature_store
+from tal_keras.errors import DataError
 
 logger = logging.getLogger("tal_keras")
 
-# Settings that may change when a run is resumed: how long it trains, which
-# networks, and how it is evaluated; never what the networks are.
-_RESUMABLE_TRAIN_FIELDS = ("epochs", "networks")
-
-
-def ensure_data(data_config):
-    """Generates the synthetic dataset where the config asks for it and it is missing."""
-    if data_config.synthetic_videos <= 0 or os.path.exists(data_config.annotations):
-        return
-    from tal_keras.data import synthetic
-
-    root = os.path.dirname(os.path.abspath(data_config.annotations))
-    logger.info(
-        "generating the synthetic dataset (%d videos) in %s",
-        data_config.synthetic_videos,
-        root,
-    )
-    synthetic.ensure_synthetic(root, num_videos=data_config.synthetic_videos)
-
-
-@functools.lru_cache(maxsize=8)
-def class_names_of(data_config):
-    """The class list of the run: the category file's, else the sorted labels."""
-    annotations = load_annotations(
-        data_config.annotations, category_file=data_config.category_file or None
-    )
-    return annotations.class_names
-
-
-def prepare_run(run_config, classes_from_data):
-    """Makes the data available and resolves num_classes from it; checks the
-    config against the data before any training starts."""
-    ensure_data(run_config.data)
-    class_names = class_names_of(run_config.data)
-    model = run_config.model
-    if classes_from_data:
-        model = dataclasses.replace(model, num_classes=len(class_names))
-    elif model.num_classes != len(class_names):
-        raise ValueError(
-            f"--num_classes={model.num_classes} but {run_config.data.annotations} "
-            f"has {len(class_names)} classes; pass --num_classes=0 to take them from the data."
-        )
-    return dataclasses.replace(run_config, model=model)
-
-
-def check_resume_config(previous, current):
-    """The config a resumed run continues with: the saved one, with only the
-    resumable settings and the evaluation settings taken from `current`;
-    anything else differing is an error."""
-    train = dataclasses.replace(
-        previous.train,
-        **{name: getattr(current.train, name) for name in _RESUMABLE_TRAIN_FIELDS},
-    )
-    resumed = dataclasses.replace(previous, train=train, eval=current.eval)
-    differing = [
-        f"{section}.{field.name}"
-        for section in ("data", "model", "train")
-        for field in dataclasses.fields(getattr(resumed, section))
-        if getattr(getattr(resumed, section), field.name)
-        != getattr(getattr(current, section), field.name)
-    ]
-    if resumed.workdir != current.workdir:
-        differing.append("workdir")
-    if differing:
-        raise ValueError(
-            f"--resume with settings that differ from the saved config.json: {differing}."
-        )
-    return resumed
-
-
-def open_subset(run_config, subset, class_names=None):
-    """(annotations, cache) of the usable videos of `subset`."""
-    data = run_config.data
-    annotations = load_annotations(
-        data.annotations,
-        subset=subset,
-        category_file=data.category_file or None,
-        blocklist=data.blocklist,
-    )
-    store = open_feature_store(data.features)
-    timing = FeatureTiming(data.fps, data.stride, data.window)
-    stat = os.stat(data.annotations)
-    cache = build_or_open_cache(
-        os.path.join(run_config.workdir, "cache"),
-        subset,
-        annotations,
-        store,
-        run_config.model.lattice,
-        timing,
-        run_config.model.feature_dim,
-        dtype=run_config.train.cache_dtype,
-        key_fields={
-            "features": os.path.abspath(data.features),
-            "annotations_mtime": stat.st_mtime,
-        },
-    )
-    logger.info(
-        "%s: %d videos usable, %d skipped", subset, len(cache), len(cache.skipped)
-    )
-    return annotations, cache
-
-
-def write_config(run_config):
-    write_json_atomic(
-        os.path.join(run_config.workdir, "config.json"), run_config.to_dict(), indent=2
-    )
-
 
 def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
+    folder = run.folder_of(run_config)
     if not resume:
-        for network in run_config.train.networks:
-            if (
-                training.read_state(os.path.join(run_config.workdir, network))
-                is not None
-            ):
-                raise FileExistsError(
-                    f"{run_config.workdir}/{network} already holds a training state; pass "
-                    "--resume to continue it or choose another --workdir."
-                )
-    os.makedirs(run_config.workdir, exist_ok=True)
-    write_config(run_config)
+        folder.check_fresh(run_config.train.networks)
+    folder.write_config(run_config)
     train_config = run_config.train
-    _, train_cache = open_subset(run_config, run_config.data.train_subset)
-    eval_annotations, eval_cache = open_subset(run_config, run_config.data.eval_subset)
+    _, train_cache = run.open_subset(run_config, run_config.data.train_subset)
+    eval_annotations, eval_cache = run.open_subset(
+        run_config, run_config.data.eval_subset
+    )
     if train_cache.clips.nbytes < 4 << 30:
         train_cache.load_into_memory()
         eval_cache.load_into_memory()
@@ -145,7 +39,7 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
     ground_truth = evaluation.ground_truth_of(
         eval_annotations, run_config.data.blocklist
     )
-    proposal_best = os.path.join(run_config.workdir, "proposal", "best.keras")
+    proposal_best = folder.best_model("proposal")
     for network in train_config.networks:
         if network == "proposal":
             target = "max_iou"
@@ -158,7 +52,12 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
             if os.path.exists(proposal_best):
                 metric_name = "val_average_mAP"
                 score_fn = evaluation.detection_map_scorer(
-                    run_config, lattice, eval_cache, ground_truth, proposal_best
+                    run_config,
+                    lattice,
+                    eval_cache,
+                    ground_truth,
+                    proposal_best,
+                    run.class_names_of(run_config.data),
                 )
             else:
                 logger.info(
@@ -181,6 +80,139 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
             resume=resume,
         )
     if evaluate_at_end:
-        evaluation.evaluate_run(
+        evaluate_run(
             run_config, eval_annotations=eval_annotations, eval_cache=eval_cache
         )
+
+
+def evaluate_run(
+    run_config, eval_annotations=None, eval_cache=None, video_labels="", show=""
+):
+    """Runs the best epochs of both networks on the evaluation subset; writes
+    proposals.json, detections.json, metrics.json (with the baseline's) and
+    ar_an.png into the run folder; prints the metric table. Returns the
+    metrics.json dict."""
+    folder = run.folder_of(run_config)
+    if eval_cache is None:
+        eval_annotations, eval_cache = run.open_subset(
+            run_config, run_config.data.eval_subset
+        )
+    lattice = run_config.model.lattice
+    class_names = run.class_names_of(run_config.data)
+    overlap_scores, class_scores = infer(run_config, eval_cache)
+    proposals = inference.proposal_results(
+        run_config, lattice, eval_cache, overlap_scores
+    )
+    results = None
+    if class_scores is not None:
+        labels = (
+            inference.read_video_labels(video_labels, class_names)
+            if video_labels
+            else None
+        )
+        results = inference.detection_results(
+            run_config,
+            lattice,
+            eval_cache,
+            overlap_scores,
+            class_scores,
+            class_names,
+            labels,
+        )
+    write_submissions(folder, proposals, results)
+    ground_truth = evaluation.ground_truth_of(
+        eval_annotations, run_config.data.blocklist
+    )
+    summary, proposal_metrics, baseline_metrics = score_run(
+        ground_truth, proposals, results, baseline_of(run_config, eval_cache)
+    )
+    plots.ar_an_curve(
+        proposal_metrics, folder.result(run.AR_AN_PLOT), baseline=baseline_metrics
+    )
+    write_json_atomic(folder.result(run.METRICS), summary, indent=2)
+    report.print_run_summary(run_config, summary, eval_cache)
+    if show:
+        show_video(
+            run_config,
+            eval_annotations,
+            eval_cache,
+            show,
+            overlap_scores,
+            results if results is not None else proposals,
+        )
+    return summary
+
+
+def infer(run_config, cache):
+    """(overlap_scores [V, P], class_scores [V, P, C] or None) of the best
+    epochs on the videos of `cache`; None when no classifier is trained."""
+    folder = run.folder_of(run_config)
+    batch_size = run_config.eval.batch_size
+    proposal_path = folder.require_best_model(
+        "proposal", "train the proposal network first."
+    )
+    overlap_scores = inference.predict_scores(
+        inference.load_network(proposal_path), cache, batch_size
+    )
+    classifier_path = folder.best_model("classifier")
+    if not os.path.exists(classifier_path):
+        logger.warning(
+            "%s does not exist: no detections (train the classifier)", classifier_path
+        )
+        return overlap_scores, None
+    class_scores = inference.predict_scores(
+        inference.load_network(classifier_path), cache, batch_size
+    )
+    return overlap_scores, class_scores
+
+
+def write_submissions(folder, proposals, results=None):
+    """proposals.json and (when there are detections) detections.json."""
+    detections.write_submission(folder.result(run.PROPOSALS), proposals)
+    if results is not None:
+        detections.write_submission(folder.result(run.DETECTIONS), results)
+
+
+def baseline_of(run_config, eval_cache):
+    """The content-blind baseline's proposals on the evaluation videos, with
+    the length prior of the training annotations (no features needed)."""
+    lattice = run_config.model.lattice
+    prior = None
+    try:
+        prior = evaluation.length_prior(
+            lattice, run.open_annotations(run_config, run_config.data.train_subset)
+        )
+    except DataError as error:
+        logger.warning("baseline prior without training data (%s)", error)
+    return evaluation.baseline_results(run_config, lattice, eval_cache, prior)
+
+
+def score_run(ground_truth, proposals, results, baseline):
+    """(metrics.json dict, proposal metrics, baseline proposal metrics): the
+    official scores of the run's proposals, detections (None: not scored)
+    and the baseline's proposals."""
+    proposal_metrics = evaluation.score_proposals(ground_truth, proposals)
+    summary = {"proposals": evaluation.proposal_summary(proposal_metrics)}
+    if results is not None:
+        summary["detection"] = evaluation.score_detections(ground_truth, results)
+    baseline_metrics = evaluation.score_proposals(ground_truth, baseline)
+    summary["baseline"] = {"proposals": evaluation.proposal_summary(baseline_metrics)}
+    return summary, proposal_metrics, baseline_metrics
+
+
+def show_video(run_config, annotations, cache, video_id, overlap_scores, results):
+    """evaluate.py --show: one video's ground truth, predictions and P_over map."""
+    if video_id not in cache.video_ids:
+        raise DataError(
+            f"--show {video_id}: not a usable video of subset {run_config.data.eval_subset}"
+        )
+    path = run.folder_of(run_config).show_figure(video_id)
+    plots.video_figure(
+        run_config.model.lattice,
+        annotations[video_id],
+        run.class_names_of(run_config.data),
+        overlap_scores[cache.video_ids.index(video_id)],
+        results[video_id],
+        path,
+    )
+    print(f"figure of {video_id} in {path}")

@@ -2,15 +2,11 @@
 hold the optimizer state, resumption, the best epoch by a validation metric,
 TensorBoard logs, MirroredStrategy on several GPUs.
 
-Run folder of a network (WORKDIR/<network>/):
-    checkpoints/epoch_0003.keras   model + optimizer state after epoch 3
-    best.keras                     the best epoch so far by the metric
-    state.json                     epochs done, checkpoint name, best, history
-    logs/                          TensorBoard
+The files of a network's folder (WORKDIR/<network>/: checkpoints/, best.keras,
+state.json, logs/) are named by `tal_keras.run`.
 """
 
 import glob
-import json
 import logging
 import os
 import shutil
@@ -24,6 +20,14 @@ import tensorflow as tf
 from tal_keras import losses as tal_losses
 from tal_keras import models
 from tal_keras.atomic import write_json_atomic
+from tal_keras.run import (
+    best_model_path,
+    checkpoints_dir,
+    folder_of,
+    logs_dir,
+    read_state,
+    state_path,
+)
 
 logger = logging.getLogger("tal_keras")
 
@@ -52,18 +56,6 @@ def save_model_atomic(model, path):
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
-
-
-def read_state(network_dir):
-    path = os.path.join(network_dir, "state.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as stream:
-        return json.load(stream)
-
-
-def best_model_path(network_dir):
-    return os.path.join(network_dir, "best.keras")
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -111,7 +103,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             )
         checkpoint = f"epoch_{epoch + 1:04d}.keras"
         save_model_atomic(
-            self.model, os.path.join(self.network_dir, "checkpoints", checkpoint)
+            self.model, os.path.join(checkpoints_dir(self.network_dir), checkpoint)
         )
         if better:
             save_model_atomic(self.model, best_model_path(self.network_dir))
@@ -122,12 +114,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.state["history"].append(
             {"epoch": epoch + 1, **{key: float(item) for key, item in logs.items()}}
         )
-        write_json_atomic(
-            os.path.join(self.network_dir, "state.json"), self.state, indent=2
-        )
+        write_json_atomic(state_path(self.network_dir), self.state, indent=2)
         # Older checkpoints go only once the state no longer points at them.
         for path in glob.glob(
-            os.path.join(self.network_dir, "checkpoints", "epoch_*.keras")
+            os.path.join(checkpoints_dir(self.network_dir), "epoch_*.keras")
         ):
             if os.path.basename(path) != checkpoint:
                 os.remove(path)
@@ -146,9 +136,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.state["epochs_done"] >= self.params.get("epochs", 0):
             self.state["finished"] = True
-            write_json_atomic(
-                os.path.join(self.network_dir, "state.json"), self.state, indent=2
-            )
+            write_json_atomic(state_path(self.network_dir), self.state, indent=2)
 
 
 def train_network(
@@ -171,7 +159,7 @@ def train_network(
         resume: continue from the last checkpoint, optimizer state included.
         verbose: Keras fit verbosity (1: progress bar); None: `fit_verbosity()`.
     """
-    network_dir = os.path.join(run_config.workdir, network)
+    network_dir = folder_of(run_config).network(network)
     state = read_state(network_dir)
     if state is not None and not resume:
         raise FileExistsError(
@@ -192,23 +180,21 @@ def train_network(
     strategy = distribution_strategy()
     with strategy.scope():
         if state is not None and state.get("checkpoint"):
-            checkpoint = os.path.join(network_dir, "checkpoints", state["checkpoint"])
+            checkpoint = os.path.join(checkpoints_dir(network_dir), state["checkpoint"])
             logger.info("resuming %s network from %s", network, checkpoint)
             model = keras.saving.load_model(checkpoint)
         else:
             if state is not None:
                 state = None  # a state without a checkpoint: nothing to resume
             if os.path.isdir(network_dir):
-                shutil.rmtree(
-                    os.path.join(network_dir, "checkpoints"), ignore_errors=True
-                )
+                shutil.rmtree(checkpoints_dir(network_dir), ignore_errors=True)
             model = build_and_compile(network, run_config)
     if verbose is None:
         verbose = fit_verbosity()
     initial_epoch = state["epochs_done"] if state else 0
     callbacks = [
         EpochCheckpoint(network_dir, metric_name, score_fn, state),
-        keras.callbacks.TensorBoard(os.path.join(network_dir, "logs")),
+        keras.callbacks.TensorBoard(logs_dir(network_dir)),
     ]
     model.fit(
         train_dataset,

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from tal_keras.clips import resample_to_clips
-from tal_keras.data.features import FeatureTiming
+from tal_keras.clips import FeatureTiming, resample_to_clips
 
 HACS = FeatureTiming()
 UNIT = FeatureTiming(fps=1.0, stride=1, window=1)  # step t centred at t + 0.5 s

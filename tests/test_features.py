@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
+from tal_keras.clips import FeatureTiming
 from tal_keras.data.features import (
-    FeatureTiming,
     Hdf5FeatureStore,
     NpyFeatureStore,
     find_usable_videos,

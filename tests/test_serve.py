@@ -14,7 +14,7 @@ from test_export import make_tiny_run
 
 from export import compare, metadata, serve
 from export.detector import Detector
-from tal_keras import evaluation, experiment
+from tal_keras import evaluation, inference, run
 from tal_keras.data.features import open_feature_store
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +55,7 @@ def keras_path(tiny_run):
     import keras
 
     _, run_config, _, _ = tiny_run
-    annotations, cache = experiment.open_subset(run_config, "validation")
+    annotations, cache = run.open_subset(run_config, "validation")
     networks = [
         keras.saving.load_model(
             os.path.join(run_config.workdir, name, "best.keras"), compile=False
@@ -63,12 +63,12 @@ def keras_path(tiny_run):
         for name in ("proposal", "classifier")
     ]
     lattice = run_config.model.lattice
-    overlap = evaluation.predict_scores(networks[0], cache, 4)
-    classes = evaluation.predict_scores(networks[1], cache, 4)
-    class_names = experiment.class_names_of(run_config.data)
+    overlap = inference.predict_scores(networks[0], cache, 4)
+    classes = inference.predict_scores(networks[1], cache, 4)
+    class_names = run.class_names_of(run_config.data)
     return (
-        evaluation.proposal_results(run_config, lattice, cache, overlap),
-        evaluation.detection_results(
+        inference.proposal_results(run_config, lattice, cache, overlap),
+        inference.detection_results(
             run_config, lattice, cache, overlap, classes, class_names
         ),
         evaluation.ground_truth_of(annotations),

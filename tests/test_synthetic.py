@@ -7,11 +7,10 @@ import re
 import numpy as np
 import pytest
 
-from tal_keras.clips import resample_to_clips
+from tal_keras.clips import FeatureTiming, resample_to_clips
 from tal_keras.data import synthetic
 from tal_keras.data.annotations import load_annotations
 from tal_keras.data.features import (
-    FeatureTiming,
     find_usable_videos,
     open_feature_store,
 )

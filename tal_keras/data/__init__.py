@@ -4,6 +4,7 @@ numpy only: nothing here imports TensorFlow. The synthetic data generator is
 `tal_keras.data.synthetic` (imported on demand).
 """
 
+from tal_keras.clips import HACS_TIMING, FeatureTiming
 from tal_keras.data.annotations import (
     Annotations,
     VideoAnnotation,
@@ -12,9 +13,7 @@ from tal_keras.data.annotations import (
     read_class_names,
 )
 from tal_keras.data.features import (
-    HACS_TIMING,
     FeatureStore,
-    FeatureTiming,
     Hdf5FeatureStore,
     NpyFeatureStore,
     find_usable_videos,

@@ -1,4 +1,4 @@
-"""Per-video feature arrays [T, D] on disk, and where their steps lie in time.
+"""Per-video feature arrays [T, D] on disk (their timing: `tal_keras.clips.FeatureTiming`).
 
 Two stores share one interface (`has`, `load`, `path_of`): a directory of
 `ID.npy` / `v_ID.npy` files (HACS SlowFast) and one HDF5 file with a dataset
@@ -10,7 +10,6 @@ the steps cover with the annotated duration. numpy only (h5py is imported
 when an HDF5 store is opened).
 """
 
-import dataclasses
 import logging
 import os
 
@@ -30,51 +29,6 @@ MAX_ABS_FEATURE = 1e6
 LENGTH_WARN_FRACTION = 0.1
 LENGTH_SKIP_FACTOR = 2.0
 LENGTH_SLACK_STEPS = 2
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureTiming:
-    """Where feature steps lie in time.
-
-    Step t covers frames [t * stride, t * stride + window) at `fps`.
-
-    Attributes:
-        fps: frame rate the features were extracted at (HACS SlowFast: 15).
-        stride: frames between consecutive steps (HACS SlowFast: 8).
-        window: frames each step sees (HACS SlowFast: 32).
-    """
-
-    fps: float = 15.0
-    stride: int = 8
-    window: int = 32
-
-    def __post_init__(self):
-        for name in ("fps", "stride", "window"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(
-                    f"FeatureTiming.{name} must be a number, got {value!r}."
-                )
-            if not value > 0:
-                raise ValueError(f"FeatureTiming.{name} must be > 0, got {value!r}.")
-
-    @property
-    def step_seconds(self):
-        """Seconds between consecutive step centres."""
-        return self.stride / self.fps
-
-    def centers(self, num_steps):
-        """float64 [num_steps]: centre of each step in seconds,
-        (t * stride + window / 2) / fps."""
-        steps = np.arange(int(num_steps), dtype=np.float64)
-        return (steps * self.stride + self.window / 2.0) / self.fps
-
-    def num_steps(self, duration):
-        """About how many steps a video of `duration` seconds has."""
-        return max(1, round(duration * self.fps / self.stride))
-
-
-HACS_TIMING = FeatureTiming()  # HACS SlowFast features: 15 fps, stride 8, window 32
 
 
 class FeatureStore:

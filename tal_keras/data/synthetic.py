@@ -68,7 +68,7 @@ import tempfile
 
 import numpy as np
 
-from tal_keras.data.features import HACS_TIMING
+from tal_keras.clips import HACS_TIMING
 
 FORMATS = ("npy", "hdf5")
 SUBSET_FRACTIONS = (("training", 0.7), ("validation", 0.2), ("testing", 0.1))

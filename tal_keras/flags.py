@@ -1,0 +1,252 @@
+"""The flags of train.py and evaluate.py, defined once, and the one function
+that turns them into a `RunConfig`.
+
+Each config field has a flag of the same name (`config.RunConfig` and its
+sections); `eval_batch_size` is `EvalConfig.batch_size`, as `batch_size` is
+the training one. Defaults come from the config classes. A new setting is a
+field in `tal_keras/config.py` and a `DEFINE_*` here; `run_config_from_flags`
+and the test that every field has its flag need no edit.
+
+Only the entry points import this module: the library reads configs, never
+flags (STYLE.md).
+"""
+
+import dataclasses
+
+from absl import flags
+
+from tal_keras.config import (
+    CONV_IMPLEMENTATIONS,
+    MAP_MODES,
+    NETWORKS,
+    PROPOSAL_FEATURES,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
+
+# Run folder.
+flags.DEFINE_string(
+    "workdir", "runs/hacs", "Run folder: config, checkpoints, logs, results."
+)
+# Data (docs/design.md section 1). Defaults: the HACS layout OpenTAD/TCANet distribute.
+flags.DEFINE_string(
+    "annotations", DataConfig.annotations, "ActivityNet-style annotation JSON."
+)
+flags.DEFINE_string(
+    "features", DataConfig.features, "Folder of ID.npy feature files, or one HDF5 file."
+)
+flags.DEFINE_string(
+    "category_file",
+    DataConfig.category_file,
+    "One label per line; empty: sorted label names of the annotations.",
+)
+flags.DEFINE_float("fps", DataConfig.fps, "Frame rate the features were extracted at.")
+flags.DEFINE_integer(
+    "stride", DataConfig.stride, "Frames between consecutive feature steps."
+)
+flags.DEFINE_integer("window", DataConfig.window, "Frames each feature step covers.")
+flags.DEFINE_string(
+    "train_subset", DataConfig.train_subset, "Subset the networks train on."
+)
+flags.DEFINE_string(
+    "eval_subset",
+    DataConfig.eval_subset,
+    "Subset evaluated (best epoch and evaluate.py).",
+)
+flags.DEFINE_list("blocklist", [], "Video ids left out everywhere (comma separated).")
+flags.DEFINE_integer(
+    "synthetic_videos",
+    DataConfig.synthetic_videos,
+    "If > 0 and the data is missing, generate a synthetic dataset of this many videos there.",
+)
+# Model (docs/design.md sections 2 to 5). Defaults: the report's S-2D-TAN.
+flags.DEFINE_integer("num_clips", ModelConfig.num_clips, "N, clips per video.")
+flags.DEFINE_list(
+    "scale_layers",
+    [str(n) for n in ModelConfig.scale_layers],
+    "Pooling layers per scale; N alone is dense 2D-TAN.",
+)
+flags.DEFINE_integer(
+    "feature_dim", ModelConfig.feature_dim, "D, width of the input features."
+)
+flags.DEFINE_integer(
+    "hidden_size", ModelConfig.hidden_size, "H, channels of both networks."
+)
+flags.DEFINE_integer(
+    "kernel_size", ModelConfig.kernel_size, "K of the shared map convs (odd)."
+)
+flags.DEFINE_integer(
+    "num_conv_layers", ModelConfig.num_conv_layers, "L, shared map conv layers."
+)
+flags.DEFINE_integer(
+    "num_classes", 0, "C, action classes; 0: as many as the annotations' labels."
+)
+flags.DEFINE_enum(
+    "map_mode",
+    ModelConfig.map_mode,
+    MAP_MODES,
+    "Three compact sub-maps, or one N x N map.",
+)
+flags.DEFINE_enum(
+    "proposal_features",
+    ModelConfig.proposal_features,
+    PROPOSAL_FEATURES,
+    "Stacked max-pool or learned conv1d.",
+)
+flags.DEFINE_enum(
+    "conv_implementation",
+    ModelConfig.conv_implementation,
+    CONV_IMPLEMENTATIONS,
+    "Shared map convs on the valid band only, or on whole maps (reference).",
+)
+# Training.
+flags.DEFINE_list("networks", list(NETWORKS), "Networks to train, in order.")
+flags.DEFINE_integer("epochs", TrainConfig.epochs, "Epochs per network.")
+flags.DEFINE_integer(
+    "batch_size", TrainConfig.batch_size, "Videos per training step (report: 32)."
+)
+flags.DEFINE_float(
+    "learning_rate", TrainConfig.learning_rate, "Adam learning rate (report: 1e-3)."
+)
+flags.DEFINE_float(
+    "overlap_t_min", TrainConfig.overlap_t_min, "IoU mapped to overlap target 0."
+)
+flags.DEFINE_float(
+    "overlap_t_max", TrainConfig.overlap_t_max, "IoU mapped to overlap target 1."
+)
+flags.DEFINE_bool(
+    "mixed_precision", TrainConfig.mixed_precision, "Train in mixed_float16."
+)
+flags.DEFINE_integer("seed", TrainConfig.seed, "Seed of shuffling and initialisation.")
+flags.DEFINE_enum(
+    "cache_dtype",
+    TrainConfig.cache_dtype,
+    ["float32", "float16"],
+    "Dtype of the cached clips.",
+)
+# Evaluation (docs/design.md sections 7 and 8).
+flags.DEFINE_float(
+    "nms_threshold",
+    EvalConfig.nms_threshold,
+    "tIoU of NMS (proposals and per-class detections).",
+)
+flags.DEFINE_integer(
+    "proposals_per_video", EvalConfig.proposals_per_video, "Proposals kept per video."
+)
+flags.DEFINE_integer(
+    "detections_per_video",
+    EvalConfig.detections_per_video,
+    "Detections kept per video.",
+)
+flags.DEFINE_integer(
+    "top_pairs",
+    EvalConfig.top_pairs,
+    "Best (proposal, class) pairs kept before per-class NMS.",
+)
+flags.DEFINE_bool(
+    "soft_nms", EvalConfig.soft_nms, "Gaussian soft-NMS instead of NMS for detections."
+)
+flags.DEFINE_integer(
+    "eval_batch_size", EvalConfig.batch_size, "Videos per inference batch."
+)
+# Earlier names, kept so that older flagfiles still work.
+flags.DEFINE_alias("map", "map_mode")
+flags.DEFINE_alias("feature_stride", "stride")
+flags.DEFINE_alias("feature_window", "window")
+
+# What one invocation does (no config field).
+flags.DEFINE_bool(
+    "resume",
+    False,
+    "train.py: continue from the last checkpoint, optimizer state included.",
+)
+flags.DEFINE_bool(
+    "evaluate_at_end",
+    True,
+    "train.py: evaluate the best epochs on --eval_subset when training ends.",
+)
+flags.DEFINE_string(
+    "video_labels",
+    "",
+    "evaluate.py: optional external video-level classifier JSON {video_id: [[label, score], ...]} fused into detections.",
+)
+flags.DEFINE_string(
+    "show",
+    "",
+    "evaluate.py: also draw this video's ground truth, detections and P_over map to WORKDIR/show_<id>.png.",
+)
+# evaluate.py's scoring mode.
+flags.DEFINE_string(
+    "ground_truth", "", "Scoring mode: ActivityNet-format ground truth JSON."
+)
+flags.DEFINE_string(
+    "predictions", "", "Scoring mode: ActivityNet submission JSON to score."
+)
+flags.DEFINE_string(
+    "subset", "validation", "Scoring mode: subset of the ground truth to score on."
+)
+flags.DEFINE_enum(
+    "task",
+    "detection",
+    ["detection", "proposals"],
+    "Scoring mode: what the predictions are.",
+)
+flags.DEFINE_string("metrics_out", "", "Scoring mode: where to write the metrics JSON.")
+
+FLAGS = flags.FLAGS
+
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+# Flags whose name is not their field's: two sections have a batch_size.
+_FLAG_NAMES = {("eval", "batch_size"): "eval_batch_size"}
+
+
+def flag_name(section, field):
+    """The flag that sets `field` of config section `section` ("data", ...)."""
+    return _FLAG_NAMES.get((section, field), field)
+
+
+def run_config_from_flags(flag_values=FLAGS):
+    """(RunConfig, classes_from_data) of the parsed flags.
+
+    classes_from_data is True when --num_classes=0 asks for the number of
+    classes of the annotations (model.num_classes is 1 until
+    `run.prepare_run` resolves it).
+
+    Raises:
+        ValueError: a flag value the configs reject, naming it.
+    """
+    sections = {}
+    for section, config_class in SECTIONS.items():
+        values = {
+            field.name: flag_values[flag_name(section, field.name)].value
+            for field in dataclasses.fields(config_class)
+        }
+        if section == "model":
+            values["scale_layers"] = _int_list(values["scale_layers"], "scale_layers")
+            if values["num_classes"] < 0:
+                raise ValueError(
+                    f"--num_classes must be >= 0, got {values['num_classes']}."
+                )
+            values["num_classes"] = max(values["num_classes"], 1)
+        sections[section] = config_class(**values)
+    classes_from_data = flag_values["num_classes"].value == 0
+    return RunConfig(
+        workdir=flag_values["workdir"].value, **sections
+    ), classes_from_data
+
+
+def _int_list(values, name):
+    try:
+        return tuple(int(value) for value in values)
+    except ValueError:
+        raise ValueError(
+            f"--{name} must be a comma-separated list of integers, got {values}."
+        ) from None

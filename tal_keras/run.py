@@ -1,0 +1,262 @@
+"""The run folder and the run's data: one home for what a run is on disk.
+
+A run folder (WORKDIR) holds:
+    config.json                     the `RunConfig` (written by train.py)
+    cache/<subset>-<key>/           resampled clips and targets of a subset
+    <network>/                      one per network (`config.NETWORKS`):
+        checkpoints/epoch_0003.keras    model + optimizer state after epoch 3
+        best.keras                      the best epoch so far by the metric
+        state.json                      epochs done, checkpoint, best, history
+        logs/                           TensorBoard
+    proposals.json, detections.json     ActivityNet submissions (evaluation)
+    metrics.json, ar_an.png             scores and the AR@AN curve
+    show_<video id>.png                 evaluate.py --show
+
+Everything that reads or writes those paths asks `RunFolder` for them; the
+run's data (annotations, class names, clip caches) is opened here too.
+numpy only: training, evaluation, the experiment driver and the export all
+import this module, and it imports none of them.
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+
+from tal_keras.atomic import write_json_atomic
+from tal_keras.clips import FeatureTiming
+from tal_keras.config import RunConfig
+from tal_keras.data.annotations import load_annotations
+from tal_keras.data.cache import build_or_open_cache
+from tal_keras.data.features import open_feature_store
+
+logger = logging.getLogger("tal_keras")
+
+CONFIG = "config.json"
+PROPOSALS = "proposals.json"
+DETECTIONS = "detections.json"
+METRICS = "metrics.json"
+AR_AN_PLOT = "ar_an.png"
+# Settings that may change when a run is resumed: how long it trains, which
+# networks, and how it is evaluated; never what the networks are.
+RESUMABLE_TRAIN_FIELDS = ("epochs", "networks")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFolder:
+    """Paths of one run folder (see the module docstring for the layout).
+
+    Attributes:
+        path: the folder, WORKDIR.
+    """
+
+    path: str
+
+    @property
+    def config(self):
+        return os.path.join(self.path, CONFIG)
+
+    @property
+    def cache(self):
+        return os.path.join(self.path, "cache")
+
+    def result(self, name):
+        """A result file of the run: PROPOSALS, DETECTIONS, METRICS, AR_AN_PLOT."""
+        return os.path.join(self.path, name)
+
+    def show_figure(self, video_id):
+        return os.path.join(self.path, f"show_{video_id}.png")
+
+    def network(self, network):
+        """The folder of one network ("proposal" or "classifier")."""
+        return os.path.join(self.path, network)
+
+    def best_model(self, network):
+        return best_model_path(self.network(network))
+
+    def has_config(self):
+        return os.path.exists(self.config)
+
+    def read_config(self):
+        """The saved `RunConfig`, as saved (its workdir is where the run was
+        trained; `dataclasses.replace` it where a moved run is read).
+
+        Raises:
+            FileNotFoundError: no config.json (not a run folder, or not trained).
+        """
+        if not os.path.exists(self.config):
+            raise FileNotFoundError(
+                f"{self.config} does not exist: {self.path} is not a run folder; "
+                "train first (python train.py --flagfile=...)."
+            )
+        with open(self.config) as stream:
+            return RunConfig.from_dict(json.load(stream))
+
+    def write_config(self, run_config):
+        os.makedirs(self.path, exist_ok=True)
+        write_json_atomic(self.config, run_config.to_dict(), indent=2)
+
+    def read_state(self, network):
+        """The network's state.json as a dict, or None before its first epoch."""
+        return read_state(self.network(network))
+
+    def check_fresh(self, networks):
+        """Raises FileExistsError if a network already holds a training state."""
+        for network in networks:
+            if self.read_state(network) is not None:
+                raise FileExistsError(
+                    f"{self.network(network)} already holds a training state; pass "
+                    "--resume to continue it or choose another --workdir."
+                )
+
+    def require_best_model(self, network, hint):
+        """The path of the network's best.keras; FileNotFoundError (with `hint`
+        on what to run) when it is missing."""
+        path = self.best_model(network)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} does not exist: {hint}")
+        return path
+
+
+def folder_of(run_config):
+    return RunFolder(run_config.workdir)
+
+
+# Per-network files, for code that holds a network's folder (training).
+def best_model_path(network_dir):
+    return os.path.join(network_dir, "best.keras")
+
+
+def state_path(network_dir):
+    return os.path.join(network_dir, "state.json")
+
+
+def checkpoints_dir(network_dir):
+    return os.path.join(network_dir, "checkpoints")
+
+
+def logs_dir(network_dir):
+    return os.path.join(network_dir, "logs")
+
+
+def read_state(network_dir):
+    path = state_path(network_dir)
+    if not os.path.exists(path):
+        return None
+    with open(path) as stream:
+        return json.load(stream)
+
+
+def resumed_config(previous, current):
+    """The config a resumed run continues with: the saved one, with only the
+    resumable settings and the evaluation settings taken from `current`;
+    anything else differing is an error (ValueError)."""
+    train = dataclasses.replace(
+        previous.train,
+        **{name: getattr(current.train, name) for name in RESUMABLE_TRAIN_FIELDS},
+    )
+    resumed = dataclasses.replace(previous, train=train, eval=current.eval)
+    differing = [
+        f"{section}.{field.name}"
+        for section in ("data", "model", "train")
+        for field in dataclasses.fields(getattr(resumed, section))
+        if getattr(getattr(resumed, section), field.name)
+        != getattr(getattr(current, section), field.name)
+    ]
+    if resumed.workdir != current.workdir:
+        differing.append("workdir")
+    if differing:
+        raise ValueError(
+            f"--resume with settings that differ from the saved config.json: {differing}."
+        )
+    return resumed
+
+
+def trained_config(current):
+    """The config evaluate.py runs with: the networks' shapes and training as
+    saved in the run folder, the data and evaluation settings of `current`."""
+    trained = folder_of(current).read_config()
+    return dataclasses.replace(current, model=trained.model, train=trained.train)
+
+
+# The run's data.
+def ensure_data(data_config):
+    """Generates the synthetic dataset where the config asks for it and it is missing."""
+    if data_config.synthetic_videos <= 0 or os.path.exists(data_config.annotations):
+        return
+    from tal_keras.data import synthetic
+
+    root = os.path.dirname(os.path.abspath(data_config.annotations))
+    logger.info(
+        "generating the synthetic dataset (%d videos) in %s",
+        data_config.synthetic_videos,
+        root,
+    )
+    synthetic.ensure_synthetic(root, num_videos=data_config.synthetic_videos)
+
+
+@functools.lru_cache(maxsize=8)
+def class_names_of(data_config):
+    """The class list of the run: the category file's, else the sorted labels."""
+    annotations = load_annotations(
+        data_config.annotations, category_file=data_config.category_file or None
+    )
+    return annotations.class_names
+
+
+def prepare_run(run_config, classes_from_data):
+    """Makes the data available and resolves num_classes from it; checks the
+    config against the data before any training starts."""
+    ensure_data(run_config.data)
+    class_names = class_names_of(run_config.data)
+    model = run_config.model
+    if classes_from_data:
+        model = dataclasses.replace(model, num_classes=len(class_names))
+    elif model.num_classes != len(class_names):
+        raise ValueError(
+            f"--num_classes={model.num_classes} but {run_config.data.annotations} "
+            f"has {len(class_names)} classes; pass --num_classes=0 to take them from the data."
+        )
+    return dataclasses.replace(run_config, model=model)
+
+
+def open_annotations(run_config, subset):
+    """`Annotations` of `subset` (category file and blocklist applied)."""
+    data = run_config.data
+    return load_annotations(
+        data.annotations,
+        subset=subset,
+        category_file=data.category_file or None,
+        blocklist=data.blocklist,
+    )
+
+
+def feature_timing(data_config):
+    return FeatureTiming(data_config.fps, data_config.stride, data_config.window)
+
+
+def open_subset(run_config, subset):
+    """(annotations, cache) of the usable videos of `subset`; builds the
+    clip cache under the run folder the first time."""
+    data = run_config.data
+    annotations = open_annotations(run_config, subset)
+    stat = os.stat(data.annotations)
+    cache = build_or_open_cache(
+        folder_of(run_config).cache,
+        subset,
+        annotations,
+        open_feature_store(data.features),
+        run_config.model.lattice,
+        feature_timing(data),
+        run_config.model.feature_dim,
+        dtype=run_config.train.cache_dtype,
+        key_fields={
+            "features": os.path.abspath(data.features),
+            "annotations_mtime": stat.st_mtime,
+        },
+    )
+    logger.info(
+        "%s: %d videos usable, %d skipped", subset, len(cache), len(cache.skipped)
+    )
+    return annotations, cache
