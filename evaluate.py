@@ -20,19 +20,6 @@ import tal_keras
 from tal_keras.flags import FLAGS, run_config_from_flags
 
 
-def score_file_mode():
-    from tal_keras import evaluation, report
-    from tal_keras.atomic import write_json_atomic
-
-    metrics = evaluation.score_file(
-        FLAGS.ground_truth, FLAGS.predictions, subset=FLAGS.subset, task=FLAGS.task
-    )
-    print(report.format_metrics_table({"predictions": metrics}))
-    if FLAGS.metrics_out:
-        write_json_atomic(FLAGS.metrics_out, metrics, indent=2)
-        print(f"metrics written to {FLAGS.metrics_out}")
-
-
 def main(argv):
     del argv
     tal_keras.configure_logging()
@@ -41,8 +28,16 @@ def main(argv):
             raise SystemExit(
                 "error: scoring mode needs both --ground_truth and --predictions."
             )
+        from tal_keras.scoring import score_and_print
+
         try:
-            score_file_mode()
+            score_and_print(
+                FLAGS.ground_truth,
+                FLAGS.predictions,
+                FLAGS.subset,
+                FLAGS.task,
+                FLAGS.metrics_out,
+            )
         except (ValueError, OSError) as error:
             raise SystemExit(f"error: {error}") from None
         return

@@ -39,26 +39,40 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def score_and_print(ground_truth, predictions, subset, task, metrics_out=None):
+    """Scores the file, prints the table, writes `metrics_out` if given;
+    returns the metrics. Raises ValueError or OSError on a bad file (or an
+    unwritable `metrics_out`, before scoring)."""
+    from tal_keras.atomic import check_writable, write_json_atomic
+    from tal_keras.evaluation import score_file
+    from tal_keras.report import format_metrics_table
+
+    if metrics_out:
+        check_writable(metrics_out, "metrics")
+    metrics = score_file(ground_truth, predictions, subset=subset, task=task)
+    print(format_metrics_table({"predictions": metrics}))
+    if metrics_out:
+        write_json_atomic(metrics_out, metrics, indent=2)
+        print(f"metrics written to {metrics_out}")
+    return metrics
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     import tal_keras
-    from tal_keras.atomic import check_writable, write_json_atomic
-    from tal_keras.evaluation import format_metrics_table, score_file
 
     tal_keras.configure_logging()  # the evaluator's warnings, one line each
     try:
-        if args.metrics_out:
-            check_writable(args.metrics_out, "metrics")  # before scoring
-        metrics = score_file(
-            args.ground_truth, args.predictions, subset=args.subset, task=args.task
+        score_and_print(
+            args.ground_truth,
+            args.predictions,
+            args.subset,
+            args.task,
+            args.metrics_out,
         )
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_metrics_table({"predictions": metrics}))
-    if args.metrics_out:
-        write_json_atomic(args.metrics_out, metrics, indent=2)
-        print(f"metrics written to {args.metrics_out}")
     return 0
 
 

@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from tal_keras.clips import resample_to_clips
+from tal_keras.clips import HACS_TIMING, resample_to_clips
 from tal_keras.data import benchmarks
 from tal_keras.data.annotations import load_annotations
-from tal_keras.data.features import HACS_TIMING, find_usable_videos, open_feature_store
+from tal_keras.data.features import find_usable_videos, open_feature_store
 
 FEATURE_DIM = 16
 

@@ -12,11 +12,10 @@ import h5py
 import numpy as np
 import pytest
 
-from tal_keras.clips import resample_to_clips
+from tal_keras.clips import FeatureTiming, resample_to_clips
 from tal_keras.data.annotations import load_annotations
 from tal_keras.data.cache import build_or_open_cache, remove_abandoned_builds
 from tal_keras.data.features import (
-    FeatureTiming,
     Hdf5FeatureStore,
     NpyFeatureStore,
     check_feature_length,

@@ -225,12 +225,12 @@ def test_cycle_finder_sees_a_hidden_cycle():
 
 
 def test_only_the_entry_points_read_flags():
-    modules = _project_modules()
+    modules = {**_project_modules(), "absl": None}
     readers = sorted(
         name
         for name, path in modules.items()
-        if "absl" in path.read_text()
-        or "tal_keras.flags" in _imports(name, path, modules)
+        if path is not None
+        and {"absl", "tal_keras.flags"} & _imports(name, path, modules)
     )
     assert readers == ["evaluate", "tal_keras.flags", "train"]
 

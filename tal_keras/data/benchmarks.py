@@ -58,7 +58,7 @@ import tempfile
 
 import numpy as np
 
-from tal_keras.data.features import HACS_TIMING
+from tal_keras.clips import HACS_TIMING
 
 FAMILIES = ("boundary", "lookalike", "scene")
 NOISE_LEVELS = {"low": 1.0, "high": 2.0}

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from tal_keras.clips import HACS_TIMING, FeatureTiming  # noqa: F401 (also found here)
 from tal_keras.data.annotations import feature_key_candidates
 from tal_keras.errors import DataError
 
