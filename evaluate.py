@@ -47,11 +47,17 @@ def main(argv):
         # The networks' shapes are the trained ones; data and evaluation
         # settings come from the flags.
         run_config = run.trained_config(run_config_from_flags()[0])
-        experiment.evaluate_run(
-            run_config, video_labels=FLAGS.video_labels, show=FLAGS.show
-        )
-    except (ValueError, FileNotFoundError) as error:
+        with run.folder_of(run_config).lock():
+            experiment.evaluate_run(
+                run_config, video_labels=FLAGS.video_labels, show=FLAGS.show
+            )
+    except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}") from None
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the previous results are left as they were.", file=sys.stderr
+        )
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -21,20 +21,27 @@ def main(argv):
     tal_keras.configure_logging()
     from tal_keras import experiment, run
 
+    # One line for what a user can cause (bad data, flags, paths, a full
+    # disk, a run folder in use); Ctrl-C leaves a consistent run folder.
     try:
         run_config, classes_from_data = run_config_from_flags()
-        run_config = run.prepare_run(run_config, classes_from_data)
         folder = run.folder_of(run_config)
-        if FLAGS.resume and folder.has_config():
-            run_config = run.resumed_config(folder.read_config(), run_config)
-    except ValueError as error:
+        with folder.lock():
+            run_config = run.prepare_run(run_config, classes_from_data)
+            if FLAGS.resume and folder.has_config():
+                run_config = run.resumed_config(folder.read_config(), run_config)
+            experiment.train_and_evaluate(
+                run_config, resume=FLAGS.resume, evaluate_at_end=FLAGS.evaluate_at_end
+            )
+    except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}") from None
-    try:
-        experiment.train_and_evaluate(
-            run_config, resume=FLAGS.resume, evaluate_at_end=FLAGS.evaluate_at_end
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the run folder holds the last finished epoch; continue "
+            "with --resume.",
+            file=sys.stderr,
         )
-    except FileExistsError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -100,13 +100,25 @@ def load_run(workdir):
 
 
 def run_class_names(run_config, category_file=None):
-    """The C class names of the run, in class_scores column order."""
+    """The C class names of the run, in class_scores column order: those the
+    run folder carries (classes.txt, written by train.py); a `category_file`
+    must list the same names in the same order. Runs without classes.txt
+    take the category file's, else the data's."""
     from tal_keras import run
     from tal_keras.data.annotations import read_class_names
 
-    if category_file:
-        names = read_class_names(category_file)
-    else:
+    trained_with = run.folder_of(run_config).read_class_names()
+    names = read_class_names(category_file) if category_file else None
+    if trained_with is not None:
+        if names is not None and names != trained_with:
+            raise ValueError(
+                f"{category_file}: the class names differ from those the run was "
+                f"trained with ({run.folder_of(run_config).class_names_file}: "
+                f"{trained_with[:3]}... vs {names[:3]}...); leave --category_file "
+                "out, the run folder carries its class names."
+            )
+        names = trained_with
+    elif names is None:
         names = run.class_names_of(run_config.data)
     if len(names) != run_config.model.num_classes:
         raise ValueError(

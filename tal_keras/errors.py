@@ -10,3 +10,8 @@ class OutputError(OSError):
 
     def __str__(self):
         return self.args[0] if self.args else ""
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked (in use, a corrupt or
+    missing state or checkpoint): the message names the file and what to do."""

@@ -23,12 +23,23 @@ logger = logging.getLogger("tal_keras")
 
 
 def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
+    """Trains the networks of `run_config.train.networks`, then evaluates.
+    Call it holding the run folder's lock (`RunFolder.lock`)."""
     folder = run.folder_of(run_config)
-    if not resume:
+    if resume:
+        folder.check_resumable(run_config.train.networks, run_config.train.epochs)
+    else:
         folder.check_fresh(run_config.train.networks)
-    folder.write_config(run_config)
+    class_names = run_class_names(run_config)
     train_config = run_config.train
-    _, train_cache = run.open_subset(run_config, run_config.data.train_subset)
+    train_annotations, train_cache = run.open_subset(
+        run_config, run_config.data.train_subset
+    )
+    if train_annotations.num_segments == 0:
+        raise DataError(
+            f"{run_config.data.annotations}: subset {run_config.data.train_subset!r} "
+            f"has {len(train_annotations)} videos but no segment: nothing to train on."
+        )
     eval_annotations, eval_cache = run.open_subset(
         run_config, run_config.data.eval_subset
     )
@@ -39,6 +50,10 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
     ground_truth = evaluation.ground_truth_of(
         eval_annotations, run_config.data.blocklist
     )
+    # Written once the data is known to be usable: a failed start leaves no
+    # config.json claiming a run.
+    folder.write_config(run_config)
+    folder.write_class_names(class_names)
     proposal_best = folder.best_model("proposal")
     for network in train_config.networks:
         if network == "proposal":
@@ -57,7 +72,7 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
                     eval_cache,
                     ground_truth,
                     proposal_best,
-                    run.class_names_of(run_config.data),
+                    class_names,
                 )
             else:
                 logger.info(
@@ -98,18 +113,26 @@ def evaluate_run(
             run_config, run_config.data.eval_subset
         )
     lattice = run_config.model.lattice
-    class_names = run.class_names_of(run_config.data)
+    class_names = run_class_names(run_config)
+    # Inputs are checked before any result is rewritten.
+    if show and show not in eval_cache.video_ids:
+        raise DataError(
+            f"--show {show}: not a usable video of subset "
+            f"{run_config.data.eval_subset} ({len(eval_cache)} videos, e.g. "
+            f"{eval_cache.video_ids[0]})"
+        )
+    labels = (
+        inference.read_video_labels(video_labels, class_names) if video_labels else None
+    )
+    ground_truth = evaluation.ground_truth_of(
+        eval_annotations, run_config.data.blocklist
+    )
     overlap_scores, class_scores = infer(run_config, eval_cache)
     proposals = inference.proposal_results(
         run_config, lattice, eval_cache, overlap_scores
     )
     results = None
     if class_scores is not None:
-        labels = (
-            inference.read_video_labels(video_labels, class_names)
-            if video_labels
-            else None
-        )
         results = inference.detection_results(
             run_config,
             lattice,
@@ -119,17 +142,12 @@ def evaluate_run(
             class_names,
             labels,
         )
-    write_submissions(folder, proposals, results)
-    ground_truth = evaluation.ground_truth_of(
-        eval_annotations, run_config.data.blocklist
-    )
     summary, proposal_metrics, baseline_metrics = score_run(
         ground_truth, proposals, results, baseline_of(run_config, eval_cache)
     )
-    plots.ar_an_curve(
-        proposal_metrics, folder.result(run.AR_AN_PLOT), baseline=baseline_metrics
+    write_results(
+        folder, proposals, results, summary, proposal_metrics, baseline_metrics
     )
-    write_json_atomic(folder.result(run.METRICS), summary, indent=2)
     report.print_run_summary(run_config, summary, eval_cache)
     if show:
         show_video(
@@ -141,6 +159,23 @@ def evaluate_run(
             results if results is not None else proposals,
         )
     return summary
+
+
+def run_class_names(run_config):
+    """The class names of the run: those it was trained with (classes.txt),
+    which the data's must equal; the data's for runs without the file."""
+    folder = run.folder_of(run_config)
+    class_names = run.class_names_of(run_config.data)
+    trained_with = folder.read_class_names()
+    if trained_with is None:
+        return class_names
+    if trained_with != class_names:
+        raise DataError(
+            f"{folder.class_names_file}: the run was trained with other class "
+            f"names or another order than {run_config.data.category_file or run_config.data.annotations} "
+            "gives; pass the category file it was trained with."
+        )
+    return trained_with
 
 
 def infer(run_config, cache):
@@ -166,11 +201,25 @@ def infer(run_config, cache):
     return overlap_scores, class_scores
 
 
-def write_submissions(folder, proposals, results=None):
-    """proposals.json and (when there are detections) detections.json."""
-    detections.write_submission(folder.result(run.PROPOSALS), proposals)
+def write_results(
+    folder, proposals, results, summary, proposal_metrics, baseline_metrics
+):
+    """proposals.json, detections.json (when there are detections; an older
+    one is removed otherwise), metrics.json and ar_an.png, replaced as a set."""
+    writers = {
+        run.PROPOSALS: lambda path: detections.write_submission(path, proposals),
+        run.METRICS: lambda path: write_json_atomic(path, summary, indent=2),
+        run.AR_AN_PLOT: lambda path: plots.ar_an_curve(
+            proposal_metrics, path, baseline=baseline_metrics
+        ),
+    }
     if results is not None:
-        detections.write_submission(folder.result(run.DETECTIONS), results)
+        writers[run.DETECTIONS] = lambda path: detections.write_submission(
+            path, results
+        )
+    folder.replace_results(
+        writers, remove=() if results is not None else (run.DETECTIONS,)
+    )
 
 
 def baseline_of(run_config, eval_cache):
@@ -210,7 +259,7 @@ def show_video(run_config, annotations, cache, video_id, overlap_scores, results
     plots.video_figure(
         run_config.model.lattice,
         annotations[video_id],
-        run.class_names_of(run_config.data),
+        run_class_names(run_config),
         overlap_scores[cache.video_ids.index(video_id)],
         results[video_id],
         path,

@@ -6,6 +6,7 @@ serving can read video labels from here.
 """
 
 import json
+import os
 
 import numpy as np
 
@@ -27,11 +28,21 @@ def predict_scores(model, cache, batch_size):
 
 def load_network(path):
     """A trained network from its .keras file, for inference (not compiled)."""
+    import zipfile
+
     import keras
 
     import tal_keras.layers  # noqa: F401 (registers the custom layers)
 
-    return keras.saving.load_model(path, compile=False)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: train that network first.")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise DataError(
+            f"{path}: cannot load the network (truncated or corrupt .keras "
+            f"file): {error}"
+        ) from None
 
 
 def proposal_results(run_config, lattice, cache, overlap_scores):

@@ -11,25 +11,41 @@ A run folder (WORKDIR) holds:
     proposals.json, detections.json     ActivityNet submissions (evaluation)
     metrics.json, ar_an.png             scores and the AR@AN curve
     show_<video id>.png                 evaluate.py --show
+    classes.txt                         the class names, in class_scores order
+    .lock                               flock-ed by the process using the run
 
 Everything that reads or writes those paths asks `RunFolder` for them; the
 run's data (annotations, class names, clip caches) is opened here too.
+
+One process at a time: train.py and evaluate.py hold `RunFolder.lock()`, an
+flock on `.lock` that the kernel releases when the process ends however it
+ends (kill -9 included), so a killed run never leaves the folder stuck. On
+taking the lock, what a killed process left half written (`.saving-*.keras`,
+`.NAME.*.tmp`, cache builds) is removed. Results are replaced as a set
+(`replace_results`): all written to temporaries first, then renamed.
 numpy only: training, evaluation, the experiment driver and the export all
 import this module, and it imports none of them.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
+import glob
 import json
 import logging
 import os
+import socket
+import tempfile
+import time
 
-from tal_keras.atomic import write_json_atomic
+from tal_keras.atomic import atomic_path, write_json_atomic
 from tal_keras.clips import FeatureTiming
 from tal_keras.config import RunConfig
-from tal_keras.data.annotations import load_annotations
-from tal_keras.data.cache import build_or_open_cache
+from tal_keras.data.annotations import load_annotations, read_class_names
+from tal_keras.data.cache import build_or_open_cache, remove_abandoned_builds
 from tal_keras.data.features import open_feature_store
+from tal_keras.errors import OutputError, RunFolderError
 
 logger = logging.getLogger("tal_keras")
 
@@ -38,6 +54,10 @@ PROPOSALS = "proposals.json"
 DETECTIONS = "detections.json"
 METRICS = "metrics.json"
 AR_AN_PLOT = "ar_an.png"
+CLASSES = "classes.txt"
+LOCK = ".lock"
+# What a killed process may leave: atomic_path's temporaries, checkpoint saves.
+_LEFTOVER_PATTERNS = (".*.tmp", ".saving-*.keras", ".write-check-*")
 # Settings that may change when a run is resumed: how long it trains, which
 # networks, and how it is evaluated; never what the networks are.
 RESUMABLE_TRAIN_FIELDS = ("epochs", "networks")
@@ -101,6 +121,133 @@ class RunFolder:
         """The network's state.json as a dict, or None before its first epoch."""
         return read_state(self.network(network))
 
+    def check_writable(self):
+        """Raises `OutputError` unless the run folder exists or can be made,
+        and files can be created in it (before any work)."""
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            handle, probe = tempfile.mkstemp(dir=self.path, prefix=".write-check-")
+            os.close(handle)
+            os.remove(probe)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise OutputError(
+                f"{self.path}: cannot use it as the run folder: {reason}."
+            ) from None
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Holds the run folder for this process (an flock on WORKDIR/.lock,
+        released when the process ends, killed or not); removes what killed
+        processes left half written.
+
+        Raises:
+            OutputError: the folder cannot be made or written.
+            RunFolderError: another process holds the run folder.
+        """
+        self.check_writable()
+        with open(os.path.join(self.path, LOCK), "a+") as stream:
+            try:
+                fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                stream.seek(0)
+                holder = stream.read().strip() or "another process"
+                raise RunFolderError(
+                    f"{self.path} is in use by {holder}; wait for it to end or "
+                    "choose another --workdir."
+                ) from None
+            stream.seek(0)
+            stream.truncate()
+            stream.write(
+                f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+            )
+            stream.flush()
+            self.remove_leftovers()
+            yield self
+
+    def remove_leftovers(self):
+        """Removes the temporaries of killed processes (call under `lock`).
+        Returns the paths removed."""
+        folders = [self.path, *glob.glob(os.path.join(self.path, "*", ""))]
+        folders += glob.glob(os.path.join(self.path, "*", "checkpoints", ""))
+        removed = [
+            path
+            for folder in folders
+            for pattern in _LEFTOVER_PATTERNS
+            for path in glob.glob(os.path.join(folder, pattern))
+            if os.path.isfile(path)
+        ]
+        for path in removed:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        if removed:
+            logger.warning(
+                "%s: removed %d half-written files left by a killed run",
+                self.path,
+                len(removed),
+            )
+        if os.path.isdir(self.cache):
+            removed += remove_abandoned_builds(self.cache)
+        return removed
+
+    @property
+    def class_names_file(self):
+        return os.path.join(self.path, CLASSES)
+
+    def write_class_names(self, class_names):
+        with (
+            atomic_path(self.class_names_file) as temporary,
+            open(temporary, "w", encoding="utf-8") as stream,
+        ):
+            stream.write("".join(f"{name}\n" for name in class_names))
+
+    def read_class_names(self):
+        """The class names the run was trained with, or None (older runs)."""
+        if not os.path.exists(self.class_names_file):
+            return None
+        return read_class_names(self.class_names_file)
+
+    def check_resumable(self, networks, epochs):
+        """Checks, before any work, that each network's state can be
+        continued: state.json readable, its checkpoint present, and no more
+        epochs done than `epochs`.
+
+        Raises:
+            RunFolderError: naming the file and what to do.
+        """
+        for network in networks:
+            state = self.read_state(network)
+            if state is None:
+                continue
+            if state["epochs_done"] > epochs:
+                raise RunFolderError(
+                    f"{state_path(self.network(network))}: {network} network has "
+                    f"trained {state['epochs_done']} epochs; --epochs={epochs} is "
+                    f"fewer (pass --epochs >= {state['epochs_done']} to continue)."
+                )
+            checkpoint_of(self.network(network), state)
+
+    def replace_results(self, writers, remove=()):
+        """Replaces a set of result files as a whole or not at all.
+
+        Args:
+            writers: {name: function(temporary path)} writing each file.
+            remove: names of older results not in this set (e.g.
+                detections.json when there is no classifier), removed with
+                the replacement.
+
+        Every file is written to a temporary beside its place first; only
+        when all are written are they renamed into place, so an error (disk
+        full) leaves the previous set untouched.
+        """
+        with contextlib.ExitStack() as stack:
+            for name, write in writers.items():
+                write(stack.enter_context(atomic_path(self.result(name))))
+        for name in remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.result(name))
+
     def check_fresh(self, networks):
         """Raises FileExistsError if a network already holds a training state."""
         for network in networks:
@@ -141,11 +288,53 @@ def logs_dir(network_dir):
 
 
 def read_state(network_dir):
+    """The network's state.json, or None when there is none.
+
+    Raises:
+        RunFolderError: the file is unreadable, truncated or malformed.
+    """
     path = state_path(network_dir)
     if not os.path.exists(path):
         return None
-    with open(path) as stream:
-        return json.load(stream)
+    try:
+        with open(path) as stream:
+            state = json.load(stream)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFolderError(
+            f"{path}: cannot read the training state ({error}); delete "
+            f"{network_dir} to train that network from scratch."
+        ) from None
+    valid = (
+        isinstance(state, dict)
+        and isinstance(state.get("epochs_done"), int)
+        and isinstance(state.get("history", []), list)
+        and (state.get("checkpoint") is None or isinstance(state["checkpoint"], str))
+    )
+    if not valid:
+        raise RunFolderError(
+            f"{path}: malformed training state (expected epochs_done, "
+            f"checkpoint, history); delete {network_dir} to train that network "
+            "from scratch."
+        )
+    return state
+
+
+def checkpoint_of(network_dir, state):
+    """The checkpoint path `state` continues from, or None.
+
+    Raises:
+        RunFolderError: state.json names a checkpoint that is not there.
+    """
+    if not state or not state.get("checkpoint"):
+        return None
+    path = os.path.join(checkpoints_dir(network_dir), state["checkpoint"])
+    if not os.path.exists(path):
+        raise RunFolderError(
+            f"{state_path(network_dir)} continues from {path}, which does not "
+            f"exist; restore it, or delete {network_dir} to train that network "
+            "from scratch."
+        )
+    return path
 
 
 def resumed_config(previous, current):
@@ -156,7 +345,10 @@ def resumed_config(previous, current):
         previous.train,
         **{name: getattr(current.train, name) for name in RESUMABLE_TRAIN_FIELDS},
     )
-    resumed = dataclasses.replace(previous, train=train, eval=current.eval)
+    # The run folder may have been moved or copied: it is where it is now.
+    resumed = dataclasses.replace(
+        previous, workdir=current.workdir, train=train, eval=current.eval
+    )
     differing = [
         f"{section}.{field.name}"
         for section in ("data", "model", "train")
@@ -164,8 +356,6 @@ def resumed_config(previous, current):
         if getattr(getattr(resumed, section), field.name)
         != getattr(getattr(current, section), field.name)
     ]
-    if resumed.workdir != current.workdir:
-        differing.append("workdir")
     if differing:
         raise ValueError(
             f"--resume with settings that differ from the saved config.json: {differing}."

@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 import keras
@@ -19,9 +18,11 @@ import tensorflow as tf
 
 from tal_keras import losses as tal_losses
 from tal_keras import models
-from tal_keras.atomic import write_json_atomic
+from tal_keras.atomic import atomic_path, write_json_atomic
+from tal_keras.errors import RunFolderError
 from tal_keras.run import (
     best_model_path,
+    checkpoint_of,
     checkpoints_dir,
     folder_of,
     logs_dir,
@@ -42,20 +43,11 @@ def distribution_strategy():
 
 
 def save_model_atomic(model, path):
-    """Saves a `.keras` file so that `path` is either the old file or the new one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=directory, prefix=".saving-", suffix=".keras"
-    )
-    os.close(handle)
-    try:
+    """Saves a `.keras` file so that `path` is either the old file or the new one
+    (a killed save leaves a `.saving-*.keras`, removed when the run folder is
+    next locked)."""
+    with atomic_path(path, prefix=".saving-") as temporary:
         model.save(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -166,23 +158,36 @@ def train_network(
             f"{network_dir} already holds a training state ({state['epochs_done']} epochs "
             "done); pass --resume to continue it or choose another --workdir."
         )
-    if state is not None and state.get("finished"):
+    train = run_config.train
+    if state is not None and state["epochs_done"] > train.epochs:
+        raise RunFolderError(
+            f"{network_dir}: {state['epochs_done']} epochs done, more than "
+            f"--epochs={train.epochs}; pass --epochs >= {state['epochs_done']}."
+        )
+    if state is not None and state["epochs_done"] == train.epochs:
         logger.info(
             "%s network already trained (%d epochs); skipping",
             network,
             state["epochs_done"],
         )
         return best_model_path(network_dir)
-    train = run_config.train
+    if state is not None and state.get("finished"):
+        logger.info(
+            "%s network: %d epochs done, continuing to --epochs=%d",
+            network,
+            state["epochs_done"],
+            train.epochs,
+        )
+        state = {**state, "finished": False}
     if train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(train.seed)
     strategy = distribution_strategy()
     with strategy.scope():
-        if state is not None and state.get("checkpoint"):
-            checkpoint = os.path.join(checkpoints_dir(network_dir), state["checkpoint"])
+        checkpoint = checkpoint_of(network_dir, state)
+        if checkpoint is not None:
             logger.info("resuming %s network from %s", network, checkpoint)
-            model = keras.saving.load_model(checkpoint)
+            model = load_checkpoint(checkpoint, network_dir)
         else:
             if state is not None:
                 state = None  # a state without a checkpoint: nothing to resume
@@ -205,6 +210,20 @@ def train_network(
         shuffle=False,  # the tf.data pipeline shuffles
     )
     return best_model_path(network_dir)
+
+
+def load_checkpoint(path, network_dir):
+    """The model and optimizer state of a checkpoint; `RunFolderError` naming
+    it when it cannot be loaded (truncated, corrupt)."""
+    import zipfile
+
+    try:
+        return keras.saving.load_model(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise RunFolderError(
+            f"{path}: cannot load the checkpoint (truncated or corrupt): {error}; "
+            f"delete {network_dir} to train that network from scratch."
+        ) from None
 
 
 def fit_verbosity(stream=None):

@@ -276,7 +276,8 @@ def _build(
         )
     if not usable:
         raise DataError(
-            f"every one of the {len(videos)} videos was skipped; first reason: "
+            f"{getattr(store, 'description', store)}: every one of the "
+            f"{len(videos)} videos was skipped; first reason: "
             f"{skipped[0][1] if skipped else 'no videos in the subset'}"
         )
     clips_array.flush()
