@@ -5,9 +5,8 @@ flags; the library only ever reads them. Defaults are the report's
 
 import dataclasses
 
-from tal_keras.lattice import Lattice
+from tal_keras.lattice import Lattice, check_map_conv
 
-MAP_MODES = ("s2dtan", "2dtan")
 PROPOSAL_FEATURES = ("pool", "conv")
 CONV_IMPLEMENTATIONS = ("band", "whole")
 
@@ -51,15 +50,7 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if (
-            not isinstance(self.kernel_size, int)
-            or self.kernel_size < 1
-            or self.kernel_size % 2 == 0
-        ):
-            raise ValueError(
-                f"kernel_size must be a positive odd integer ('same' padding), got {self.kernel_size!r}."
-            )
-        _check_choice("map_mode", self.map_mode, MAP_MODES)
+        check_map_conv(self.map_mode, self.kernel_size)
         _check_choice("proposal_features", self.proposal_features, PROPOSAL_FEATURES)
         _check_choice(
             "conv_implementation", self.conv_implementation, CONV_IMPLEMENTATIONS

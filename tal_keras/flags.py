@@ -17,7 +17,6 @@ from absl import flags
 
 from tal_keras.config import (
     CONV_IMPLEMENTATIONS,
-    MAP_MODES,
     NETWORKS,
     PROPOSAL_FEATURES,
     DataConfig,
@@ -26,6 +25,7 @@ from tal_keras.config import (
     RunConfig,
     TrainConfig,
 )
+from tal_keras.lattice import MAP_MODES
 
 # Run folder.
 flags.DEFINE_string(

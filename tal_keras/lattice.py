@@ -15,6 +15,27 @@ import dataclasses
 
 import numpy as np
 
+# Where the proposals are laid out for the map convs: "s2dtan", one compact
+# map per scale (`Lattice.map_index`); "2dtan", one N x N map at (start, end)
+# (`Lattice.full_map_index`).
+MAP_MODES = ("s2dtan", "2dtan")
+
+
+def check_map_conv(map_mode, kernel_size):
+    """Raises ValueError on a map mode or kernel size the map convs cannot use
+    (their zero 'same' padding needs an odd K)."""
+    if map_mode not in MAP_MODES:
+        raise ValueError(f"map_mode must be one of {MAP_MODES}, got {map_mode!r}.")
+    if (
+        isinstance(kernel_size, bool)
+        or not isinstance(kernel_size, int)
+        or kernel_size < 1
+        or kernel_size % 2 == 0
+    ):
+        raise ValueError(
+            f"kernel_size must be a positive odd integer ('same' padding), got {kernel_size!r}."
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class PoolingLayer:

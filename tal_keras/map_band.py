@@ -24,7 +24,7 @@ too.
 
 import numpy as np
 
-MAP_MODES = ("s2dtan", "2dtan")
+from tal_keras.lattice import check_map_conv
 
 
 class MapBand:
@@ -66,12 +66,7 @@ class MapBand:
     """
 
     def __init__(self, lattice, kernel_size, num_conv_layers, map_mode="s2dtan"):
-        if map_mode not in MAP_MODES:
-            raise ValueError(f"map_mode must be one of {MAP_MODES}, got {map_mode!r}.")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(
-                f"kernel_size must be a positive odd integer, got {kernel_size!r}."
-            )
+        check_map_conv(map_mode, kernel_size)
         if num_conv_layers < 1:
             raise ValueError(
                 f"num_conv_layers must be a positive integer, got {num_conv_layers!r}."

@@ -4,13 +4,12 @@
 import keras
 from keras import ops
 
-from tal_keras.lattice import Lattice
-from tal_keras.layers.masked_map_conv import mask_compensating_initializer
-from tal_keras.map_band import MAP_MODES, MapBand
+from tal_keras.layers.map_conv_base import MapConvBase
+from tal_keras.map_band import MapBand
 
 
 @keras.saving.register_keras_serializable(package="tal_keras")
-class BandMapConv(keras.layers.Layer):
+class BandMapConv(MapConvBase):
     """`MaskedMapConv` computed on the band of each layer, not on whole maps.
 
     Same inputs, weights and outputs as `MaskedMapConv` (the whole-map
@@ -48,21 +47,11 @@ class BandMapConv(keras.layers.Layer):
     gathers in one fixed order 1.28x; this layer 1.14x.
 
     The weights are those of `MaskedMapConv` (Conv2D sublayers `conv_<i>`,
-    kernel [K, K, C, H] and bias [H]), so a checkpoint of either loads into
-    the other.
+    kernel [K, K, C, H] and bias [H], used only as weights here), so a
+    checkpoint of either loads into the other.
 
-    Args:
-        num_clips: N, clips per video.
-        scale_layers: pooling layers per scale, e.g. (64, 32, 32).
-        hidden_size: H, output channels of every conv layer.
-        kernel_size: K, odd side of the square conv kernels (DESIGN.md: 9).
-        num_conv_layers: L, conv layers (DESIGN.md: 4).
-        map_mode: "s2dtan" (one compact map per scale) or "2dtan" (one N x N
-            map holding every proposal at (start, end)).
-        **kwargs: passed on to `keras.layers.Layer` (name, dtype, ...).
-
-    Input shape: float [batch, num_proposals, channels], lattice order.
-    Output shape: float [batch, num_proposals, hidden_size], lattice order.
+    Args, input and output shapes: those of `MapConvBase` (num_clips,
+    scale_layers, hidden_size, kernel_size, num_conv_layers, map_mode).
 
     Example:
         >>> conv = BandMapConv(256, (64, 32, 32), hidden_size=512)
@@ -70,58 +59,14 @@ class BandMapConv(keras.layers.Layer):
         (1, 17472, 512)
     """
 
-    def __init__(
-        self,
-        num_clips,
-        scale_layers,
-        hidden_size,
-        kernel_size=9,
-        num_conv_layers=4,
-        map_mode="s2dtan",
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if map_mode not in MAP_MODES:
-            raise ValueError(f"map_mode must be one of {MAP_MODES}, got {map_mode!r}.")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(
-                f"kernel_size must be a positive odd integer, got {kernel_size!r}."
-            )
-        Lattice(num_clips, scale_layers)  # raises with a suggestion
-        self.num_clips = num_clips
-        self.scale_layers = tuple(scale_layers)
-        self.hidden_size = hidden_size
-        self.kernel_size = kernel_size
-        self.num_conv_layers = num_conv_layers
-        self.map_mode = map_mode
-        # Conv2D sublayers only hold the weights, named as in MaskedMapConv.
-        self.convs = [
-            keras.layers.Conv2D(
-                hidden_size,
-                kernel_size,
-                padding="same",
-                activation="relu",
-                kernel_initializer=mask_compensating_initializer(kernel_size),
-                dtype=self.dtype_policy,
-                name=f"conv_{index}",
-            )
-            for index in range(num_conv_layers)
-        ]
-
     def build(self, input_shape):
-        lattice = Lattice(self.num_clips, self.scale_layers)
-        if input_shape[1] is not None and input_shape[1] != lattice.num_proposals:
-            raise ValueError(
-                f"BandMapConv expects {lattice.num_proposals} proposals in lattice "
-                f"order for {lattice}, got input shape {tuple(input_shape)}."
-            )
         self._band = MapBand(
-            lattice, self.kernel_size, self.num_conv_layers, self.map_mode
+            self.checked_lattice(input_shape),
+            self.kernel_size,
+            self.num_conv_layers,
+            self.map_mode,
         )
-        channels = input_shape[-1]
-        for conv in self.convs:
-            conv.build((None, None, None, channels))
-            channels = self.hidden_size
+        self.build_convs(self.convs, input_shape[-1])
 
     def call(self, proposal_features):
         band = self._band
@@ -139,23 +84,6 @@ class BandMapConv(keras.layers.Layer):
                 band.gather_first[layer],
             )
         return features[:, :-1]
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.hidden_size)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_clips": self.num_clips,
-                "scale_layers": list(self.scale_layers),
-                "hidden_size": self.hidden_size,
-                "kernel_size": self.kernel_size,
-                "num_conv_layers": self.num_conv_layers,
-                "map_mode": self.map_mode,
-            }
-        )
-        return config
 
 
 def _with_zero_row(values):

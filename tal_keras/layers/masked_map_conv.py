@@ -5,13 +5,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from tal_keras.lattice import Lattice
-
-MAP_MODES = ("s2dtan", "2dtan")
+from tal_keras.layers.map_conv_base import MapConvBase
 
 
 @keras.saving.register_keras_serializable(package="tal_keras")
-class MaskedMapConv(keras.layers.Layer):
+class MaskedMapConv(MapConvBase):
     """L layers of KxK conv + ReLU + mask step over the proposal maps.
 
     Proposal features are scattered from lattice order into their maps (zeros
@@ -29,17 +27,8 @@ class MaskedMapConv(keras.layers.Layer):
             proposal p at (`map_rows[p]`, `map_cols[p]`).
         "2dtan": one N x N map, proposal p at (start, end).
 
-    Args:
-        num_clips: N, clips per video.
-        scale_layers: pooling layers per scale, e.g. (64, 32, 32).
-        hidden_size: H, output channels of every conv layer.
-        kernel_size: K, odd side of the square conv kernels (DESIGN.md: 9).
-        num_conv_layers: L, conv layers (DESIGN.md: 4).
-        map_mode: "s2dtan" or "2dtan", see above.
-        **kwargs: passed on to `keras.layers.Layer` (name, dtype, ...).
-
-    Input shape: float [batch, num_proposals, channels], lattice order.
-    Output shape: float [batch, num_proposals, hidden_size], lattice order.
+    Args, input and output shapes: those of `MapConvBase` (num_clips,
+    scale_layers, hidden_size, kernel_size, num_conv_layers, map_mode).
 
     Example:
         >>> conv = MaskedMapConv(256, (64, 32, 32), hidden_size=512)
@@ -47,50 +36,8 @@ class MaskedMapConv(keras.layers.Layer):
         (1, 17472, 512)
     """
 
-    def __init__(
-        self,
-        num_clips,
-        scale_layers,
-        hidden_size,
-        kernel_size=9,
-        num_conv_layers=4,
-        map_mode="s2dtan",
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if map_mode not in MAP_MODES:
-            raise ValueError(f"map_mode must be one of {MAP_MODES}, got {map_mode!r}.")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(
-                f"kernel_size must be a positive odd integer, got {kernel_size!r}."
-            )
-        Lattice(num_clips, scale_layers)  # raises with a suggestion
-        self.num_clips = num_clips
-        self.scale_layers = tuple(scale_layers)
-        self.hidden_size = hidden_size
-        self.kernel_size = kernel_size
-        self.num_conv_layers = num_conv_layers
-        self.map_mode = map_mode
-        self.convs = [
-            keras.layers.Conv2D(
-                hidden_size,
-                kernel_size,
-                padding="same",
-                activation="relu",
-                kernel_initializer=mask_compensating_initializer(kernel_size),
-                dtype=self.dtype_policy,
-                name=f"conv_{index}",
-            )
-            for index in range(num_conv_layers)
-        ]
-
     def build(self, input_shape):
-        lattice = Lattice(self.num_clips, self.scale_layers)
-        if input_shape[1] is not None and input_shape[1] != lattice.num_proposals:
-            raise ValueError(
-                f"MaskedMapConv expects {lattice.num_proposals} proposals in lattice "
-                f"order for {lattice}, got input shape {tuple(input_shape)}."
-            )
+        lattice = self.checked_lattice(input_shape)
         self._map_sizes, self._scatter_indices, self._gather_indices = _map_tables(
             lattice, self.map_mode
         )
@@ -102,10 +49,7 @@ class MaskedMapConv(keras.layers.Layer):
             )
             for size, scatter in zip(self._map_sizes, self._scatter_indices)
         )
-        channels = input_shape[-1]
-        for conv in self.convs:
-            conv.build((None, None, None, channels))
-            channels = self.hidden_size
+        self.build_convs(self.convs, input_shape[-1])
 
     def to_maps(self, proposal_features):
         """[B, P, C] lattice order -> list of maps [B, S, S, C], zero off the lattice."""
@@ -141,23 +85,6 @@ class MaskedMapConv(keras.layers.Layer):
                 )
             maps.append(feature_map)
         return self.from_maps(maps)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.hidden_size)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_clips": self.num_clips,
-                "scale_layers": list(self.scale_layers),
-                "hidden_size": self.hidden_size,
-                "kernel_size": self.kernel_size,
-                "num_conv_layers": self.num_conv_layers,
-                "map_mode": self.map_mode,
-            }
-        )
-        return config
 
 
 def _map_tables(lattice, map_mode):
@@ -209,19 +136,3 @@ def _mask_step_weights(valid, kernel_size, num_layers):
         )
         valid = count > 0
     return tuple(weights)
-
-
-def mask_compensating_initializer(kernel_size):
-    """He initialisation scaled up for 2D-TAN's mask step.
-
-    The mask step divides each output by the number of valid cells under the
-    kernel (up to K * K), so with plain He or Glorot weights the activations
-    shrink by about K * K per layer and the overlap head starts from a
-    near-constant input (P_over = 0.5 +- 1e-5 at the demo config). Scaling the
-    weight variance by K ** 4 keeps the activations' scale through the stack;
-    on the synthetic demo it reached a given validation AUC in about half the
-    epochs. The method (DESIGN.md) fixes no initialisation.
-    """
-    return keras.initializers.VarianceScaling(
-        scale=2.0 * kernel_size**4, mode="fan_in", distribution="uniform"
-    )
