@@ -182,13 +182,8 @@ class Detector:
 
     def proposals(self, overlap_scores, duration):
         """Class-agnostic proposals of one video: [{"score", "segment"}], seconds."""
-        settings = self.postprocessing
-        return detections.video_proposals(
-            self.lattice,
-            duration,
-            overlap_scores,
-            nms_threshold=settings.nms_threshold,
-            top_k=settings.proposals_per_video,
+        return detections.proposals_with(
+            self.postprocessing, self.lattice, duration, overlap_scores
         )
 
     def detections(self, overlap_scores, class_scores, duration, video_labels=None):
@@ -201,19 +196,14 @@ class Detector:
             video_labels: optional [(label, score)] of an external video-level
                 classifier, fused as in evaluate.py.
         """
-        settings = self.postprocessing
-        return detections.video_detections(
+        return detections.detections_with(
+            self.postprocessing,
             self.lattice,
             duration,
             overlap_scores,
             class_scores,
             self.class_names,
-            top_m=settings.top_pairs,
-            nms_threshold=settings.nms_threshold,
-            soft_nms=settings.soft_nms,
-            top_k=settings.detections_per_video,
-            video_labels=video_labels,
-            soft_nms_sigma=settings.soft_nms_sigma,
+            video_labels,
         )
 
     def __call__(self, features, duration, video_labels=None):

@@ -8,7 +8,8 @@ Keys (values are JSON):
     model_config: the whole `ModelConfig` of the run, for the record.
     feature_timing: {"fps", "stride", "window"} of the input features.
     class_names: the C labels, the column order of class_scores.
-    postprocessing: NMS and fusion settings of the run (`Postprocessing`).
+    postprocessing: NMS and fusion settings of the run
+        (`tal_keras.config.Postprocessing`, and "fusion").
     precision: "float32" or "float16" (weights and activations; the graph's
         inputs and outputs are float32 either way).
     inputs, outputs: {name: shape} with null for the batch.
@@ -20,6 +21,7 @@ import dataclasses
 import json
 
 from tal_keras.clips import FeatureTiming
+from tal_keras.config import Postprocessing
 from tal_keras.lattice import Lattice
 
 FORMAT = "tal_keras.s2dtan/1"
@@ -29,55 +31,6 @@ CLASS_SCORES = "class_scores"
 PRECISIONS = ("float32", "float16")
 # How detections are scored; written so a reader of the file knows it.
 FUSION = "P_over * P_class (* video-level label score when video labels are given)"
-
-
-@dataclasses.dataclass(frozen=True)
-class Postprocessing:
-    """NMS, fusion and top-k settings (DESIGN.md section 7; `EvalConfig`).
-
-    Attributes:
-        nms_threshold: tIoU of NMS for proposals and per-class detections.
-        proposals_per_video: class-agnostic proposals kept per video.
-        detections_per_video: detections kept per video.
-        top_pairs: best (proposal, class) pairs kept before per-class NMS.
-        soft_nms: Gaussian soft-NMS instead of hard NMS for detections.
-        soft_nms_sigma: width of the soft-NMS penalty
-            (`tal_keras.detections.video_detections`' default).
-    """
-
-    nms_threshold: float = 0.5
-    proposals_per_video: int = 100
-    detections_per_video: int = 100
-    top_pairs: int = 2000
-    soft_nms: bool = False
-    soft_nms_sigma: float = 0.5
-
-    def __post_init__(self):
-        if not 0 < self.nms_threshold <= 1:
-            raise ValueError(
-                f"nms_threshold must be in (0, 1], got {self.nms_threshold}."
-            )
-        for name in ("proposals_per_video", "detections_per_video", "top_pairs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-        if not isinstance(self.soft_nms, bool):
-            raise TypeError(f"soft_nms must be true or false, got {self.soft_nms!r}.")
-        if not self.soft_nms_sigma > 0:
-            raise ValueError(f"soft_nms_sigma must be > 0, got {self.soft_nms_sigma}.")
-
-    @classmethod
-    def from_eval_config(cls, eval_config):
-        return cls(
-            nms_threshold=eval_config.nms_threshold,
-            proposals_per_video=eval_config.proposals_per_video,
-            detections_per_video=eval_config.detections_per_video,
-            top_pairs=eval_config.top_pairs,
-            soft_nms=eval_config.soft_nms,
-        )
-
-    def to_dict(self):
-        return {**dataclasses.asdict(self), "fusion": FUSION}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +103,10 @@ def build_metadata(run_config, class_names, precision, parity, version):
             "window": data.window,
         },
         "class_names": list(class_names),
-        "postprocessing": Postprocessing.from_eval_config(run_config.eval).to_dict(),
+        "postprocessing": {
+            **dataclasses.asdict(Postprocessing.from_eval_config(run_config.eval)),
+            "fusion": FUSION,
+        },
         "precision": precision,
         "inputs": {INPUT_NAME: [None, model.num_clips, model.feature_dim]},
         "outputs": {

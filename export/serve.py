@@ -357,14 +357,15 @@ def parse_args(argv):
         "--num_workers", type=int, default=2, help="Feature loading threads."
     )
     parser.add_argument("--no_progress", action="store_true", help="No progress bar.")
-    # Postprocessing overrides; default: the settings the model was exported with.
-    parser.add_argument("--nms_threshold", type=float, default=None)
-    parser.add_argument("--top_pairs", type=int, default=None)
-    parser.add_argument("--detections_per_video", type=int, default=None)
-    parser.add_argument("--proposals_per_video", type=int, default=None)
-    parser.add_argument(
-        "--soft_nms", action=argparse.BooleanOptionalAction, default=None
-    )
+    # Postprocessing overrides, one per `Postprocessing` setting; default: the
+    # settings the model was exported with.
+    for field in dataclasses.fields(metadata.Postprocessing):
+        if field.type is bool:
+            parser.add_argument(
+                f"--{field.name}", action=argparse.BooleanOptionalAction, default=None
+            )
+        else:
+            parser.add_argument(f"--{field.name}", type=field.type, default=None)
     args = parser.parse_args(argv)
     if args.annotations is None and args.durations is None:
         parser.error("pass --annotations (with --subset) or --durations.")
@@ -382,15 +383,9 @@ def main(argv=None):
 
     tal_keras.configure_logging()
     overrides = {
-        name: getattr(args, name)
-        for name in (
-            "nms_threshold",
-            "top_pairs",
-            "detections_per_video",
-            "proposals_per_video",
-            "soft_nms",
-        )
-        if getattr(args, name) is not None
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(metadata.Postprocessing)
+        if getattr(args, field.name) is not None
     }
     providers = args.providers.split(",") if args.providers else None
     try:

@@ -5,6 +5,7 @@ flags; the library only ever reads them. Defaults are the report's
 
 import dataclasses
 
+from tal_keras.detections import DEFAULT_SOFT_NMS_SIGMA, DEFAULT_TOP_M
 from tal_keras.lattice import Lattice, check_map_conv
 
 PROPOSAL_FEATURES = ("pool", "conv")
@@ -172,38 +173,70 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """Postprocessing and evaluation (DESIGN 7, 8).
+class Postprocessing:
+    """Scores -> proposals and detections (DESIGN 7): the settings evaluation
+    and serving share. `EvalConfig` holds them for a run; an exported ONNX
+    file carries them (`export.metadata`) and serving may override each.
 
     Attributes:
         nms_threshold: tIoU of NMS for proposals and per-class detections.
         proposals_per_video: proposals kept per video (official AR@AN: 100).
         detections_per_video: detections kept per video.
-        top_pairs: best (proposal, class) pairs kept before per-class NMS.
+        top_pairs: best (proposal, class) pairs kept before per-class NMS
+            (why 2000: `detections.DEFAULT_TOP_M`).
         soft_nms: Gaussian soft-NMS instead of hard NMS for detections.
-        batch_size: videos per inference batch.
+        soft_nms_sigma: width of the soft-NMS penalty (`detections.soft_nms`).
     """
 
     nms_threshold: float = 0.5
     proposals_per_video: int = 100
     detections_per_video: int = 100
-    top_pairs: int = 2000
+    top_pairs: int = DEFAULT_TOP_M
     soft_nms: bool = False
-    batch_size: int = 32
+    soft_nms_sigma: float = DEFAULT_SOFT_NMS_SIGMA
 
     def __post_init__(self):
         if not 0 < self.nms_threshold <= 1:
             raise ValueError(
                 f"nms_threshold must be in (0, 1], got {self.nms_threshold}."
             )
-        for name in (
-            "proposals_per_video",
-            "detections_per_video",
-            "top_pairs",
-            "batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("proposals_per_video", "detections_per_video", "top_pairs"):
+            _check_count(name, getattr(self, name))
+        if not isinstance(self.soft_nms, bool):
+            raise TypeError(f"soft_nms must be true or false, got {self.soft_nms!r}.")
+        if not self.soft_nms_sigma > 0:
+            raise ValueError(f"soft_nms_sigma must be > 0, got {self.soft_nms_sigma}.")
+
+    @classmethod
+    def from_eval_config(cls, eval_config):
+        """The postprocessing settings of an `EvalConfig`."""
+        return cls(
+            **{
+                field.name: getattr(eval_config, field.name)
+                for field in dataclasses.fields(cls)
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(Postprocessing):
+    """Postprocessing and evaluation (DESIGN 7, 8): the `Postprocessing`
+    settings, and
+
+    Attributes:
+        batch_size: videos per inference batch.
+    """
+
+    batch_size: int = 32
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_count("batch_size", self.batch_size)
+
+
+def _check_count(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,8 @@ from tal_keras.errors import DataError
 # least top_k survive; 2000 = 20 x top_k leaves room for the duplicates NMS
 # removes on a dense lattice, and keeps NMS cheap (P x C is 3.5 M on HACS).
 DEFAULT_TOP_M = 2000
+# Width of the soft-NMS penalty exp(-tIoU^2 / sigma) (see `soft_nms`).
+DEFAULT_SOFT_NMS_SIGMA = 0.5
 # The "version" string ActivityNet submission files carry.
 DEFAULT_VERSION = "VERSION 1.3"
 
@@ -57,7 +59,7 @@ def soft_nms(
     segments,
     scores,
     iou_threshold=0.5,
-    sigma=0.5,
+    sigma=DEFAULT_SOFT_NMS_SIGMA,
     top_k=None,
     min_score=0.0,
     classes=None,
@@ -147,7 +149,7 @@ def video_detections(
     soft_nms=False,
     top_k=100,
     video_labels=None,
-    soft_nms_sigma=0.5,
+    soft_nms_sigma=DEFAULT_SOFT_NMS_SIGMA,
 ):
     """Detections of one video: P_final(p, c) = P_over(p) * P_class(p, c).
 
@@ -214,6 +216,44 @@ def video_detections(
         }
         for index, score in zip(kept, scores)
     ]
+
+
+def proposals_with(settings, lattice, duration, overlap_scores):
+    """`video_proposals` with a `config.Postprocessing`'s settings (or an
+    `EvalConfig`'s): what evaluation and serving both run."""
+    return video_proposals(
+        lattice,
+        duration,
+        overlap_scores,
+        nms_threshold=settings.nms_threshold,
+        top_k=settings.proposals_per_video,
+    )
+
+
+def detections_with(
+    settings,
+    lattice,
+    duration,
+    overlap_scores,
+    class_scores,
+    class_names,
+    video_labels=None,
+):
+    """`video_detections` with a `config.Postprocessing`'s settings (or an
+    `EvalConfig`'s): what evaluation and serving both run."""
+    return video_detections(
+        lattice,
+        duration,
+        overlap_scores,
+        class_scores,
+        class_names,
+        top_m=settings.top_pairs,
+        nms_threshold=settings.nms_threshold,
+        soft_nms=settings.soft_nms,
+        top_k=settings.detections_per_video,
+        video_labels=video_labels,
+        soft_nms_sigma=settings.soft_nms_sigma,
+    )
 
 
 def sliding_window_proposals(

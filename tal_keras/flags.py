@@ -149,6 +149,11 @@ flags.DEFINE_integer(
 flags.DEFINE_bool(
     "soft_nms", EvalConfig.soft_nms, "Gaussian soft-NMS instead of NMS for detections."
 )
+flags.DEFINE_float(
+    "soft_nms_sigma",
+    EvalConfig.soft_nms_sigma,
+    "Width of the soft-NMS penalty exp(-tIoU^2 / sigma).",
+)
 flags.DEFINE_integer(
     "eval_batch_size", EvalConfig.batch_size, "Videos per inference batch."
 )

@@ -48,12 +48,8 @@ def load_network(path):
 def proposal_results(run_config, lattice, cache, overlap_scores):
     """{video_id: [{"score", "segment"}]} of every cached video."""
     return {
-        video_id: detections.video_proposals(
-            lattice,
-            duration,
-            overlap_scores[row],
-            nms_threshold=run_config.eval.nms_threshold,
-            top_k=run_config.eval.proposals_per_video,
+        video_id: detections.proposals_with(
+            run_config.eval, lattice, duration, overlap_scores[row]
         )
         for row, (video_id, duration) in enumerate(
             zip(cache.video_ids, cache.durations)
@@ -72,19 +68,15 @@ def detection_results(
 ):
     """{video_id: [{"label", "score", "segment"}]} of every cached video."""
     video_labels = video_labels or {}
-    settings = run_config.eval
     return {
-        video_id: detections.video_detections(
+        video_id: detections.detections_with(
+            run_config.eval,
             lattice,
             duration,
             overlap_scores[row],
             class_scores[row],
             class_names,
-            top_m=settings.top_pairs,
-            nms_threshold=settings.nms_threshold,
-            soft_nms=settings.soft_nms,
-            top_k=settings.detections_per_video,
-            video_labels=video_labels.get(video_id),
+            video_labels.get(video_id),
         )
         for row, (video_id, duration) in enumerate(
             zip(cache.video_ids, cache.durations)
