@@ -29,6 +29,11 @@ class ModelConfig:
             of the same kernel and stride, microsoft/VideoX#19).
         conv_implementation: "band" (only valid cells and their halo) or
             "whole" (whole maps; the reference).
+        clip_normalization: "none" (the report) or "video": standardise each
+            input channel over the video's clips (a departure, see
+            docs/benchmarks.md).
+        clip_context: 0 (the report) or an odd kernel of a temporal conv
+            added in the clip encoder before pooling (a departure).
     """
 
     num_clips: int = 256
@@ -41,6 +46,8 @@ class ModelConfig:
     map_mode: str = "s2dtan"
     proposal_features: str = "pool"
     conv_implementation: str = "band"
+    clip_normalization: str = "none"
+    clip_context: int = 0
 
     def __post_init__(self):
         object.__setattr__(
@@ -56,6 +63,15 @@ class ModelConfig:
         _check_choice(
             "conv_implementation", self.conv_implementation, CONV_IMPLEMENTATIONS
         )
+        _check_choice("clip_normalization", self.clip_normalization, ("none", "video"))
+        if (
+            not isinstance(self.clip_context, int)
+            or self.clip_context < 0
+            or (self.clip_context and self.clip_context % 2 == 0)
+        ):
+            raise ValueError(
+                f"clip_context must be 0 or a positive odd integer, got {self.clip_context!r}."
+            )
 
     @property
     def lattice(self):

@@ -102,6 +102,19 @@ flags.DEFINE_enum(
     CONV_IMPLEMENTATIONS,
     "Shared map convs on the valid band only, or on whole maps (reference).",
 )
+flags.DEFINE_enum(
+    "clip_normalization",
+    ModelConfig.clip_normalization,
+    ["none", "video"],
+    "Standardise each feature channel over the video's clips before the clip "
+    "encoder (a departure from the report; none: the report).",
+)
+flags.DEFINE_integer(
+    "clip_context",
+    ModelConfig.clip_context,
+    "Odd kernel of a temporal conv added in the clip encoder before pooling "
+    "(a departure from the report; 0: none, the report).",
+)
 # Training.
 flags.DEFINE_list("networks", list(NETWORKS), "Networks to train, in order.")
 flags.DEFINE_integer("epochs", TrainConfig.epochs, "Epochs per network.")

@@ -48,6 +48,9 @@ def model_cost(config):
 
     encoder_params = features * hidden + hidden
     encoder_flops = 2 * clips * features * hidden
+    if config.clip_context:
+        encoder_params += config.clip_context * hidden * hidden + hidden
+        encoder_flops += 2 * clips * config.clip_context * hidden * hidden
     if config.proposal_features == "conv":
         pooling_params = sum(
             layer.kernel * hidden * hidden + hidden for layer in lattice.layers

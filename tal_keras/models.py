@@ -28,7 +28,7 @@ def build_proposal_network(config):
     clip_features = keras.Input(
         (config.num_clips, config.feature_dim), name="clip_features"
     )
-    clip_sequence = ClipEncoder(config.hidden_size, name="clip_encoder")(clip_features)
+    clip_sequence = _clip_encoder(config)(clip_features)
     proposal_features = _proposal_features(config)(clip_sequence)
     map_features = SubMapNetwork(
         config.num_clips,
@@ -62,7 +62,7 @@ def build_classifier_network(config):
     clip_features = keras.Input(
         (config.num_clips, config.feature_dim), name="clip_features"
     )
-    clip_sequence = ClipEncoder(config.hidden_size, name="clip_encoder")(clip_features)
+    clip_sequence = _clip_encoder(config)(clip_features)
     proposal_features = _proposal_features(config)(clip_sequence)
     class_scores = ClassHead(config.num_classes, name="class_scores")(proposal_features)
     return keras.Model(clip_features, class_scores, name="classifier_network")
@@ -107,6 +107,15 @@ def build_inference_model(proposal_network, classifier_network):
         ),
     }
     return keras.Model(clip_features, outputs, name="inference_model")
+
+
+def _clip_encoder(config):
+    return ClipEncoder(
+        config.hidden_size,
+        normalization=config.clip_normalization,
+        context_kernel=config.clip_context,
+        name="clip_encoder",
+    )
 
 
 def _proposal_features(config):
