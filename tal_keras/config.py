@@ -34,6 +34,8 @@ class ModelConfig:
             docs/benchmarks.md).
         clip_context: 0 (the report) or an odd kernel of a temporal conv
             added in the clip encoder before pooling (a departure).
+        overlap_cell_bias: a learned bias per proposal on the overlap logit
+            (a departure; False: the report).
     """
 
     num_clips: int = 256
@@ -48,6 +50,7 @@ class ModelConfig:
     conv_implementation: str = "band"
     clip_normalization: str = "none"
     clip_context: int = 0
+    overlap_cell_bias: bool = False
 
     def __post_init__(self):
         object.__setattr__(

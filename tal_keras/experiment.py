@@ -6,6 +6,8 @@ folder and the data are `tal_keras.run`'s."""
 import logging
 import os
 
+import numpy as np
+
 from tal_keras import (
     detections,
     evaluation,
@@ -93,11 +95,31 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
             score_fn=score_fn,
             metric_name=metric_name,
             resume=resume,
+            overlap_prior=overlap_prior(run_config, train_cache)
+            if network == "proposal" and run_config.model.overlap_cell_bias
+            else None,
         )
     if evaluate_at_end:
         evaluate_run(
             run_config, eval_annotations=eval_annotations, eval_cache=eval_cache
         )
+
+
+def overlap_prior(run_config, train_cache):
+    """float64 [P]: the mean overlap target of the proposals of each length
+    over the training videos, per proposal (where --overlap_cell_bias starts
+    its biases: the content-blind baseline's length prior, in target units;
+    per length rather than per cell, which generalises better)."""
+    from tal_keras.targets import scaled_overlap
+
+    train = run_config.train
+    targets = scaled_overlap(
+        np.asarray(train_cache.max_iou), train.overlap_t_min, train.overlap_t_max
+    )
+    lengths = run_config.model.lattice.lengths
+    mean = targets.astype(np.float64).mean(axis=0)
+    by_length = np.bincount(lengths, weights=mean) / np.maximum(np.bincount(lengths), 1)
+    return by_length[lengths]
 
 
 def evaluate_run(

@@ -115,6 +115,12 @@ flags.DEFINE_integer(
     "Odd kernel of a temporal conv added in the clip encoder before pooling "
     "(a departure from the report; 0: none, the report).",
 )
+flags.DEFINE_bool(
+    "overlap_cell_bias",
+    ModelConfig.overlap_cell_bias,
+    "A learned bias per proposal on the overlap logit, started at the training "
+    "videos' length prior (a departure from the report).",
+)
 # Training.
 flags.DEFINE_list("networks", list(NETWORKS), "Networks to train, in order.")
 flags.DEFINE_integer("epochs", TrainConfig.epochs, "Epochs per network.")

@@ -65,7 +65,7 @@ def model_cost(config):
     projection_flops = 2 * proposals * hidden * hidden
     conv_params = conv_layers * (kernel * kernel * hidden * hidden + hidden)
     conv_flops_per_cell = 2 * conv_layers * kernel * kernel * hidden * hidden
-    overlap_params = hidden + 1
+    overlap_params = hidden + 1 + (proposals if config.overlap_cell_bias else 0)
     overlap_flops = 2 * proposals * hidden
     class_params = hidden * config.num_classes + config.num_classes
     class_flops = 2 * proposals * hidden * config.num_classes

@@ -40,7 +40,9 @@ def build_proposal_network(config):
         conv_implementation=config.conv_implementation,
         name="sub_map_network",
     )(proposal_features)
-    overlap_scores = OverlapHead(name="overlap_scores")(map_features)
+    overlap_scores = OverlapHead(
+        cell_bias=config.overlap_cell_bias, name="overlap_scores"
+    )(map_features)
     return keras.Model(clip_features, overlap_scores, name="proposal_network")
 
 

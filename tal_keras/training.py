@@ -14,6 +14,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tal_keras import losses as tal_losses
@@ -139,6 +140,7 @@ def train_network(
     metric_name="loss",
     resume=False,
     verbose=None,
+    overlap_prior=None,
 ):
     """Trains `network` ("proposal" or "classifier") and returns its best model path.
 
@@ -150,6 +152,9 @@ def train_network(
         metric_name: the metric's name in logs and TensorBoard.
         resume: continue from the last checkpoint, optimizer state included.
         verbose: Keras fit verbosity (1: progress bar); None: `fit_verbosity()`.
+        overlap_prior: float [P], the mean overlap target of each proposal
+            over the training videos; a new proposal network with per-cell
+            biases (--overlap_cell_bias) starts from their logits.
     """
     network_dir = folder_of(run_config).network(network)
     state = read_state(network_dir)
@@ -194,6 +199,10 @@ def train_network(
             if os.path.isdir(network_dir):
                 shutil.rmtree(checkpoints_dir(network_dir), ignore_errors=True)
             model = build_and_compile(network, run_config)
+            if overlap_prior is not None and run_config.model.overlap_cell_bias:
+                head = model.get_layer("overlap_scores")
+                prior = np.clip(np.asarray(overlap_prior, np.float64), 1e-4, 1 - 1e-4)
+                head.cell_biases.assign(np.log(prior / (1 - prior)).astype("float32"))
     if verbose is None:
         verbose = fit_verbosity()
     initial_epoch = state["epochs_done"] if state else 0

@@ -13,6 +13,12 @@ class OverlapHead(keras.layers.Layer):
     cells back.
 
     Args:
+        cell_bias: False (the report) or True: a learned bias per proposal
+            (lattice cell), zero at the start, added to the logit. The map
+            convs are translation invariant, so without it the network can
+            tell a proposal's length and place only through its features;
+            with it, it can learn the length and position prior a
+            content-blind baseline uses (a departure, docs/benchmarks.md).
         **kwargs: passed on to `keras.layers.Layer` (name, dtype, ...).
 
     Input shape: float [batch, num_proposals, hidden_size], lattice order.
@@ -24,17 +30,31 @@ class OverlapHead(keras.layers.Layer):
         (2, 17472)
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, cell_bias=False, **kwargs):
         super().__init__(**kwargs)
+        self.cell_bias = bool(cell_bias)
         self.projection = keras.layers.Dense(
             1, dtype=self.dtype_policy, name="projection"
         )
 
     def build(self, input_shape):
         self.projection.build(input_shape)
+        self.cell_biases = None
+        if self.cell_bias:
+            self.cell_biases = self.add_weight(
+                shape=(input_shape[-2],), initializer="zeros", name="cell_biases"
+            )
 
     def call(self, map_features):
-        return ops.sigmoid(ops.squeeze(self.projection(map_features), axis=-1))
+        logits = ops.squeeze(self.projection(map_features), axis=-1)
+        if self.cell_biases is not None:
+            logits = logits + ops.cast(self.cell_biases, logits.dtype)
+        return ops.sigmoid(logits)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"cell_bias": self.cell_bias})
+        return config
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1])
