@@ -262,7 +262,7 @@ def main(argv=None):
             f"--workdir={workdir}",
             f"--num_clips={clips}",
             f"--scale_layers={','.join(map(str, scales))}",
-            f"--map={'s2dtan' if len(scales) > 1 else '2dtan'}",
+            f"--map_mode={'s2dtan' if len(scales) > 1 else '2dtan'}",
             f"--kernel_size={kernel}",
             f"--num_conv_layers={layers}",
         ]
