@@ -36,6 +36,9 @@ class ModelConfig:
             added in the clip encoder before pooling (a departure).
         overlap_cell_bias: a learned bias per proposal on the overlap logit
             (a departure; False: the report).
+        boundary_features: add projections of each proposal's start and end
+            clip to its pooled feature in the proposal network (a departure;
+            False: the report).
     """
 
     num_clips: int = 256
@@ -51,6 +54,7 @@ class ModelConfig:
     clip_normalization: str = "none"
     clip_context: int = 0
     overlap_cell_bias: bool = False
+    boundary_features: bool = False
 
     def __post_init__(self):
         object.__setattr__(

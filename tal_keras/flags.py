@@ -121,6 +121,12 @@ flags.DEFINE_bool(
     "A learned bias per proposal on the overlap logit, started at the training "
     "videos' length prior (a departure from the report).",
 )
+flags.DEFINE_bool(
+    "boundary_features",
+    ModelConfig.boundary_features,
+    "Add projections of each proposal's start and end clip to its pooled "
+    "feature in the proposal network (a departure from the report).",
+)
 # Training.
 flags.DEFINE_list("networks", list(NETWORKS), "Networks to train, in order.")
 flags.DEFINE_integer("epochs", TrainConfig.epochs, "Epochs per network.")

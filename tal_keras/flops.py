@@ -66,6 +66,8 @@ def model_cost(config):
     conv_params = conv_layers * (kernel * kernel * hidden * hidden + hidden)
     conv_flops_per_cell = 2 * conv_layers * kernel * kernel * hidden * hidden
     overlap_params = hidden + 1 + (proposals if config.overlap_cell_bias else 0)
+    boundary_params = 2 * hidden * hidden if config.boundary_features else 0
+    boundary_flops = 2 * 2 * clips * hidden * hidden if config.boundary_features else 0
     overlap_flops = 2 * proposals * hidden
     class_params = hidden * config.num_classes + config.num_classes
     class_flops = 2 * proposals * hidden * config.num_classes
@@ -76,13 +78,20 @@ def model_cost(config):
         + projection_params
         + conv_params
         + overlap_params
+        + boundary_params
     )
     classifier_params = encoder_params + pooling_params + class_params
     conv_whole = conv_flops_per_cell * map_cells
     conv_valid = conv_flops_per_cell * proposals
     band = MapBand(lattice, kernel, conv_layers, config.map_mode)
     conv_band = 2 * band.multiply_adds(hidden, hidden)
-    proposal_rest = encoder_flops + pooling_flops + projection_flops + overlap_flops
+    proposal_rest = (
+        encoder_flops
+        + pooling_flops
+        + projection_flops
+        + overlap_flops
+        + boundary_flops
+    )
     classifier_flops = encoder_flops + pooling_flops + class_flops
     return {
         "num_proposals": proposals,

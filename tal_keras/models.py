@@ -4,6 +4,7 @@
 import keras
 
 from tal_keras.layers import (
+    BoundaryFeatures,
     ClassHead,
     ClipEncoder,
     OverlapHead,
@@ -30,6 +31,13 @@ def build_proposal_network(config):
     )
     clip_sequence = _clip_encoder(config)(clip_features)
     proposal_features = _proposal_features(config)(clip_sequence)
+    if config.boundary_features:
+        proposal_features = BoundaryFeatures(
+            config.num_clips,
+            config.scale_layers,
+            config.hidden_size,
+            name="boundary_features",
+        )([proposal_features, clip_sequence])
     map_features = SubMapNetwork(
         config.num_clips,
         config.scale_layers,

@@ -2,6 +2,7 @@
 order: clips -> proposal features -> sub-maps -> scores."""
 
 from tal_keras.layers.band_map_conv import BandMapConv
+from tal_keras.layers.boundary_features import BoundaryFeatures
 from tal_keras.layers.class_head import ClassHead
 from tal_keras.layers.clip_encoder import ClipEncoder
 from tal_keras.layers.masked_map_conv import MaskedMapConv
@@ -11,6 +12,7 @@ from tal_keras.layers.sub_map_network import SubMapNetwork
 
 __all__ = [
     "BandMapConv",
+    "BoundaryFeatures",
     "ClassHead",
     "ClipEncoder",
     "MaskedMapConv",
