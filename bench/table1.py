@@ -23,7 +23,8 @@ writes; the feature width is read from benchmark.json or one feature file).
 
 Each row runs `train.py` in its own folder WORKDIR_ROOT/ROW and is skipped
 when that folder already holds its metrics.json from the same command (so a
-stopped table continues); --overwrite retrains. The baseline (every lattice
+stopped table continues); --overwrite retrains; --table_only writes the
+table of the rows found, whatever command trained them. The baseline (every lattice
 proposal scored by a length prior from the training videos) and the oracle
 (P_over = the true max IoU of each cell) use row 1's lattice, the same NMS and
 top-100. Columns: official ActivityNet metrics on the evaluation subset in
@@ -114,15 +115,17 @@ def feature_dim_of(dataset, features):
         return int(handle[min(handle)].shape[1])
 
 
-def run_row(command, workdir, overwrite):
+def run_row(command, workdir, overwrite, table_only=False):
     """Runs train.py for one row unless its results exist; returns
     (metrics, config, seconds)."""
     done = os.path.join(workdir, "table1_row.json")
     if os.path.exists(done) and not overwrite:
         with open(done) as stream:
             record = json.load(stream)
-        if record["command"] == command:
+        if record["command"] == command or table_only:
             return _results(workdir) + (record["seconds"],)
+    if table_only:
+        raise SystemExit(f"error: --table_only but {done} does not exist")
     if os.path.exists(workdir):
         shutil.rmtree(workdir)
     os.makedirs(workdir)
@@ -168,21 +171,8 @@ def oracle_proposals(annotations_path, subset, lattice, nms_threshold, top_k):
 
 
 def proposal_cost(model_config):
-    fields = {
-        name: model_config[name]
-        for name in (
-            "num_clips",
-            "feature_dim",
-            "hidden_size",
-            "kernel_size",
-            "num_conv_layers",
-            "num_classes",
-        )
-    }
-    fields["scale_layers"] = tuple(model_config["scale_layers"])
-    fields["map_mode"] = model_config.get("map_mode", "s2dtan")
-    fields["proposal_features"] = model_config.get("proposal_features", "pool")
-    cost = model_cost(ModelConfig(**fields))
+    """(parameters, FLOPs per video) of the proposal network of a saved config."""
+    cost = model_cost(ModelConfig.from_dict(model_config))
     return cost["proposal_params"], cost["proposal_flops_band"]
 
 
@@ -233,6 +223,11 @@ def main(argv=None):
         "--no_classifier", action="store_true", help="proposal networks only (no mAP)"
     )
     parser.add_argument("--overwrite", action="store_true", help="retrain every row")
+    parser.add_argument(
+        "--table_only",
+        action="store_true",
+        help="only write the table of rows trained before (by any command)",
+    )
     args, passthrough = parser.parse_known_args(argv)
     passthrough = [flag for flag in passthrough if flag != "--"]
     name = os.path.basename(os.path.normpath(args.dataset))
@@ -266,7 +261,9 @@ def main(argv=None):
             f"--kernel_size={kernel}",
             f"--num_conv_layers={layers}",
         ]
-        result, config, seconds = run_row(command, workdir, args.overwrite)
+        result, config, seconds = run_row(
+            command, workdir, args.overwrite, args.table_only
+        )
         lattice = Lattice(clips, scales)
         params, flops = proposal_cost(config["model"])
         rows.append(

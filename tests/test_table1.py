@@ -73,3 +73,9 @@ def test_harness_on_a_tiny_dataset(tmp_path):
     (tmp_path / "runs" / "row1" / "train.log").unlink()
     assert table1.main(argv) == 0
     assert not (tmp_path / "runs" / "row1" / "train.log").exists()
+    # --table_only re-renders rows trained by another command.
+    assert table1.main([*argv[:-4], "--table_only", "--", "--epochs=2"]) == 0
+    again = out.read_text().splitlines()
+    assert again[4:9] == lines[4:9]  # the trained rows and the baseline
+    assert again[9].split("|")[:13] == lines[9].split("|")[:13]  # oracle metrics
+    assert not (tmp_path / "runs" / "row1" / "train.log").exists()
