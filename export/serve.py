@@ -20,9 +20,7 @@ import argparse
 import concurrent.futures
 import csv
 import dataclasses
-import json
 import logging
-import math
 import sys
 import time
 
@@ -31,6 +29,7 @@ import numpy as np
 from export import metadata
 from export.detector import Detector
 from tal_keras import detections
+from tal_keras.data.annotations import finite_number, read_database
 from tal_keras.errors import DataError
 
 logger = logging.getLogger("tal_keras")
@@ -74,13 +73,8 @@ class ServeResult:
 
 def _positive_seconds(value):
     """float(value) if it is a positive finite number (or numeric string), else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if math.isfinite(seconds) and seconds > 0 else None
+    seconds = finite_number(value)
+    return seconds if seconds is not None and seconds > 0 else None
 
 
 def read_annotation_videos(path, subset):
@@ -93,14 +87,7 @@ def read_annotation_videos(path, subset):
     Raises:
         DataError: unreadable file, no "database", or no video of `subset`.
     """
-    try:
-        with open(path, encoding="utf-8") as stream:
-            content = json.load(stream)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: cannot read the annotations: {error}") from None
-    database = content.get("database") if isinstance(content, dict) else None
-    if not isinstance(database, dict):
-        raise DataError(f'{path}: expected {{"database": {{VIDEO_ID: {{...}}}}}}.')
+    database = read_database(path, "annotations")
     videos, subsets = [], set()
     for video_id in sorted(database):
         entry = database[video_id]
@@ -108,7 +95,9 @@ def read_annotation_videos(path, subset):
         subsets.add(str(entry_subset))
         if subset != ALL_SUBSETS and entry_subset != subset:
             continue
-        duration = _positive_seconds(entry.get("duration"))
+        duration = _positive_seconds(
+            entry.get("duration") if isinstance(entry, dict) else None
+        )
         if duration is None:
             found = entry.get("duration") if isinstance(entry, dict) else entry
             videos.append(

@@ -11,6 +11,7 @@ import numpy as np
 
 from tal_keras.atomic import write_json_atomic
 from tal_keras.errors import DataError
+from tal_keras.targets import segment_iou
 
 # The (proposal, class) pairs kept before NMS. NMS only ever looks at
 # higher-scored candidates of the same class, so keeping a score prefix gives
@@ -346,15 +347,7 @@ def _candidates(segments, scores, classes):
 def _iou(segment, segments):
     """float64 [K]: tIoU of one segment with each of `segments`; 0 when the
     union is empty."""
-    intersection = np.clip(
-        np.minimum(segment[1], segments[:, 1]) - np.maximum(segment[0], segments[:, 0]),
-        0.0,
-        None,
-    )
-    union = (segment[1] - segment[0]) + (segments[:, 1] - segments[:, 0]) - intersection
-    return np.divide(
-        intersection, union, out=np.zeros_like(intersection), where=union > 0
-    )
+    return segment_iou(np.asarray(segment)[None], segments)[0]
 
 
 def _lattice_scores(lattice, scores, name):

@@ -99,6 +99,7 @@ import warnings
 
 import numpy as np
 
+from tal_keras.data.annotations import database_of, finite_number, read_database
 from tal_keras.errors import DataError
 
 logger = logging.getLogger("tal_keras")
@@ -232,13 +233,12 @@ def load_ground_truth(ground_truth, subset="validation", blocked_videos=()):
                 f"{ground_truth.subset!r}, asked for {subset!r}."
             )
         return ground_truth
-    data, source = _read_json(ground_truth, "ground truth")
-    database = data.get("database") if isinstance(data, dict) else None
-    if not isinstance(database, dict):
-        raise DataError(
-            f"{source}: expected a JSON object with a 'database' object mapping "
-            "video ids to {'subset', 'annotations'} (ActivityNet format)."
-        )
+    if isinstance(ground_truth, dict):
+        source = "<ground truth dict>"
+        database = database_of(ground_truth, source)
+    else:
+        source = _path_of(ground_truth, "ground truth")
+        database = read_database(source, "ground truth file")
     blocked = set(blocked_videos)
     class_index = {}
     video_ids, segment_videos, segments, labels, subsets = [], [], [], [], set()
@@ -252,7 +252,7 @@ def load_ground_truth(ground_truth, subset="validation", blocked_videos=()):
         subsets.add(str(video["subset"]))
         if video["subset"] != subset or video_id in blocked:
             continue
-        durations[video_id] = _optional_seconds(video.get("duration"))
+        durations[video_id] = finite_number(video.get("duration"))
         annotations = video.get("annotations")
         if not isinstance(annotations, list):
             raise DataError(
@@ -604,11 +604,7 @@ def evaluate_proposals(
 def _read_json(source, what):
     if isinstance(source, dict):
         return source, f"<{what} dict>"
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(
-            f"{what} must be a path or a loaded JSON dict, got {type(source).__name__}."
-        )
-    path = os.fspath(source)
+    path = _path_of(source, what)
     try:
         with open(path) as stream:
             return json.load(stream), path
@@ -618,6 +614,14 @@ def _read_json(source, what):
         raise DataError(
             f"{path}: the {what} file is not valid JSON: {error}"
         ) from error
+
+
+def _path_of(source, what):
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            f"{what} must be a path or a loaded JSON dict, got {type(source).__name__}."
+        )
+    return os.fspath(source)
 
 
 def _entry_error(source, video_id, entries, class_index):
@@ -768,17 +772,6 @@ def warn_about_silent_cases(ground_truth, predictions):
             counts["out_of_range_segment"],
         )
     return counts
-
-
-def _optional_seconds(value):
-    """float(value) when it is a finite number (or numeric string), else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if math.isfinite(seconds) else None
 
 
 def _thresholds(tiou_thresholds):

@@ -7,7 +7,10 @@ CLASS_IOU_THRESHOLD = 0.5  # DESIGN 6: classifier cells have max IoU > 0.5
 
 
 def segment_iou(proposals, segments):
-    """float64 [P, K]: temporal IoU of every proposal with every segment.
+    """float64 [P, K]: temporal IoU of every proposal with every segment; 0
+    where the union is empty. The IoU of training targets and of NMS
+    (`detections`); the official evaluator's own formula, NaN on empty unions
+    included, is `metrics.segment_iou`.
 
     Args:
         proposals: [P, 2] (start, end) seconds.

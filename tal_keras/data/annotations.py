@@ -147,7 +147,7 @@ def load_annotations(
             label missing from the given classes, or a subset not in the file.
     """
     path = os.fspath(path)
-    database = _read_database(path)
+    database = read_database(path)
     if category_file is not None and class_names is not None:
         raise ValueError("Pass category_file or class_names, not both.")
     if category_file is not None:
@@ -261,27 +261,47 @@ def _subset_tuple(subset):
     return subsets
 
 
-def _read_database(path):
+def read_database(path, what="annotation file"):
+    """{video_id: entry} of an ActivityNet-style JSON file's "database".
+
+    The one reader of these files: the annotations here, the official metrics'
+    ground truth (`metrics.load_ground_truth`) and serving's durations
+    (`export.serve`) all read them through it, each then parsing the entries
+    as strictly as it needs. Video ids that appear twice are warned about
+    (the JSON keeps the last).
+
+    Raises:
+        DataError: missing, unreadable or invalid file, or no "database"
+            object (the message names the file).
+    """
+    path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as stream:
             content = json.load(stream, object_pairs_hook=_KeyCountingDict)
     except FileNotFoundError as error:
-        raise DataError(f"{path}: annotation file not found.") from error
+        raise DataError(f"{path}: {what} not found.") from error
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: not valid JSON: {error}") from error
     except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read the annotation file: {error}") from error
-    if not isinstance(content, dict) or "database" not in content:
-        raise DataError(f'{path}: no "database" key at the top level.')
-    database = content["database"]
+        raise DataError(f"{path}: cannot read the {what}: {error}") from error
+    return database_of(content, path)
+
+
+def database_of(content, source):
+    """The "database" object of loaded ActivityNet-style JSON `content`."""
+    database = content.get("database") if isinstance(content, dict) else None
     if not isinstance(database, dict):
-        raise DataError(f'{path}: "database" must map video ids to entries.')
-    if database.repeated:
-        names = sorted(database.repeated)
+        raise DataError(
+            f"{source}: expected a JSON object with a 'database' object mapping "
+            "video ids to {'subset', 'duration', 'annotations'} (ActivityNet format)."
+        )
+    repeated = getattr(database, "repeated", ())
+    if repeated:
+        names = sorted(repeated)
         logger.warning(
             "%s: %d video ids appear more than once in the database (%s%s); "
             "the last entry of each is used",
-            path,
+            source,
             len(names),
             ", ".join(names[:5]),
             ", ..." if len(names) > 5 else "",
@@ -309,7 +329,7 @@ def _parse_video(path, video_id, entry):
     subset = entry.get("subset")
     if not isinstance(subset, str) or not subset:
         raise DataError(f'{where}: missing or invalid "subset" {subset!r}.')
-    duration = _finite_number(entry.get("duration"))
+    duration = finite_number(entry.get("duration"))
     if duration is None or duration <= 0:
         raise DataError(
             f'{where}: missing or invalid "duration" {entry.get("duration")!r}; '
@@ -329,7 +349,7 @@ def _parse_video(path, video_id, entry):
             raise DataError(f"{where}: annotation without a label: {annotation!r}.")
         segment = annotation.get("segment")
         bounds = (
-            [_finite_number(value, allow_string=False) for value in segment]
+            [finite_number(value, allow_string=False) for value in segment]
             if isinstance(segment, (list, tuple))
             else []
         )
@@ -342,7 +362,7 @@ def _parse_video(path, video_id, entry):
     return (str(video_id), subset, duration, segments)
 
 
-def _finite_number(value, allow_string=True):
+def finite_number(value, allow_string=True):
     """float(value) when it is a finite number (or numeric string), else None."""
     if isinstance(value, bool):
         return None
