@@ -20,6 +20,7 @@ from tal_keras import (
 )
 from tal_keras.atomic import write_json_atomic
 from tal_keras.errors import DataError
+from tal_keras.networks import NETWORKS
 
 logger = logging.getLogger("tal_keras")
 
@@ -48,7 +49,6 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
     if train_cache.clips.nbytes < 4 << 30:
         train_cache.load_into_memory()
         eval_cache.load_into_memory()
-    lattice = run_config.model.lattice
     ground_truth = evaluation.ground_truth_of(
         eval_annotations, run_config.data.blocklist
     )
@@ -56,34 +56,14 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
     # config.json claiming a run.
     folder.write_config(run_config)
     folder.write_class_names(class_names)
-    proposal_best = folder.best_model("proposal")
     for network in train_config.networks:
-        if network == "proposal":
-            target = "max_iou"
-            metric_name = "val_auc"
-            score_fn = evaluation.proposal_auc_scorer(
-                run_config, lattice, eval_cache, ground_truth
-            )
-        else:
-            target = "classes"
-            if os.path.exists(proposal_best):
-                metric_name = "val_average_mAP"
-                score_fn = evaluation.detection_map_scorer(
-                    run_config,
-                    lattice,
-                    eval_cache,
-                    ground_truth,
-                    proposal_best,
-                    class_names,
-                )
-            else:
-                logger.info(
-                    "no trained proposal network: the classifier keeps its lowest-loss epoch"
-                )
-                metric_name, score_fn = "loss", None
+        spec = NETWORKS[network]
+        metric_name, score_fn = spec.validation(
+            run_config, eval_cache, ground_truth, class_names
+        )
         dataset = pipeline.make_dataset(
             train_cache,
-            target,
+            spec.target,
             train_config.batch_size,
             shuffle=True,
             seed=train_config.seed,

@@ -17,10 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tal_keras import losses as tal_losses
-from tal_keras import models
 from tal_keras.atomic import atomic_path, write_json_atomic
 from tal_keras.errors import RunFolderError
+from tal_keras.networks import NETWORKS
 from tal_keras.run import (
     best_model_path,
     checkpoint_of,
@@ -249,14 +248,9 @@ def fit_verbosity(stream=None):
 
 
 def build_and_compile(network, run_config):
+    spec = NETWORKS[network]
     train = run_config.train
-    if network == "proposal":
-        model = models.build_proposal_network(run_config.model)
-        loss = tal_losses.ScaledOverlapLoss(
-            t_min=train.overlap_t_min, t_max=train.overlap_t_max
-        )
-    else:
-        model = models.build_classifier_network(run_config.model)
-        loss = tal_losses.ProposalClassLoss()
+    model = spec.build(run_config.model)
+    loss = spec.loss(train)
     model.compile(optimizer=keras.optimizers.Adam(train.learning_rate), loss=loss)
     return model
