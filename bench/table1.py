@@ -5,7 +5,7 @@ the content-blind baseline and the IoU oracle, as one markdown table.
         [--flagfile demo.flags] [--clips_divisor 4] [--kernel_size 5 --num_conv_layers 2] \
         [--no_classifier] [--workdir_root runs/table1] [-- any train.py flags]
 
-Rows (DESIGN.md section 9), with every N and pooling-layer count divided by
+Rows (docs/design.md section 9), with every N and pooling-layer count divided by
 --clips_divisor (1: the report's):
 
     1 S-2D-TAN  N 256, scales 64,32,32, K 9, L 4

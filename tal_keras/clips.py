@@ -1,4 +1,4 @@
-"""Feature steps -> N clips of equal duration (DESIGN.md section 2): where the
+"""Feature steps -> N clips of equal duration (docs/design.md section 2): where the
 steps lie in time (`FeatureTiming`) and the resampling. numpy only."""
 
 import dataclasses

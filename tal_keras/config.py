@@ -1,6 +1,6 @@
 """Frozen, validated configuration objects. The entry points build them from
 flags; the library only ever reads them. Defaults are the report's
-(DESIGN.md); each says where it comes from.
+(docs/design.md); each says where it comes from.
 """
 
 import dataclasses
@@ -17,12 +17,12 @@ class ModelConfig:
     """Shapes of both networks.
 
     Attributes:
-        num_clips: N, clips per video (DESIGN 2; report: 256).
-        scale_layers: pooling layers per scale (DESIGN 3; report: 64, 32, 32).
+        num_clips: N, clips per video (docs/design.md section 2; report: 256).
+        scale_layers: pooling layers per scale (docs/design.md section 3; report: 64, 32, 32).
         feature_dim: D, width of the input clip features (HACS SlowFast: 2304).
-        hidden_size: H, channels of both networks (DESIGN 6: 512).
-        kernel_size: K of the shared map convs (DESIGN 5: 9).
-        num_conv_layers: L shared map conv layers (DESIGN 5: 4).
+        hidden_size: H, channels of both networks (docs/design.md section 6: 512).
+        kernel_size: K of the shared map convs (docs/design.md section 5: 9).
+        num_conv_layers: L shared map conv layers (docs/design.md section 5: 4).
         num_classes: C, action classes (HACS: 200).
         map_mode: "s2dtan" (three compact sub-maps) or "2dtan" (one N x N map).
         proposal_features: "pool" (stacked max-pool) or "conv" (learned conv1d
@@ -111,7 +111,7 @@ FEATURE_FORMATS = ("auto", "npy", "hdf5")
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the data is and how its features are timed (DESIGN 1).
+    """Where the data is and how its features are timed (docs/design.md section 1).
 
     Attributes:
         annotations: ActivityNet-style JSON (HACS_segments_v1.1.1.json).
@@ -150,7 +150,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """How both networks are trained (DESIGN 6).
+    """How both networks are trained (docs/design.md section 6).
 
     Attributes:
         networks: which networks to train, in order.
@@ -197,7 +197,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Postprocessing:
-    """Scores -> proposals and detections (DESIGN 7): the settings evaluation
+    """Scores -> proposals and detections (docs/design.md section 7): the settings evaluation
     and serving share. `EvalConfig` holds them for a run; an exported ONNX
     file carries them (`export.metadata`) and serving may override each.
 
@@ -243,7 +243,7 @@ class Postprocessing:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(Postprocessing):
-    """Postprocessing and evaluation (DESIGN 7, 8): the `Postprocessing`
+    """Postprocessing and evaluation (docs/design.md sections 7, 8): the `Postprocessing`
     settings, and
 
     Attributes:

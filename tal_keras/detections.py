@@ -1,4 +1,4 @@
-"""Postprocessing (DESIGN.md section 7): lattice scores of one video ->
+"""Postprocessing (docs/design.md section 7): lattice scores of one video ->
 proposals and detections in seconds -> an ActivityNet submission file.
 numpy only.
 

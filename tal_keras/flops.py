@@ -117,7 +117,7 @@ def model_cost(config):
     }
 
 
-# The report's Table 1 (DESIGN.md section 9); every other field is the paper's.
+# The report's Table 1 (docs/design.md section 9); every other field is the paper's.
 TABLE_1 = (
     (
         "1 S-2D-TAN",

@@ -1,7 +1,7 @@
 """The proposal lattice: which (start, end) clip pairs exist, their order, and
 their place in every map. numpy only; every other module reads it from here.
 
-Proposals come out of the stacked max-pooling of DESIGN.md section 4, layer by
+Proposals come out of the stacked max-pooling of docs/design.md section 4, layer by
 layer: scale 0 starts with the identity and adds one max-pool(2, 1) per layer;
 every later scale starts with a max-pool(3, 2) on the last output of the
 previous scale, then adds max-pool(2, 1) layers. Layer m of a scale yields all

@@ -1,4 +1,4 @@
-"""Training losses of the two networks (DESIGN.md section 6)."""
+"""Training losses of the two networks (docs/design.md section 6)."""
 
 import keras
 from keras import ops
@@ -19,8 +19,8 @@ class ScaledOverlapLoss(keras.losses.Loss):
     clips), so no mask is needed.
 
     Args:
-        t_min: IoU at and below which the target is 0 (DESIGN.md: 0.5).
-        t_max: IoU at and above which the target is 1 (DESIGN.md: 1.0).
+        t_min: IoU at and below which the target is 0 (docs/design.md: 0.5).
+        t_max: IoU at and above which the target is 1 (docs/design.md: 1.0).
         name, reduction, dtype: as `keras.losses.Loss`.
 
     y_true: float [batch, num_proposals], max IoU in [0, 1].

@@ -1,5 +1,5 @@
 """The band of map cells the shared masked conv network must compute, layer by
-layer, and the gather tables that compute it (DESIGN.md section 5). numpy only,
+layer, and the gather tables that compute it (docs/design.md section 5). numpy only,
 so that the cost model reads the same cell counts as the layer.
 
 2D-TAN's mask step makes the map's nonzero set grow by h = K // 2 cells

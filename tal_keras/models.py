@@ -1,5 +1,5 @@
 """Builders of the two networks and of the inference model that runs both
-(DESIGN.md sections 5 and 6). Each reads one `ModelConfig`."""
+(docs/design.md sections 5 and 6). Each reads one `ModelConfig`."""
 
 import keras
 

@@ -1,9 +1,11 @@
-"""Training targets of every lattice proposal (DESIGN.md section 6). numpy only."""
+"""Training targets of every lattice proposal (docs/design.md section 6). numpy only."""
 
 import numpy as np
 
 NO_CLASS = -1  # class of a proposal whose max IoU is not above the threshold
-CLASS_IOU_THRESHOLD = 0.5  # DESIGN 6: classifier cells have max IoU > 0.5
+CLASS_IOU_THRESHOLD = (
+    0.5  # docs/design.md section 6: classifier cells have max IoU > 0.5
+)
 
 
 def segment_iou(proposals, segments):

@@ -8,7 +8,7 @@ UNIT = FeatureTiming(fps=1.0, stride=1, window=1)  # step t centred at t + 0.5 s
 
 
 def reference_clips(features, duration, num_clips, timing):
-    """DESIGN 2 with plain loops, one clip and one step at a time."""
+    """docs/design.md section 2 with plain loops, one clip and one step at a time."""
     num_steps = len(features)
     step = timing.stride / timing.fps
     centers = [

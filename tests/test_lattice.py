@@ -80,7 +80,7 @@ def test_s2dtan_lattice_counts_and_lengths():
     assert lattice.scale_strides == (1, 2, 4)
     per_scale = [np.count_nonzero(lattice.scales == scale) for scale in range(3)]
     assert per_scale == [14368, 2576, 528]
-    # DESIGN 3: short 1..64 every clip, medium 66..128 step 2, long 132..256 step 4.
+    # docs/design.md section 3: short 1..64 every clip, medium 66..128 step 2, long 132..256 step 4.
     expected_lengths = [range(1, 65), range(66, 129, 2), range(132, 257, 4)]
     for scale, (lengths, stride) in enumerate(zip(expected_lengths, (1, 2, 4))):
         in_scale = lattice.scales == scale

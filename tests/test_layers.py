@@ -42,7 +42,7 @@ def map_cells(lattice, map_mode):
 
 
 def reference_masked_conv(features, lattice, map_mode, kernels, biases):
-    """The map conv stack of DESIGN.md section 5, cell by cell."""
+    """The map conv stack of docs/design.md section 5, cell by cell."""
     batch, hidden = features.shape[0], kernels[0].shape[-1]
     kernel_size = kernels[0].shape[0]
     half = kernel_size // 2

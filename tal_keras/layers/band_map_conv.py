@@ -1,5 +1,5 @@
 """The shared conv network over the proposal maps, with 2D-TAN's mask step
-(DESIGN.md section 5), computed only on the cells that can matter."""
+(docs/design.md section 5), computed only on the cells that can matter."""
 
 import keras
 from keras import ops

@@ -1,4 +1,4 @@
-"""The classifier head: class probabilities per proposal (DESIGN.md section 6)."""
+"""The classifier head: class probabilities per proposal (docs/design.md section 6)."""
 
 import keras
 from keras import ops

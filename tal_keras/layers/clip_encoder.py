@@ -1,5 +1,5 @@
 """Clip encoder: the 1x1 conv D -> H + ReLU that turns clip features into the
-clip sequence x[0..N-1] (DESIGN.md section 2), with two optional departures
+clip sequence x[0..N-1] (docs/design.md section 2), with two optional departures
 from the report (both off by default): per-video standardisation of the
 input and a temporal conv for context before pooling (docs/benchmarks.md)."""
 
@@ -16,7 +16,7 @@ class ClipEncoder(keras.layers.Layer):
     `Dense` on the last axis.
 
     Args:
-        hidden_size: H, output channels (DESIGN.md: 512).
+        hidden_size: H, output channels (docs/design.md: 512).
         normalization: "none" (the report) or "video": each input channel is
             first standardised over the video's clips (minus its mean over
             the N clips, divided by its standard deviation + 1e-3), so that

@@ -1,4 +1,4 @@
-"""What the layers over the proposal maps share (DESIGN.md section 5): their
+"""What the layers over the proposal maps share (docs/design.md section 5): their
 arguments, checks, Conv2D weights and config."""
 
 import keras
@@ -19,8 +19,8 @@ class MapConvBase(keras.layers.Layer):
         num_clips: N, clips per video.
         scale_layers: pooling layers per scale, e.g. (64, 32, 32).
         hidden_size: H, output channels of every conv layer.
-        kernel_size: K, odd side of the square conv kernels (DESIGN.md: 9).
-        num_conv_layers: L, conv layers (DESIGN.md: 4).
+        kernel_size: K, odd side of the square conv kernels (docs/design.md: 9).
+        num_conv_layers: L, conv layers (docs/design.md: 4).
         map_mode: "s2dtan" (one compact map per scale) or "2dtan" (one N x N
             map holding every proposal at (start, end)).
         **kwargs: passed on to `keras.layers.Layer` (name, dtype, ...).
@@ -110,7 +110,7 @@ def mask_compensating_initializer(kernel_size):
     near-constant input (P_over = 0.5 +- 1e-5 at the demo config). Scaling the
     weight variance by K ** 4 keeps the activations' scale through the stack;
     on the synthetic demo it reached a given validation AUC in about half the
-    epochs. The method (DESIGN.md) fixes no initialisation.
+    epochs. The method (docs/design.md) fixes no initialisation.
     """
     return keras.initializers.VarianceScaling(
         scale=2.0 * kernel_size**4, mode="fan_in", distribution="uniform"

@@ -1,5 +1,5 @@
 """The shared conv network over the proposal maps, with 2D-TAN's mask step
-(DESIGN.md section 5), computed on whole maps."""
+(docs/design.md section 5), computed on whole maps."""
 
 import keras
 import numpy as np

@@ -1,4 +1,4 @@
-"""The overlap head: P_over for every proposal (DESIGN.md section 5)."""
+"""The overlap head: P_over for every proposal (docs/design.md section 5)."""
 
 import keras
 from keras import ops

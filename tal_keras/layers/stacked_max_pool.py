@@ -1,4 +1,4 @@
-"""Proposal features by stacked max-pooling (DESIGN.md section 4)."""
+"""Proposal features by stacked max-pooling (docs/design.md section 4)."""
 
 import keras
 from keras import ops

@@ -1,4 +1,4 @@
-"""The sub-map stage of the proposal network (DESIGN.md section 5): 2D-TAN's
+"""The sub-map stage of the proposal network (docs/design.md section 5): 2D-TAN's
 fusion without text, then the shared masked conv network over the maps."""
 
 import keras
