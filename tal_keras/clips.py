@@ -51,6 +51,16 @@ class FeatureTiming:
 HACS_TIMING = FeatureTiming()  # HACS SlowFast features: 15 fps, stride 8, window 32
 
 
+def checked_duration(duration):
+    """float(duration); ValueError unless it is a positive number of seconds."""
+    duration = float(duration)
+    if not np.isfinite(duration) or duration <= 0:
+        raise ValueError(
+            f"duration must be a positive number of seconds, got {duration}."
+        )
+    return duration
+
+
 def clip_edges(duration, num_clips):
     """float64 [N + 1]: clip n covers [edges[n], edges[n + 1]) seconds."""
     return np.arange(num_clips + 1) * (float(duration) / num_clips)
@@ -85,11 +95,7 @@ def resample_to_clips(features, duration, num_clips, timing=HACS_TIMING):
         raise ValueError(
             f"features must be [T, D] with T >= 1, got shape {features.shape}."
         )
-    duration = float(duration)
-    if not np.isfinite(duration) or duration <= 0:
-        raise ValueError(
-            f"duration must be a positive number of seconds, got {duration}."
-        )
+    duration = checked_duration(duration)
     if isinstance(num_clips, bool) or int(num_clips) != num_clips or num_clips < 1:
         raise ValueError(f"num_clips must be a positive integer, got {num_clips!r}.")
     num_clips = int(num_clips)

@@ -2,10 +2,11 @@
 
 import numpy as np
 
+from tal_keras.clips import checked_duration
+
 NO_CLASS = -1  # class of a proposal whose max IoU is not above the threshold
-CLASS_IOU_THRESHOLD = (
-    0.5  # docs/design.md section 6: classifier cells have max IoU > 0.5
-)
+# docs/design.md section 6: classifier cells have max IoU > 0.5.
+CLASS_IOU_THRESHOLD = 0.5
 
 
 def segment_iou(proposals, segments):
@@ -50,11 +51,7 @@ def proposal_targets(lattice, duration, segments, labels):
         raise ValueError(
             f"Got {segments.shape[0]} segments but {labels.shape[0]} labels."
         )
-    duration = float(duration)
-    if not np.isfinite(duration) or duration <= 0:
-        raise ValueError(
-            f"duration must be a positive number of seconds, got {duration}."
-        )
+    duration = checked_duration(duration)
     if np.any(segments[:, 1] < segments[:, 0]) or not np.isfinite(segments).all():
         raise ValueError(
             f"segments must be finite with end >= start, got {segments.tolist()}."

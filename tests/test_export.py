@@ -13,9 +13,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from tiny_configs import tiny_model
 
 from export import metadata, onnx_export
-from tal_keras.config import DataConfig, EvalConfig, ModelConfig, RunConfig
+from tal_keras.config import DataConfig, EvalConfig, RunConfig
 from tal_keras.data import synthetic
 from tal_keras.models import (
     build_classifier_network,
@@ -23,15 +24,7 @@ from tal_keras.models import (
     build_proposal_network,
 )
 
-TINY_MODEL = ModelConfig(
-    num_clips=16,
-    scale_layers=(4, 2, 2),
-    feature_dim=8,
-    hidden_size=8,
-    kernel_size=3,
-    num_conv_layers=2,
-    num_classes=4,
-)
+TINY_MODEL = tiny_model(feature_dim=8, hidden_size=8, num_classes=4)
 _BUILT = {}
 
 

@@ -48,10 +48,9 @@ class BandMapConv(MapConvBase):
 
     The weights are those of `MaskedMapConv` (Conv2D sublayers `conv_<i>`,
     kernel [K, K, C, H] and bias [H], used only as weights here), so a
-    checkpoint of either loads into the other.
-
-    Args, input and output shapes: those of `MapConvBase` (num_clips,
-    scale_layers, hidden_size, kernel_size, num_conv_layers, map_mode).
+    checkpoint of either loads into the other, and so are its arguments and
+    shapes (`MapConvBase`: num_clips, scale_layers, hidden_size, kernel_size,
+    num_conv_layers, map_mode).
 
     Example:
         >>> conv = BandMapConv(256, (64, 32, 32), hidden_size=512)

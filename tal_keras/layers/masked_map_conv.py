@@ -34,6 +34,8 @@ class MaskedMapConv(MapConvBase):
         >>> conv = MaskedMapConv(256, (64, 32, 32), hidden_size=512)
         >>> conv(np.zeros((1, 17472, 512), "float32")).shape
         (1, 17472, 512)
+        >>> conv.convs[0].kernel.shape  # the weights BandMapConv shares
+        (9, 9, 512, 512)
     """
 
     def build(self, input_shape):

@@ -1,0 +1,19 @@
+"""The small model configuration the tests share: CPU-sized, three scales."""
+
+from tal_keras.config import ModelConfig
+
+# N 16 clips, scales 4,2,2 (P = 30 proposals), D 6, H 4, K 3, L 2, C 5.
+TINY_MODEL_FIELDS = {
+    "num_clips": 16,
+    "scale_layers": (4, 2, 2),
+    "feature_dim": 6,
+    "hidden_size": 4,
+    "kernel_size": 3,
+    "num_conv_layers": 2,
+    "num_classes": 5,
+}
+
+
+def tiny_model(**changes):
+    """The tiny `ModelConfig`, with `changes` to some of its fields."""
+    return ModelConfig(**{**TINY_MODEL_FIELDS, **changes})
