@@ -130,23 +130,9 @@ def postprocess_seconds(config, overlap_scores, class_scores, repeats=5):
     for _ in range(repeats):
         for overlap, classes in zip(overlap_scores, class_scores):
             begin = time.perf_counter()
-            detections.video_proposals(
-                lattice,
-                duration,
-                overlap,
-                nms_threshold=settings.nms_threshold,
-                top_k=settings.proposals_per_video,
-            )
-            detections.video_detections(
-                lattice,
-                duration,
-                overlap,
-                classes,
-                class_names,
-                top_m=settings.top_pairs,
-                nms_threshold=settings.nms_threshold,
-                soft_nms=settings.soft_nms,
-                top_k=settings.detections_per_video,
+            detections.proposals_with(settings, lattice, duration, overlap)
+            detections.detections_with(
+                settings, lattice, duration, overlap, classes, class_names
             )
             times.append(time.perf_counter() - begin)
     return statistics.median(times)

@@ -13,10 +13,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from tiny_configs import tiny_model
+from tiny_configs import data_config_of, tiny_model
 
 from export import metadata, onnx_export
-from tal_keras.config import DataConfig, EvalConfig, RunConfig
+from tal_keras.config import EvalConfig, RunConfig
 from tal_keras.data import synthetic
 from tal_keras.models import (
     build_classifier_network,
@@ -41,11 +41,7 @@ def make_tiny_run(tmp_path_factory):
     workdir = str(root / "run")
     run_config = RunConfig(
         workdir=workdir,
-        data=DataConfig(
-            annotations=data.annotations_path,
-            features=data.features_path,
-            category_file=data.classes_path,
-        ),
+        data=data_config_of(data),
         model=TINY_MODEL,
         eval=EvalConfig(batch_size=4),
     )

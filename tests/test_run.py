@@ -10,9 +10,10 @@ import pathlib
 import numpy as np
 import pytest
 from test_export import TINY_MODEL
+from tiny_configs import data_config_of
 
 from tal_keras import evaluation, run
-from tal_keras.config import DataConfig, RunConfig, TrainConfig
+from tal_keras.config import RunConfig, TrainConfig
 from tal_keras.data import synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -27,11 +28,7 @@ def tiny_data(tmp_path_factory):
 def tiny_config(workdir, data):
     return RunConfig(
         workdir=str(workdir),
-        data=DataConfig(
-            annotations=data.annotations_path,
-            features=data.features_path,
-            category_file=data.classes_path,
-        ),
+        data=data_config_of(data),
         model=TINY_MODEL,
         train=TrainConfig(epochs=3),
     )

@@ -1,6 +1,6 @@
 """The small model configuration the tests share: CPU-sized, three scales."""
 
-from tal_keras.config import ModelConfig
+from tal_keras.config import DataConfig, ModelConfig
 
 # N 16 clips, scales 4,2,2 (P = 30 proposals), D 6, H 4, K 3, L 2, C 5.
 TINY_MODEL_FIELDS = {
@@ -17,3 +17,12 @@ TINY_MODEL_FIELDS = {
 def tiny_model(**changes):
     """The tiny `ModelConfig`, with `changes` to some of its fields."""
     return ModelConfig(**{**TINY_MODEL_FIELDS, **changes})
+
+
+def data_config_of(dataset):
+    """`DataConfig` of a `synthetic.generate` dataset."""
+    return DataConfig(
+        annotations=dataset.annotations_path,
+        features=dataset.features_path,
+        category_file=dataset.classes_path,
+    )
