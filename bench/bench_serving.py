@@ -143,6 +143,7 @@ def bench_config(name, config, batch_sizes, runs, extrapolate_above, seed=0):
     import keras
     import onnxruntime as ort
 
+    from export.detector import session_options
     from export.onnx_export import DEFAULT_OPSET, convert
     from tal_keras.models import (
         build_classifier_network,
@@ -155,8 +156,10 @@ def bench_config(name, config, batch_sizes, runs, extrapolate_above, seed=0):
         build_proposal_network(config), build_classifier_network(config)
     )
     begin = time.perf_counter()
+    # The session options export.detector.Detector serves with.
     session = ort.InferenceSession(
         convert(model, config, DEFAULT_OPSET).SerializeToString(),
+        session_options(),
         providers=["CPUExecutionProvider"],
     )
     print(f"{name}: exported in {time.perf_counter() - begin:.1f} s", flush=True)
@@ -243,7 +246,8 @@ def main():
     machine = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
         f"(shared with other jobs), TensorFlow {tf.__version__} (CPU), "
-        f"onnxruntime {ort.__version__} (CPUExecutionProvider), float32"
+        f"onnxruntime {ort.__version__} (CPUExecutionProvider, threads do not "
+        "spin, as export.detector.Detector), float32"
     )
     checks = ", ".join(f"{name} {diff:.1e}" for name, diff in diffs.items())
     print()

@@ -41,6 +41,20 @@ CPU = "CPUExecutionProvider"
 _ORT_DEFAULT_SEVERITY = 2  # onnxruntime's own default: warnings and above
 
 
+def session_options():
+    """The onnxruntime session options serving uses (bench/bench_serving.py too).
+
+    Idle intra-op threads sleep instead of spinning (onnxruntime's default
+    is to spin): on a CPU shared with other jobs a spinning thread takes
+    cores the other threads of the same call need, and on the project's
+    busy 2-core machine spinning made the demo model's median latency
+    1.1x to 1.5x longer (bench/bench_serving.py, README).
+    """
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class Detector:
     """Detections of videos from their raw features, with an exported model.
 
@@ -78,7 +92,7 @@ class Detector:
                 self.session = _auto_session(self.model_path)
             else:
                 self.session = ort.InferenceSession(
-                    self.model_path, providers=list(providers)
+                    self.model_path, session_options(), providers=list(providers)
                 )
         except _ORT_ERRORS as error:
             raise ValueError(
@@ -234,7 +248,7 @@ def _auto_session(model_path):
     """
     if CUDA in ort.get_available_providers():
         with _quiet_onnxruntime():
-            options = ort.SessionOptions()
+            options = session_options()
             options.log_severity_level = 4
             try:
                 session = ort.InferenceSession(
@@ -244,7 +258,7 @@ def _auto_session(model_path):
                 session = None
         if session is not None and session.get_providers()[0] == CUDA:
             return session
-    return ort.InferenceSession(model_path, providers=[CPU])
+    return ort.InferenceSession(model_path, session_options(), providers=[CPU])
 
 
 @contextlib.contextmanager
