@@ -1,6 +1,7 @@
 """Test setup: TensorFlow backend unless KERAS_BACKEND says otherwise, quiet
 TensorFlow logs, and the small model config most tests share."""
 
+import logging
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -14,3 +15,14 @@ from tiny_configs import tiny_model
 def small_config():
     """A config small enough for CPU tests: N 16, three scales, H 4, K 3, L 2."""
     return tiny_model(conv_implementation="whole")
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """Entry points' `main` configure the "tal_keras" logger (a handler on the
+    stderr of that moment, no propagation); undo that after every test, so a
+    later test's caplog still sees the records."""
+    logger = logging.getLogger("tal_keras")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate, logger.level = saved

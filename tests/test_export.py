@@ -4,7 +4,6 @@ built here is shared with test_serve.py."""
 
 import dataclasses
 import json
-import logging
 import os
 import shutil
 
@@ -62,16 +61,6 @@ def make_tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     return make_tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """The entry points' `main` configures the "tal_keras" logger (a handler
-    on the captured stderr, no propagation); undo that after each test."""
-    logger = logging.getLogger("tal_keras")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield
-    logger.handlers[:], logger.propagate, logger.level = saved
 
 
 def random_clips(batch, config=TINY_MODEL, seed=0):

@@ -359,14 +359,6 @@ def test_scoring_warns_where_the_official_code_is_silent(tmp_path, caplog, monke
     assert score() == scored
 
 
-@pytest.fixture
-def restore_logging():
-    logger = logging.getLogger("tal_keras")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield
-    logger.handlers[:], logger.propagate, logger.level = saved
-
-
 def test_tal_score_prints_warning_lines_and_checks_its_output_first(
     tmp_path, capsys, restore_logging
 ):

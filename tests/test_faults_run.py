@@ -47,16 +47,6 @@ def data(tmp_path_factory):
     )
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    import logging
-
-    logger = logging.getLogger("tal_keras")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield
-    logger.handlers[:], logger.propagate, logger.level = saved
-
-
 def data_flags(data, **overrides):
     values = {
         "annotations": data.annotations_path,

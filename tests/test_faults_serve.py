@@ -3,7 +3,6 @@ counted, the good ones served), implausible durations, outputs that cannot
 be written (refused before any work), and the file modes of outputs."""
 
 import json
-import logging
 import os
 
 import numpy as np
@@ -20,14 +19,6 @@ from tal_keras.errors import DataError, OutputError
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     return make_tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    logger = logging.getLogger("tal_keras")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield
-    logger.handlers[:], logger.propagate, logger.level = saved
 
 
 def bad_corpus(run_config, folder):

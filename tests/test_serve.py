@@ -3,7 +3,6 @@ serving with TensorFlow blocked, bad videos skipped with their reasons,
 durations, fusion, providers and metadata."""
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -38,14 +37,6 @@ runpy.run_module("export.serve", run_name="__main__", alter_sys=True)
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     return make_tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    logger = logging.getLogger("tal_keras")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield
-    logger.handlers[:], logger.propagate, logger.level = saved
 
 
 @pytest.fixture(scope="session")
