@@ -396,3 +396,9 @@ def test_cache_folder_follows_the_umask(corpus, tmp_path):
         os.umask(previous)
     assert os.stat(cache.folder).st_mode & 0o777 == 0o755
     assert os.stat(os.path.join(cache.folder, "index.json")).st_mode & 0o777 == 0o644
+
+
+def test_loaded_features_are_in_memory_not_a_map_of_the_file(bad_features):
+    features = bad_features.load("good", WIDTH)
+    assert type(features) is np.ndarray
+    assert features.flags.owndata and features.flags.writeable

@@ -83,7 +83,7 @@ class FeatureStore:
         with np.errstate(
             over="ignore"
         ):  # values beyond float32 become inf: caught below
-            features = np.asarray(array, dtype=np.float32)
+            features = np.array(array, dtype=np.float32)  # read (not a memory map)
         finite = np.isfinite(features)
         if not finite.all():
             bad_steps = np.flatnonzero(~finite.all(axis=1))
