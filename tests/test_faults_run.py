@@ -6,6 +6,7 @@ and what is left in the run folder."""
 import errno
 import fcntl
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -60,6 +61,8 @@ def data_flags(data, **overrides):
 def main(module, args):
     """Runs `module.main` with `args` parsed as flags; returns its exit code
     (0, an int, or the `error: ...` text SystemExit carries)."""
+    logger = logging.getLogger("tal_keras")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
     FLAGS.unparse_flags()
     FLAGS([f"{module.__name__}.py", *args])
     try:
@@ -68,6 +71,8 @@ def main(module, args):
         return exit.code
     finally:
         FLAGS.unparse_flags()
+        # `main` configures the "tal_keras" logger; module fixtures call it too.
+        logger.handlers[:], logger.propagate, logger.level = saved
     return 0
 
 
