@@ -46,9 +46,9 @@ def session_options():
 
     Idle intra-op threads sleep instead of spinning (onnxruntime's default
     is to spin): on a CPU shared with other jobs a spinning thread takes
-    cores the other threads of the same call need, and on the project's
-    busy 2-core machine spinning made the demo model's median latency
-    1.1x to 1.5x longer (bench/bench_serving.py, README).
+    cores the other threads of the same call need. On the project's busy
+    2-core machine, spinning made the demo model's median latency at batch 1
+    1.0x to 1.5x as long (four interleaved comparisons of 15 to 30 calls).
     """
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
