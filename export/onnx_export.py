@@ -436,6 +436,9 @@ def main(argv=None):
             tolerance=args.tolerance,
             category_file=args.category_file,
         )
+    except KeyboardInterrupt:
+        print("interrupted: nothing written.", file=sys.stderr)
+        return 130
     except ParityError as error:
         print(f"EXPORT FAILED: {error}", file=sys.stderr)
         return 1

@@ -394,15 +394,19 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     logger.info("%r; %d videos to serve", detector, len(videos))
-    result = serve(
-        detector,
-        store,
-        videos,
-        batch_size=args.batch_size,
-        video_labels=video_labels,
-        num_workers=args.num_workers,
-        progress=not args.no_progress,
-    )
+    try:
+        result = serve(
+            detector,
+            store,
+            videos,
+            batch_size=args.batch_size,
+            video_labels=video_labels,
+            num_workers=args.num_workers,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print("interrupted: nothing written.", file=sys.stderr)
+        return 130
     if not result.num_served:
         print(
             f"error: none of the {len(videos)} videos could be served; nothing "
@@ -410,14 +414,31 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 1
-    detections.write_submission(args.out, result.detections)
-    written = [args.out]
+    outputs = {args.out: result.detections}
     if args.proposals_out:
-        detections.write_submission(args.proposals_out, result.proposals)
-        written.append(args.proposals_out)
+        outputs[args.proposals_out] = result.proposals
+    try:
+        write_outputs(outputs)
+    except OSError as error:
+        print(f"error: {error}; nothing written.", file=sys.stderr)
+        return 2
     print(summary_line(result, len(videos), detector.provider))
-    print(f"written: {', '.join(written)}")
+    print(f"written: {', '.join(outputs)}")
     return 0
+
+
+def write_outputs(outputs):
+    """Writes {path: results} as submission files, all or none: each to a
+    temporary first, renamed only when every one is written (a full disk
+    leaves the previous files)."""
+    import contextlib
+
+    from tal_keras.atomic import atomic_path
+
+    with contextlib.ExitStack() as stack:
+        for path, results in outputs.items():
+            temporary = stack.enter_context(atomic_path(path))
+            detections.write_submission(temporary, results)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 counted, the good ones served), implausible durations, outputs that cannot
 be written (refused before any work), and the file modes of outputs."""
 
+import errno
 import json
 import os
 
@@ -174,3 +175,48 @@ def test_check_writable_names_the_path_and_the_reason(tmp_path, under_a_file):
         pytest.skip("running as root: permissions are not enforced")
     with pytest.raises(OutputError, match="locked/x.json: cannot write the output in"):
         check_writable(locked / "x.json")
+
+
+def test_serve_writes_its_outputs_all_or_none(tiny_run, tmp_path, capsys, monkeypatch):
+    _, run_config, path, _ = tiny_run
+    out, proposals_out = tmp_path / "detections.json", tmp_path / "proposals.json"
+    out.write_text("old detections")
+    real_write = serve.detections.write_submission
+    calls = []
+
+    def full_on_second(target, results, *args, **kwargs):
+        calls.append(target)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", target)
+        return real_write(target, results, *args, **kwargs)
+
+    monkeypatch.setattr(serve.detections, "write_submission", full_on_second)
+    argv = [
+        *("--model", path, "--features", run_config.data.features),
+        *("--annotations", run_config.data.annotations, "--no_progress"),
+        *("--out", str(out), "--proposals_out", str(proposals_out)),
+    ]
+    assert serve.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: [Errno 28] No space left on device")
+    assert err.endswith("nothing written.")
+    assert out.read_text() == "old detections" and not proposals_out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["detections.json"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serve, "serve", interrupted)
+    assert serve.main(argv) == 130
+    assert capsys.readouterr().err.strip().endswith("interrupted: nothing written.")
+
+
+def test_export_ctrl_c_is_one_line(tiny_run, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_export, "load_run", interrupted)
+    out = tmp_path / "model.onnx"
+    assert onnx_export.main(["--workdir", tiny_run[0], "--out", str(out)]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted: nothing written."
+    assert not out.exists()
