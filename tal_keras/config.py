@@ -106,6 +106,7 @@ def _check_choice(name, value, choices):
 
 
 NETWORKS = ("proposal", "classifier")
+MIXED_PRECISION_DTYPES = ("float16", "bfloat16")
 FEATURE_FORMATS = ("auto", "npy", "hdf5")
 
 
@@ -158,7 +159,11 @@ class TrainConfig:
         batch_size: videos per step (report: 32).
         learning_rate: Adam learning rate (report: 1e-3).
         overlap_t_min, overlap_t_max: IoU scaling of the overlap target.
-        mixed_precision: train in mixed_float16.
+        mixed_precision: train in mixed precision (float32 weights, compute
+            in `mixed_precision_dtype`).
+        mixed_precision_dtype: "float16" (Keras' mixed_float16, with loss
+            scaling) or "bfloat16" (mixed_bfloat16: no loss scaling; for GPUs
+            from NVIDIA's Ampere on, and TPUs).
         seed: seeds shuffling and initialisation.
         cache_dtype: dtype of the cached clip features (float32 or float16).
     """
@@ -170,6 +175,7 @@ class TrainConfig:
     overlap_t_min: float = 0.5
     overlap_t_max: float = 1.0
     mixed_precision: bool = False
+    mixed_precision_dtype: str = "float16"
     seed: int = 0
     cache_dtype: str = "float32"
 
@@ -193,6 +199,18 @@ class TrainConfig:
                 f"{self.overlap_t_min}, {self.overlap_t_max}."
             )
         _check_choice("cache_dtype", self.cache_dtype, ("float32", "float16"))
+        _check_choice(
+            "mixed_precision_dtype",
+            self.mixed_precision_dtype,
+            MIXED_PRECISION_DTYPES,
+        )
+
+    @property
+    def dtype_policy(self):
+        """The Keras dtype policy the networks train in."""
+        if not self.mixed_precision:
+            return "float32"
+        return f"mixed_{self.mixed_precision_dtype}"
 
 
 @dataclasses.dataclass(frozen=True)

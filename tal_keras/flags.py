@@ -17,6 +17,7 @@ from absl import flags
 
 from tal_keras.config import (
     CONV_IMPLEMENTATIONS,
+    MIXED_PRECISION_DTYPES,
     NETWORKS,
     PROPOSAL_FEATURES,
     DataConfig,
@@ -143,7 +144,16 @@ flags.DEFINE_float(
     "overlap_t_max", TrainConfig.overlap_t_max, "IoU mapped to overlap target 1."
 )
 flags.DEFINE_bool(
-    "mixed_precision", TrainConfig.mixed_precision, "Train in mixed_float16."
+    "mixed_precision",
+    TrainConfig.mixed_precision,
+    "Train in mixed precision (float32 weights, --mixed_precision_dtype compute).",
+)
+flags.DEFINE_enum(
+    "mixed_precision_dtype",
+    TrainConfig.mixed_precision_dtype,
+    list(MIXED_PRECISION_DTYPES),
+    "Compute dtype of --mixed_precision: float16 (with loss scaling) or bfloat16 "
+    "(GPUs from Ampere on).",
 )
 flags.DEFINE_integer("seed", TrainConfig.seed, "Seed of shuffling and initialisation.")
 flags.DEFINE_enum(

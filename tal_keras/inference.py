@@ -16,14 +16,20 @@ from tal_keras.errors import DataError
 
 def predict_scores(model, cache, batch_size):
     """Runs `model` over every video of `cache`; numpy outputs in cache order."""
-    from tal_keras import pipeline
+    from tal_keras import data_parallel, pipeline
 
-    outputs = model.predict(
-        pipeline.make_inference_dataset(cache, batch_size), verbose=0
+    # Inside a data parallel training scope (JAX) every batch must split evenly.
+    replicas = data_parallel.replicas_in_scope()
+    batch_size = -(-batch_size // replicas) * replicas
+    dataset = data_parallel.pad_batches(
+        pipeline.make_inference_dataset(cache, batch_size), replicas
     )
+    outputs = model.predict(dataset, verbose=0)
     if isinstance(outputs, dict):
-        return {name: np.asarray(value) for name, value in outputs.items()}
-    return np.asarray(outputs)
+        return {
+            name: np.asarray(value)[: len(cache)] for name, value in outputs.items()
+        }
+    return np.asarray(outputs)[: len(cache)]
 
 
 def load_network(path):

@@ -70,7 +70,9 @@ class ProposalClassLoss(keras.losses.Loss):
     max IoU exceeds 0.5; tal_keras.targets sets the others to -1, so the IoU
     threshold lives there only). A batch with no labelled proposal gives 0.
     The batch-wide average is returned as per-video values whose mean is that
-    average, so keep the default reduction "sum_over_batch_size".
+    average, so keep the default reduction "sum_over_batch_size". Under
+    MirroredStrategy the labelled cells are counted over all replicas, so
+    that the gradient is the one device's.
 
     Args:
         name, reduction, dtype: as `keras.losses.Loss`.
@@ -97,4 +99,24 @@ class ProposalClassLoss(keras.losses.Loss):
         cross_entropy = -ops.log(ops.clip(ops.squeeze(chosen, axis=-1), EPSILON, 1.0))
         per_video = ops.sum(cross_entropy * labelled, axis=-1)
         batch_size = ops.cast(ops.shape(labelled)[0], y_pred.dtype)
-        return per_video * batch_size / ops.maximum(ops.sum(labelled), 1.0)
+        replicas, labelled_count = _sum_over_replicas(ops.sum(labelled))
+        return per_video * batch_size * replicas / ops.maximum(labelled_count, 1.0)
+
+
+def _sum_over_replicas(value):
+    """(replicas, value summed over them) in a TensorFlow replica context of
+    several replicas (MirroredStrategy), else (1, value).
+
+    Keras divides each replica's loss by the replica count and sums the
+    gradients, so a loss averaged over the labelled cells of the whole batch
+    needs the count of all replicas, not of its own share of the batch.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return 1.0, value  # JAX's DataParallel computes on the whole batch
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return 1.0, value
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+    return float(context.num_replicas_in_sync), total

@@ -1,6 +1,6 @@
 """Training one network with Keras `fit`: atomic per-epoch checkpoints that
 hold the optimizer state, resumption, the best epoch by a validation metric,
-TensorBoard logs, MirroredStrategy on several GPUs.
+TensorBoard logs, data parallel on several GPUs (`tal_keras.data_parallel`).
 
 The files of a network's folder (WORKDIR/<network>/: checkpoints/, best.keras,
 state.json, logs/) are named by `tal_keras.run`.
@@ -15,8 +15,8 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from tal_keras import data_parallel
 from tal_keras.atomic import atomic_path, write_json_atomic
 from tal_keras.errors import RunFolderError
 from tal_keras.networks import NETWORKS
@@ -31,15 +31,6 @@ from tal_keras.run import (
 )
 
 logger = logging.getLogger("tal_keras")
-
-
-def distribution_strategy():
-    """MirroredStrategy over all GPUs when there are several, else the default."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if len(gpus) > 1:
-        logger.info("training on %d GPUs with MirroredStrategy", len(gpus))
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def save_model_atomic(model, path):
@@ -140,6 +131,7 @@ def train_network(
     resume=False,
     verbose=None,
     overlap_prior=None,
+    devices=None,
 ):
     """Trains `network` ("proposal" or "classifier") and returns its best model path.
 
@@ -154,6 +146,8 @@ def train_network(
         overlap_prior: float [P], the mean overlap target of each proposal
             over the training videos; a new proposal network with per-cell
             biases (--overlap_cell_bias) starts from their logits.
+        devices: devices to split each batch across (`data_parallel`); None:
+            the GPUs when there are several, else one device.
     """
     network_dir = folder_of(run_config).network(network)
     state = read_state(network_dir)
@@ -184,10 +178,13 @@ def train_network(
         )
         state = {**state, "finished": False}
     if train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+        keras.mixed_precision.set_global_policy(train.dtype_policy)
     keras.utils.set_random_seed(train.seed)
-    strategy = distribution_strategy()
-    with strategy.scope():
+    if verbose is None:
+        verbose = fit_verbosity()
+    # Built, compiled and fitted in the scope: JAX's DataParallel needs fit
+    # inside it, not only the variables.
+    with data_parallel.training_scope(devices) as replicas:
         checkpoint = checkpoint_of(network_dir, state)
         if checkpoint is not None:
             logger.info("resuming %s network from %s", network, checkpoint)
@@ -202,21 +199,19 @@ def train_network(
                 head = model.get_layer("overlap_scores")
                 prior = np.clip(np.asarray(overlap_prior, np.float64), 1e-4, 1 - 1e-4)
                 head.cell_biases.assign(np.log(prior / (1 - prior)).astype("float32"))
-    if verbose is None:
-        verbose = fit_verbosity()
-    initial_epoch = state["epochs_done"] if state else 0
-    callbacks = [
-        EpochCheckpoint(network_dir, metric_name, score_fn, state),
-        keras.callbacks.TensorBoard(logs_dir(network_dir)),
-    ]
-    model.fit(
-        train_dataset,
-        epochs=train.epochs,
-        initial_epoch=initial_epoch,
-        callbacks=callbacks,
-        verbose=verbose,
-        shuffle=False,  # the tf.data pipeline shuffles
-    )
+        initial_epoch = state["epochs_done"] if state else 0
+        callbacks = [
+            EpochCheckpoint(network_dir, metric_name, score_fn, state),
+            keras.callbacks.TensorBoard(logs_dir(network_dir)),
+        ]
+        model.fit(
+            data_parallel.trim_batches(train_dataset, replicas),
+            epochs=train.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # the tf.data pipeline shuffles
+        )
     return best_model_path(network_dir)
 
 

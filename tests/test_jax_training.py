@@ -1,0 +1,102 @@
+"""train.py on the JAX backend (the GPU path of issue 9) as a user runs it,
+on the CPU: a tiny run, resumed to more epochs, whose checkpoints load and
+score the same on the TensorFlow backend."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import pytest
+
+import tal_keras.layers  # registers the layers the saved models use
+import tal_keras.losses  # noqa: F401  (the losses of their compile config)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run(args, backend, timeout=900):
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend}
+    result = subprocess.run(
+        [sys.executable, *args],
+        check=False,
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, (
+        f"{args} on {backend} failed ({result.returncode}):\n"
+        f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    )
+    return result
+
+
+@pytest.mark.slow
+def test_jax_backend_trains_resumes_and_its_run_scores_the_same_on_tensorflow(
+    tmp_path,
+):
+    data = tmp_path / "data"
+    workdir = tmp_path / "run"
+    flagfile = tmp_path / "jax.flags"
+    flagfile.write_text(
+        "\n".join(
+            [
+                f"--workdir={workdir}",
+                f"--annotations={data / 'annotations.json'}",
+                f"--features={data / 'features'}",
+                f"--category_file={data / 'classes.txt'}",
+                "--synthetic_videos=40",
+                "--feature_dim=256",
+                "--num_clips=16",
+                "--scale_layers=4,2,2",
+                "--hidden_size=8",
+                "--kernel_size=3",
+                "--num_conv_layers=2",
+                "--batch_size=4",
+                "--overlap_t_min=0.1",
+            ]
+        )
+    )
+    first = run(["train.py", f"--flagfile={flagfile}", "--epochs=1"], "jax")
+    assert "results in" in first.stdout + first.stderr
+    run(["train.py", f"--flagfile={flagfile}", "--epochs=2", "--resume"], "jax")
+    steps_per_epoch = 7  # 28 training videos, batch 4
+    for network in ("proposal", "classifier"):
+        state = json.loads((workdir / network / "state.json").read_text())
+        assert state["finished"] and state["epochs_done"] == 2
+        assert [entry["epoch"] for entry in state["history"]] == [1, 2]
+        # Saved by JAX, loaded here on TensorFlow, optimizer state included.
+        checkpoint = keras.saving.load_model(
+            workdir / network / "checkpoints" / state["checkpoint"]
+        )
+        iterations = keras.ops.convert_to_numpy(checkpoint.optimizer.iterations)
+        assert int(iterations) == 2 * steps_per_epoch
+    jax_metrics = json.loads((workdir / "metrics.json").read_text())
+
+    # The same best epochs scored on TensorFlow: the networks compute the same
+    # scores on both backends (to float rounding), so the metrics agree.
+    run(["evaluate.py", f"--flagfile={flagfile}"], "tensorflow")
+    tf_metrics = json.loads((workdir / "metrics.json").read_text())
+    for name, value in jax_metrics["proposals"].items():
+        assert tf_metrics["proposals"][name] == pytest.approx(value, abs=1e-3), name
+    assert tf_metrics["detection"]["average_mAP"] == pytest.approx(
+        jax_metrics["detection"]["average_mAP"], abs=1e-3
+    )
+
+
+def test_mixed_precision_dtype_picks_the_keras_policy():
+    from tal_keras.config import TrainConfig
+
+    assert TrainConfig().dtype_policy == "float32"
+    assert TrainConfig(mixed_precision=True).dtype_policy == "mixed_float16"
+    bfloat16 = TrainConfig(mixed_precision=True, mixed_precision_dtype="bfloat16")
+    assert bfloat16.dtype_policy == "mixed_bfloat16"
+    assert keras.dtype_policies.DTypePolicy(bfloat16.dtype_policy).compute_dtype == (
+        "bfloat16"
+    )
+    with pytest.raises(ValueError, match="mixed_precision_dtype"):
+        TrainConfig(mixed_precision=True, mixed_precision_dtype="int8")
