@@ -5,8 +5,8 @@ import dataclasses
 
 import keras
 import numpy as np
+from tiny_configs import ONE_LAYER, tiny_model
 
-from tal_keras.config import ModelConfig
 from tal_keras.flops import model_cost
 from tal_keras.lattice import Lattice
 from tal_keras.layers import BoundaryFeatures
@@ -35,16 +35,7 @@ def test_adds_the_projected_start_and_end_clip_of_every_proposal(tmp_path):
 
 
 def test_proposal_network_uses_them_and_flops_count_them():
-    config = ModelConfig(
-        num_clips=16,
-        scale_layers=(4, 2, 2),
-        feature_dim=6,
-        hidden_size=8,
-        kernel_size=3,
-        num_conv_layers=1,
-        num_classes=3,
-        boundary_features=True,
-    )
+    config = tiny_model(**ONE_LAYER, boundary_features=True)
     network = build_proposal_network(config)
     assert network.get_layer("boundary_features") is not None
     assert network.count_params() == model_cost(config)["proposal_params"]

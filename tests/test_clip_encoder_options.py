@@ -4,6 +4,7 @@ standardisation and temporal context (docs/benchmarks.md)."""
 import keras
 import numpy as np
 import pytest
+from tiny_configs import ONE_LAYER, tiny_model
 
 from tal_keras.config import ModelConfig
 from tal_keras.flops import model_cost
@@ -83,17 +84,7 @@ def test_round_trip_and_bad_arguments(tmp_path):
 
 
 def test_both_networks_use_the_options_and_flops_count_them():
-    config = ModelConfig(
-        num_clips=16,
-        scale_layers=(4, 2, 2),
-        feature_dim=6,
-        hidden_size=8,
-        kernel_size=3,
-        num_conv_layers=1,
-        num_classes=3,
-        clip_normalization="video",
-        clip_context=3,
-    )
+    config = tiny_model(**ONE_LAYER, clip_normalization="video", clip_context=3)
     cost = model_cost(config)
     proposal = build_proposal_network(config)
     classifier = build_classifier_network(config)

@@ -8,24 +8,16 @@ import types
 import keras
 import numpy as np
 import tensorflow as tf
+from tiny_configs import EIGHT_CLIPS, tiny_model
 
 from tal_keras import experiment, training
-from tal_keras.config import ModelConfig, RunConfig, TrainConfig
+from tal_keras.config import RunConfig, TrainConfig
 from tal_keras.flops import model_cost
 from tal_keras.layers import OverlapHead
 from tal_keras.models import build_proposal_network
 from tal_keras.targets import scaled_overlap
 
-TINY = ModelConfig(
-    num_clips=8,
-    scale_layers=(2, 1, 1),
-    feature_dim=4,
-    hidden_size=4,
-    kernel_size=3,
-    num_conv_layers=1,
-    num_classes=3,
-    overlap_cell_bias=True,
-)
+TINY = tiny_model(**EIGHT_CLIPS, feature_dim=4, overlap_cell_bias=True)
 
 
 def test_head_adds_one_bias_per_proposal_and_round_trips(tmp_path):

@@ -8,19 +8,12 @@ import re
 
 import numpy as np
 import tensorflow as tf
+from tiny_configs import EIGHT_CLIPS, tiny_model
 
 from tal_keras import training
-from tal_keras.config import ModelConfig, RunConfig, TrainConfig
+from tal_keras.config import RunConfig, TrainConfig
 
-TINY = ModelConfig(
-    num_clips=8,
-    scale_layers=(2, 1, 1),
-    feature_dim=4,
-    hidden_size=4,
-    kernel_size=3,
-    num_conv_layers=1,
-    num_classes=3,
-)
+TINY = tiny_model(**EIGHT_CLIPS, feature_dim=4)
 
 
 class _Terminal(io.StringIO):

@@ -13,6 +13,10 @@ TINY_MODEL_FIELDS = {
     "num_classes": 5,
 }
 
+# Variants some tests use: one conv layer, H 8, 3 classes; and the same at N 8.
+ONE_LAYER = {"hidden_size": 8, "num_conv_layers": 1, "num_classes": 3}
+EIGHT_CLIPS = {**ONE_LAYER, "num_clips": 8, "scale_layers": (2, 1, 1), "hidden_size": 4}
+
 
 def tiny_model(**changes):
     """The tiny `ModelConfig`, with `changes` to some of its fields."""
