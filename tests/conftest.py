@@ -1,5 +1,6 @@
 """Test setup: TensorFlow backend unless KERAS_BACKEND says otherwise, quiet
-TensorFlow logs, and the small model config most tests share."""
+TensorFlow logs, the small model config most tests share, and the "tal_keras"
+logger restored after every test."""
 
 import logging
 import os
@@ -17,12 +18,16 @@ def small_config():
     return tiny_model(conv_implementation="whole")
 
 
+# The "tal_keras" logger as the tests found it: handlers, propagation, level.
+_LOGGER = logging.getLogger("tal_keras")
+_PRISTINE_LOGGER = (list(_LOGGER.handlers), _LOGGER.propagate, _LOGGER.level)
+
+
 @pytest.fixture(autouse=True)
 def restore_logging():
-    """Entry points' `main` configure the "tal_keras" logger (a handler on the
-    stderr of that moment, no propagation); undo that after every test, so a
-    later test's caplog still sees the records."""
-    logger = logging.getLogger("tal_keras")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
+    """The entry points' `main` configures the "tal_keras" logger (a handler
+    on the captured stderr, no propagation), in tests and in module fixtures
+    alike; after each test the logger is as it was before the first one, so
+    caplog sees its records in every module whatever ran before."""
     yield
-    logger.handlers[:], logger.propagate, logger.level = saved
+    _LOGGER.handlers[:], _LOGGER.propagate, _LOGGER.level = _PRISTINE_LOGGER
