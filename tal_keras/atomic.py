@@ -75,12 +75,18 @@ def check_writable(path, what="output"):
     if os.path.isdir(path):
         raise OutputError(f"{path}: cannot write the {what}: it is a directory.")
     try:
-        os.makedirs(directory, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=directory, prefix=".write-check-")
-        os.close(handle)
-        os.remove(probe)
+        probe_folder(directory)
     except OSError as error:
         reason = error.strerror or str(error)
         raise OutputError(
             f"{path}: cannot write the {what} in {directory}: {reason}."
         ) from None
+
+
+def probe_folder(directory):
+    """Makes `directory` if missing and creates and removes a file in it;
+    raises the `OSError` of whichever step fails."""
+    os.makedirs(directory, exist_ok=True)
+    handle, probe = tempfile.mkstemp(dir=directory, prefix=".write-check-")
+    os.close(handle)
+    os.remove(probe)

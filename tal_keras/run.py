@@ -36,10 +36,9 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import time
 
-from tal_keras.atomic import atomic_path, write_json_atomic
+from tal_keras.atomic import atomic_path, probe_folder, write_json_atomic
 from tal_keras.clips import FeatureTiming
 from tal_keras.config import RunConfig
 from tal_keras.data.annotations import load_annotations, read_class_names
@@ -125,10 +124,7 @@ class RunFolder:
         """Raises `OutputError` unless the run folder exists or can be made,
         and files can be created in it (before any work)."""
         try:
-            os.makedirs(self.path, exist_ok=True)
-            handle, probe = tempfile.mkstemp(dir=self.path, prefix=".write-check-")
-            os.close(handle)
-            os.remove(probe)
+            probe_folder(self.path)
         except OSError as error:
             reason = error.strerror or str(error)
             raise OutputError(
