@@ -13,6 +13,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from tiny_configs import tiny_run_flagfile
 
 import tal_keras.layers  # registers the layers the saved models use
 import tal_keras.losses  # noqa: F401  (the losses of their compile config)
@@ -40,28 +41,9 @@ def run(args, check=True, timeout=600):
 
 
 def tiny_flags(tmp_path, workdir, epochs=2):
-    data = tmp_path / "data"
-    flagfile = tmp_path / f"{workdir}.flags"
-    flagfile.write_text(
-        "\n".join(
-            [
-                f"--workdir={tmp_path / workdir}",
-                f"--annotations={data / 'annotations.json'}",
-                f"--features={data / 'features'}",
-                f"--category_file={data / 'classes.txt'}",
-                "--synthetic_videos=40",
-                "--feature_dim=256",
-                "--num_clips=16",
-                "--scale_layers=4,2,2",
-                "--hidden_size=8",
-                "--kernel_size=3",
-                "--num_conv_layers=1",
-                "--batch_size=4",
-                f"--epochs={epochs}",
-            ]
-        )
+    return tiny_run_flagfile(
+        tmp_path, workdir, "--num_conv_layers=1", f"--epochs={epochs}"
     )
-    return flagfile
 
 
 @pytest.mark.slow

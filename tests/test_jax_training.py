@@ -10,6 +10,7 @@ import sys
 
 import keras
 import pytest
+from tiny_configs import tiny_run_flagfile
 
 import tal_keras.layers  # registers the layers the saved models use
 import tal_keras.losses  # noqa: F401  (the losses of their compile config)
@@ -39,27 +40,9 @@ def run(args, backend, timeout=900):
 def test_jax_backend_trains_resumes_and_its_run_scores_the_same_on_tensorflow(
     tmp_path,
 ):
-    data = tmp_path / "data"
     workdir = tmp_path / "run"
-    flagfile = tmp_path / "jax.flags"
-    flagfile.write_text(
-        "\n".join(
-            [
-                f"--workdir={workdir}",
-                f"--annotations={data / 'annotations.json'}",
-                f"--features={data / 'features'}",
-                f"--category_file={data / 'classes.txt'}",
-                "--synthetic_videos=40",
-                "--feature_dim=256",
-                "--num_clips=16",
-                "--scale_layers=4,2,2",
-                "--hidden_size=8",
-                "--kernel_size=3",
-                "--num_conv_layers=2",
-                "--batch_size=4",
-                "--overlap_t_min=0.1",
-            ]
-        )
+    flagfile = tiny_run_flagfile(
+        tmp_path, "run", "--num_conv_layers=2", "--overlap_t_min=0.1"
     )
     first = run(["train.py", f"--flagfile={flagfile}", "--epochs=1"], "jax")
     assert "results in" in first.stdout + first.stderr

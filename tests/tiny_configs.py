@@ -30,3 +30,27 @@ def data_config_of(dataset):
         features=dataset.features_path,
         category_file=dataset.classes_path,
     )
+
+
+def tiny_run_flagfile(tmp_path, name, *extra_flags):
+    """Writes tmp_path/NAME.flags for a train.py run in tmp_path/NAME on a
+    40-video synthetic dataset generated in tmp_path/data (N 16, scales
+    4,2,2, H 8, K 3, batch 4), with `extra_flags` appended."""
+    data = tmp_path / "data"
+    flagfile = tmp_path / f"{name}.flags"
+    lines = [
+        f"--workdir={tmp_path / name}",
+        f"--annotations={data / 'annotations.json'}",
+        f"--features={data / 'features'}",
+        f"--category_file={data / 'classes.txt'}",
+        "--synthetic_videos=40",
+        "--feature_dim=256",
+        "--num_clips=16",
+        "--scale_layers=4,2,2",
+        "--hidden_size=8",
+        "--kernel_size=3",
+        "--batch_size=4",
+        *extra_flags,
+    ]
+    flagfile.write_text("\n".join(lines))
+    return flagfile
