@@ -143,6 +143,12 @@ flags.DEFINE_float(
 flags.DEFINE_float(
     "overlap_t_max", TrainConfig.overlap_t_max, "IoU mapped to overlap target 1."
 )
+flags.DEFINE_float(
+    "overlap_positive_weight",
+    TrainConfig.overlap_positive_weight,
+    "W: each proposal's overlap loss weighted by 1 + (W - 1) * target (a "
+    "departure from the report; 1: none, the report).",
+)
 flags.DEFINE_bool(
     "mixed_precision",
     TrainConfig.mixed_precision,

@@ -14,13 +14,18 @@ class ScaledOverlapLoss(keras.losses.Loss):
 
     y = clip((t - t_min) / (t_max - t_min), 0, 1), t = a proposal's max IoU
     with the video's ground truth (2D-TAN's bce_rescale_loss without its
-    bias). Averaged over the proposals of each video, then over the batch;
+    bias). With positive_weight W != 1 each proposal's term is multiplied by
+    1 + (W - 1) * y (a departure from the report: the high-IoU proposals,
+    the few that the top of the ranking needs, weigh more). Averaged over the
+    proposals of each video, then over the batch;
     every lattice proposal is valid in every video (all are resampled to N
     clips), so no mask is needed.
 
     Args:
         t_min: IoU at and below which the target is 0 (docs/design.md: 0.5).
         t_max: IoU at and above which the target is 1 (docs/design.md: 1.0).
+        positive_weight: W > 0, the weight of a proposal of target 1 relative
+            to one of target 0 (the report: 1, unweighted).
         name, reduction, dtype: as `keras.losses.Loss`.
 
     y_true: float [batch, num_proposals], max IoU in [0, 1].
@@ -36,6 +41,7 @@ class ScaledOverlapLoss(keras.losses.Loss):
         self,
         t_min=0.5,
         t_max=1.0,
+        positive_weight=1.0,
         name="scaled_overlap_loss",
         reduction="sum_over_batch_size",
         dtype=None,
@@ -45,8 +51,11 @@ class ScaledOverlapLoss(keras.losses.Loss):
             raise ValueError(
                 f"t_max must exceed t_min, got t_min={t_min}, t_max={t_max}."
             )
+        if not positive_weight > 0:
+            raise ValueError(f"positive_weight must be > 0, got {positive_weight}.")
         self.t_min = t_min
         self.t_max = t_max
+        self.positive_weight = positive_weight
 
     def call(self, y_true, y_pred):
         targets = ops.clip((y_true - self.t_min) / (self.t_max - self.t_min), 0.0, 1.0)
@@ -54,11 +63,21 @@ class ScaledOverlapLoss(keras.losses.Loss):
         cross_entropy = -(
             targets * ops.log(scores) + (1.0 - targets) * ops.log(1.0 - scores)
         )
+        if self.positive_weight != 1.0:
+            cross_entropy = cross_entropy * (
+                1.0 + (self.positive_weight - 1.0) * targets
+            )
         return ops.mean(cross_entropy, axis=-1)
 
     def get_config(self):
         config = super().get_config()
-        config.update({"t_min": self.t_min, "t_max": self.t_max})
+        config.update(
+            {
+                "t_min": self.t_min,
+                "t_max": self.t_max,
+                "positive_weight": self.positive_weight,
+            }
+        )
         return config
 
 

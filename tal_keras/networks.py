@@ -70,7 +70,9 @@ NETWORKS = {
         target="max_iou",
         build=models.build_proposal_network,
         loss=lambda train: tal_losses.ScaledOverlapLoss(
-            t_min=train.overlap_t_min, t_max=train.overlap_t_max
+            t_min=train.overlap_t_min,
+            t_max=train.overlap_t_max,
+            positive_weight=train.overlap_positive_weight,
         ),
         validation=_proposal_validation,
     ),

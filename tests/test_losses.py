@@ -7,12 +7,15 @@ import pytest
 from tal_keras.losses import ProposalClassLoss, ScaledOverlapLoss
 
 
-def numpy_overlap_loss(max_iou, scores, t_min=0.5, t_max=1.0):
+def numpy_overlap_loss(max_iou, scores, t_min=0.5, t_max=1.0, positive_weight=1.0):
     total, count = 0.0, 0
     for video_iou, video_scores in zip(max_iou, scores):
         for iou, score in zip(video_iou, video_scores):
             target = min(max((iou - t_min) / (t_max - t_min), 0.0), 1.0)
-            total += -(target * np.log(score) + (1 - target) * np.log(1 - score))
+            weight = 1.0 + (positive_weight - 1.0) * target
+            total += -weight * (
+                target * np.log(score) + (1 - target) * np.log(1 - score)
+            )
             count += 1
     return total / count
 
@@ -38,6 +41,24 @@ def test_scaled_overlap_loss_matches_numpy():
     np.testing.assert_allclose(
         custom, numpy_overlap_loss(max_iou, scores, 0.3, 0.7), rtol=1e-5
     )
+
+
+def test_scaled_overlap_loss_positive_weight_matches_numpy():
+    rng = np.random.default_rng(2)
+    max_iou = rng.uniform(0, 1, size=(2, 30)).astype("float32")
+    scores = rng.uniform(0.05, 0.95, size=(2, 30)).astype("float32")
+    weighted = float(ScaledOverlapLoss(t_min=0.1, positive_weight=4.0)(max_iou, scores))
+    np.testing.assert_allclose(
+        weighted, numpy_overlap_loss(max_iou, scores, 0.1, 1.0, 4.0), rtol=1e-5
+    )
+    # Below t_min the weight is 1: only the cells with a positive target change.
+    low = np.full((1, 4), 0.05, "float32")
+    np.testing.assert_allclose(
+        float(ScaledOverlapLoss(t_min=0.1, positive_weight=4.0)(low, scores[:1, :4])),
+        float(ScaledOverlapLoss(t_min=0.1)(low, scores[:1, :4])),
+        rtol=1e-6,
+    )
+    assert weighted > float(ScaledOverlapLoss(t_min=0.1)(max_iou, scores))
 
 
 def test_scaled_overlap_loss_targets():
@@ -96,7 +117,10 @@ def test_proposal_class_loss_gradient_reaches_only_labelled_cells():
 @pytest.mark.parametrize(
     "loss, expected",
     [
-        (ScaledOverlapLoss(t_min=0.4, t_max=0.9), {"t_min": 0.4, "t_max": 0.9}),
+        (
+            ScaledOverlapLoss(t_min=0.4, t_max=0.9, positive_weight=3.0),
+            {"t_min": 0.4, "t_max": 0.9, "positive_weight": 3.0},
+        ),
         (ProposalClassLoss(name="classes"), {"name": "classes"}),
     ],
 )
@@ -111,3 +135,17 @@ def test_losses_serialise(loss, expected):
 def test_scaled_overlap_loss_rejects_empty_range():
     with pytest.raises(ValueError, match="t_max"):
         ScaledOverlapLoss(t_min=0.7, t_max=0.7)
+    with pytest.raises(ValueError, match="positive_weight"):
+        ScaledOverlapLoss(positive_weight=0.0)
+
+
+def test_train_config_positive_weight_reaches_the_proposal_loss():
+    from tal_keras.config import TrainConfig
+    from tal_keras.networks import NETWORKS
+
+    train = TrainConfig(overlap_t_min=0.1, overlap_positive_weight=3.0)
+    loss = NETWORKS["proposal"].loss(train)
+    assert (loss.t_min, loss.positive_weight) == (0.1, 3.0)
+    assert NETWORKS["proposal"].loss(TrainConfig()).positive_weight == 1.0
+    with pytest.raises(ValueError, match="overlap_positive_weight"):
+        TrainConfig(overlap_positive_weight=-1.0)
