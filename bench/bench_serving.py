@@ -2,12 +2,15 @@
 for the demo config and the paper config, with postprocessing timed apart.
 
     python bench/bench_serving.py [--configs demo,paper] [--batch_sizes 1,32]
-        [--runs 5] [--paper_runs 1] [--markdown table.md]
+        [--runs 5] [--paper_runs 1] [--threads 0] [--markdown table.md]
 
 Both networks are built with random weights (latency does not depend on
 them) and exported with `export.onnx_export.convert`. Each engine is warmed
 up with one call per batch size, then timed over --runs calls (--paper_runs
-for the paper config); the median is reported. Model time is one call on a
+for the paper config), one call of each engine in turn, so that both see the
+same load; the median and the fastest call are reported. --threads gives
+both engines the same number of intra-op threads (TensorFlow's inter-op pool
+too; 0: each engine's default). Model time is one call on a
 batch of random clip features [B, N, D]; postprocessing is the per-video
 numpy work serving does after it (class-agnostic proposals, then fusion,
 per-class NMS and top-k), on the onnxruntime scores. A row marked
@@ -55,7 +58,8 @@ class Row:
     config: str
     engine: str
     batch: int
-    batch_seconds: float
+    batch_seconds: float  # median
+    fastest_seconds: float
     post_seconds: float  # per video
     runs: int
     note: str = ""
@@ -67,6 +71,7 @@ class Row:
             self.engine,
             str(self.batch),
             _number(1000 * self.batch_seconds),
+            _number(1000 * self.fastest_seconds),
             _number(1000 * per_video),
             _number(1 / per_video),
             _number(1000 * self.post_seconds),
@@ -88,6 +93,7 @@ HEADER = [
     "engine",
     "batch",
     "model ms/batch",
+    "fastest ms/batch",
     "model ms/video",
     "model videos/s",
     "post ms/video",
@@ -106,13 +112,15 @@ def markdown(rows):
     return "\n".join(lines)
 
 
-def median_seconds(function, runs):
-    times = []
+def interleaved_seconds(functions, runs):
+    """{name: seconds of each call}: `runs` rounds, each calling every function once."""
+    times = {name: [] for name in functions}
     for _ in range(runs):
-        begin = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
+        for name, function in functions.items():
+            begin = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - begin)
+    return times
 
 
 def postprocess_seconds(config, overlap_scores, class_scores, repeats=5):
@@ -138,7 +146,7 @@ def postprocess_seconds(config, overlap_scores, class_scores, repeats=5):
     return statistics.median(times)
 
 
-def bench_config(name, config, batch_sizes, runs, extrapolate_above, seed=0):
+def bench_config(name, config, batch_sizes, runs, extrapolate_above, threads, seed=0):
     """Rows of one config, and the max |ONNX - Keras| seen."""
     import keras
     import onnxruntime as ort
@@ -157,9 +165,11 @@ def bench_config(name, config, batch_sizes, runs, extrapolate_above, seed=0):
     )
     begin = time.perf_counter()
     # The session options export.detector.Detector serves with.
+    options = session_options()
+    options.intra_op_num_threads = threads
     session = ort.InferenceSession(
         convert(model, config, DEFAULT_OPSET).SerializeToString(),
-        session_options(),
+        options,
         providers=["CPUExecutionProvider"],
     )
     print(f"{name}: exported in {time.perf_counter() - begin:.1f} s", flush=True)
@@ -173,7 +183,8 @@ def bench_config(name, config, batch_sizes, runs, extrapolate_above, seed=0):
                         name,
                         engine,
                         batch,
-                        batch * batch_one[engine],
+                        batch * batch_one[engine][0],
+                        batch * batch_one[engine][1],
                         None,
                         0,
                         f"extrapolated: {batch} x batch 1",
@@ -192,15 +203,23 @@ def bench_config(name, config, batch_sizes, runs, extrapolate_above, seed=0):
             float(np.abs(overlap - expected["overlap_scores"]).max()),
             float(np.abs(classes - expected["class_scores"]).max()),
         )
-        for engine, function in (
-            ("Keras (TF)", lambda clips=clips: model.predict_on_batch(clips)),
-            ("onnxruntime", lambda feeds=feeds: session.run(None, feeds)),
-        ):
-            seconds = median_seconds(function, runs)
-            rows.append(Row(name, engine, batch, seconds, None, runs))
+        times = interleaved_seconds(
+            {
+                "Keras (TF)": lambda clips=clips: model.predict_on_batch(clips),
+                "onnxruntime": lambda feeds=feeds: session.run(None, feeds),
+            },
+            runs,
+        )
+        for engine, seconds in times.items():
+            median, fastest = statistics.median(seconds), min(seconds)
+            rows.append(Row(name, engine, batch, median, fastest, None, runs))
             if batch == 1:
-                batch_one[engine] = seconds
-            print(f"  {engine:<12} batch {batch:>3}: {seconds:.3f} s", flush=True)
+                batch_one[engine] = median, fastest
+            print(
+                f"  {engine:<12} batch {batch:>3}: median {median:.3f} s, "
+                f"fastest {fastest:.3f} s",
+                flush=True,
+            )
     # The same numpy work whatever the batch: timed once, on the last batch run.
     post = postprocess_seconds(config, overlap, classes)
     for row in rows:
@@ -222,11 +241,22 @@ def main():
         default=1,
         help="Larger paper-config batches are extrapolated from batch 1, not run.",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="Intra-op threads of each engine (TensorFlow's inter-op pool too); "
+        "0: the engines' defaults.",
+    )
     parser.add_argument("--markdown", default=None, help="Also write the table here.")
     args = parser.parse_args()
 
     import onnxruntime as ort
     import tensorflow as tf
+
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     if 1 not in batch_sizes:
@@ -240,12 +270,18 @@ def main():
             batch_sizes,
             args.paper_runs if paper else args.runs,
             args.paper_max_batch if paper else max(batch_sizes),
+            args.threads,
         )
         rows += config_rows
     table = markdown(rows)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    threads = (
+        f"{args.threads} intra-op thread(s) each" if args.threads else "default threads"
+    )
     machine = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
-        f"(shared with other jobs), TensorFlow {tf.__version__} (CPU), "
+        f"(shared with other jobs; this process may use {cpus}), {threads}, "
+        f"TensorFlow {tf.__version__} (CPU), "
         f"onnxruntime {ort.__version__} (CPUExecutionProvider, threads do not "
         "spin, as export.detector.Detector), float32"
     )

@@ -176,12 +176,18 @@ def onnx_scores(session, clip_features):
     return dict(zip(names, values))
 
 
-def convert(inference_model, model_config, opset):
+def convert(inference_model, model_config, opset, unroll=True):
     """onnx.ModelProto of the Keras inference model, with a dynamic batch named
     "batch", static proposal and class dimensions, outputs in the order
-    (overlap_scores, class_scores)."""
+    (overlap_scores, class_scores).
+
+    unroll: write the band conv's tap Loops out as plain nodes
+    (`export.unroll`); False keeps tf2onnx's Loops.
+    """
     import onnx
     import tensorflow as tf
+
+    from export.unroll import unroll_loops
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     signature = [
@@ -205,6 +211,8 @@ def convert(inference_model, model_config, opset):
                 verbose=False,
             )
         model = onnx.load(path)
+    if unroll:
+        model, _ = unroll_loops(model)
     graph = model.graph
     if [value.name for value in graph.input] != [metadata.INPUT_NAME]:
         raise RuntimeError(

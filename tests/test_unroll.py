@@ -1,0 +1,186 @@
+"""export.unroll: Loops of a known trip count written out, the same outputs
+as the Loop graph, one tap at a time in onnxruntime's execution order, and
+Loops it cannot write out left alone."""
+
+import json
+import re
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+from test_export import TINY_MODEL, random_clips
+
+from export import onnx_export
+from export.unroll import unroll_loops
+from tal_keras.map_band import MapBand
+from tal_keras.models import (
+    build_classifier_network,
+    build_inference_model,
+    build_proposal_network,
+)
+
+
+def _session(model, **options):
+    settings = ort.SessionOptions()
+    for name, value in options.items():
+        setattr(settings, name, value)
+    return ort.InferenceSession(
+        model.SerializeToString(), settings, providers=["CPUExecutionProvider"]
+    )
+
+
+def _op_count(model, op_type):
+    return sum(node.op_type == op_type for node in model.graph.node)
+
+
+def test_the_exported_graph_has_no_loop_and_matches_the_loop_graph(tmp_path):
+    model = build_inference_model(
+        build_proposal_network(TINY_MODEL), build_classifier_network(TINY_MODEL)
+    )
+    opset = onnx_export.DEFAULT_OPSET
+    with_loops = onnx_export.convert(model, TINY_MODEL, opset, unroll=False)
+    unrolled = onnx_export.convert(model, TINY_MODEL, opset)
+    # One tap Loop per band conv layer, none once written out.
+    assert _op_count(with_loops, "Loop") == TINY_MODEL.num_conv_layers
+    assert _op_count(unrolled, "Loop") == 0
+    # Per tap one MatMul; the first tap of each layer is outside the Loop.
+    taps = TINY_MODEL.kernel_size**2
+    matmuls = _op_count(with_loops, "MatMul") + TINY_MODEL.num_conv_layers * (taps - 1)
+    assert _op_count(unrolled, "MatMul") == matmuls
+    # The tap's index row and kernel slice are constants: nothing is left of
+    # keras.ops.take's handling of negative indices on the tap number.
+    assert not [
+        node.name
+        for node in unrolled.graph.node
+        if "/unrolled" in node.name and node.op_type in ("Less", "Not")
+    ]
+    clips = random_clips(3)
+    expected = onnx_export.onnx_scores(_session(with_loops), clips)
+    found = onnx_export.onnx_scores(_session(unrolled), clips)
+    keras_found = onnx_export.keras_scores(model, clips, 3)
+    for name in expected:
+        np.testing.assert_allclose(found[name], expected[name], atol=1e-6)
+        np.testing.assert_allclose(found[name], keras_found[name], atol=1e-5)
+
+
+def test_onnxruntime_runs_the_written_out_taps_one_at_a_time(tmp_path):
+    # Both orders of the band conv: gather then multiply, multiply then gather.
+    config = TINY_MODEL
+    band = MapBand(
+        config.lattice, config.kernel_size, config.num_conv_layers, config.map_mode
+    )
+    assert set(band.gather_first) == {True, False}
+    model = build_inference_model(
+        build_proposal_network(config), build_classifier_network(config)
+    )
+    unrolled = onnx_export.convert(model, config, onnx_export.DEFAULT_OPSET)
+    producers = {output: node for node in unrolled.graph.node for output in node.output}
+
+    def place(node):  # (loop, iteration) of a written-out node
+        found = re.match(r"(.*)/unrolled(\d+)/", node.name)
+        return (found.group(1), int(found.group(2))) if found else None
+
+    # The running sum: Adds that take an Add of the iteration before.
+    sums = set()
+    for node in unrolled.graph.node:
+        if node.op_type == "Add" and place(node):
+            loop, iteration = place(node)
+            for name in node.input:
+                before = producers.get(name)
+                if (
+                    before is not None
+                    and before.op_type == "Add"
+                    and place(before) == (loop, iteration - 1)
+                ):
+                    sums.update({node.name, before.name})
+    assert len(sums) == config.num_conv_layers * (config.kernel_size**2 - 1)
+
+    session = _session(
+        unrolled,
+        enable_profiling=True,
+        profile_file_prefix=str(tmp_path / "profile"),
+        intra_op_num_threads=1,
+    )
+    session.run(None, {"clip_features": random_clips(2)})
+    with open(session.end_profiling()) as stream:
+        events = json.load(stream)
+    executed = [
+        event["name"].removesuffix("_kernel_time")
+        for event in events
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
+    ]
+    matmuls = {
+        node.name
+        for node in unrolled.graph.node
+        if node.op_type == "MatMul" and place(node)
+    }
+    loops = {place(node)[0] for node in unrolled.graph.node if place(node)}
+    assert len(loops) == config.num_conv_layers
+    for loop in loops:
+        steps = [
+            "M" if name in matmuls else "A"
+            for name in executed
+            if (name in matmuls or name in sums) and name.startswith(loop + "/")
+        ]
+        # A tap's product is added before the next tap's is made.
+        assert steps == ["M", "A"] * (config.kernel_size**2 - 1), (loop, steps)
+
+
+def _counting_loop(trip_count_name):
+    """A graph: y = x + 0 + 1 + ... + (trips - 1), by an ONNX Loop."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Cast", ["iteration"], ["step"], to=TensorProto.FLOAT),
+            helper.make_node("Add", ["total_in", "step"], ["total_out"]),
+            helper.make_node("Identity", ["condition_in"], ["condition_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+            helper.make_tensor_value_info("condition_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("total_in", TensorProto.FLOAT, [2]),
+        ],
+        [
+            helper.make_tensor_value_info("condition_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("total_out", TensorProto.FLOAT, [2]),
+        ],
+    )
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])]
+    initializers = [helper.make_tensor("go", TensorProto.BOOL, [], [True])]
+    if trip_count_name == "trips":
+        inputs.append(helper.make_tensor_value_info("trips", TensorProto.INT64, []))
+    else:
+        initializers.append(helper.make_tensor("five", TensorProto.INT64, [], [5]))
+    graph = helper.make_graph(
+        [helper.make_node("Loop", [trip_count_name, "go", "x"], ["y"], body=body)],
+        "counting",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        initializers,
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8
+    )
+
+
+def test_a_loop_with_a_constant_trip_count_is_written_out():
+    model = _counting_loop("five")
+    x = np.array([1.0, -2.0], np.float32)
+    expected = _session(model).run(None, {"x": x})[0]
+    unrolled, count = unroll_loops(_counting_loop("five"))
+    onnx.checker.check_model(unrolled)
+    assert count == 1 and _op_count(unrolled, "Loop") == 0
+    assert _op_count(unrolled, "Add") == 5
+    found = _session(unrolled).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_array_equal(found, x + 10)
+
+
+def test_a_loop_whose_trip_count_is_an_input_stays():
+    unrolled, count = unroll_loops(_counting_loop("trips"))
+    assert count == 0 and _op_count(unrolled, "Loop") == 1
+    found = _session(unrolled).run(
+        None, {"x": np.zeros(2, np.float32), "trips": np.array(4, np.int64)}
+    )[0]
+    np.testing.assert_array_equal(found, [6.0, 6.0])
