@@ -2,14 +2,11 @@
 on this backend are loaded and run on the other one in a subprocess."""
 
 import dataclasses
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
+from python_process import run_python
 
 from tal_keras.losses import ProposalClassLoss, ScaledOverlapLoss
 from tal_keras.models import (
@@ -17,8 +14,6 @@ from tal_keras.models import (
     build_inference_model,
     build_proposal_network,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 OTHER_BACKEND_SCRIPT = textwrap.dedent(
     """
@@ -95,21 +90,9 @@ def test_tensorflow_and_jax_give_the_same_outputs(small_config, tmp_path):
         ]
     )
 
-    environment = dict(
-        os.environ, KERAS_BACKEND=other_backend, TF_CPP_MIN_LOG_LEVEL="3"
+    result = run_python(
+        ["-c", OTHER_BACKEND_SCRIPT, tmp_path], backend=other_backend, timeout=600
     )
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO), environment.get("PYTHONPATH", "")]
-    ).rstrip(os.pathsep)
-    result = subprocess.run(
-        [sys.executable, "-c", OTHER_BACKEND_SCRIPT, str(tmp_path)],
-        check=False,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == other_backend
     assert len(expected) == 5
     for key, value in expected.items():

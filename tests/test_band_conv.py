@@ -3,24 +3,19 @@ gradients, the band tables against brute force, weights shared with the
 reference, the JAX backend and the exported ONNX model."""
 
 import dataclasses
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from python_process import run_python
 
 from tal_keras.lattice import Lattice
 from tal_keras.layers import BandMapConv, MaskedMapConv, SubMapNetwork
 from tal_keras.layers.masked_map_conv import _map_tables, _mask_step_weights
 from tal_keras.map_band import MapBand
 from tal_keras.models import build_proposal_network
-
-REPO = Path(__file__).resolve().parents[1]
 
 # (num_clips, scale_layers, kernel_size, num_conv_layers, map_mode): N 16 to
 # 256, dense (N,) and sparse scale sets, K 1 to 9, L 1 to 4, both map modes.
@@ -332,15 +327,7 @@ JAX_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_jax_backend_band_matches_whole_maps():
-    result = subprocess.run(
-        [sys.executable, "-c", JAX_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(REPO)),
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(["-c", JAX_SCRIPT], backend="jax", timeout=300)
     backend, worst = result.stdout.split()[-2:]
     assert backend == "jax"
     assert float(worst) < 1e-5

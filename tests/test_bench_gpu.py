@@ -2,26 +2,16 @@
 groups in subprocesses without TensorFlow, and a stalled group cut off."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "bench" / "bench_gpu.py"
+from python_process import run_python
 
 
 def run_bench(*args, timeout=900):
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    environment.pop("KERAS_BACKEND", None)  # the script sets it per group
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", *args],
-        cwd=REPO,
-        env=environment,
-        capture_output=True,
-        text=True,
+    # The script sets KERAS_BACKEND per group.
+    return run_python(
+        ["bench/bench_gpu.py", "--tiny", *args],
+        changes={"KERAS_BACKEND": None},
         timeout=timeout,
         check=False,
     )

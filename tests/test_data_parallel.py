@@ -4,18 +4,14 @@ gradients, losses and predictions equal one device's, on TensorFlow
 runs in a subprocess, since the device split must be set before it starts."""
 
 import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from python_process import run_python
 
 from tal_keras import data_parallel
-
-REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(
     """
@@ -124,25 +120,16 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_two_devices_train_as_one(backend, tmp_path):
-    environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO), environment.get("PYTHONPATH", "")]
-    ).rstrip(os.pathsep)
+    changes = {}
     if backend == "jax":
-        environment["XLA_FLAGS"] = (
-            environment.get("XLA_FLAGS", "")
+        changes["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
             + " --xla_force_host_platform_device_count=2"
         ).strip()
     out = tmp_path / "out.npz"
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, backend, str(out)],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
+    result = run_python(
+        ["-c", SCRIPT, backend, out], backend=backend, changes=changes, timeout=900
     )
-    assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip().splitlines()[-1] == backend
     saved = np.load(out)
     for network in ("proposal", "classifier"):

@@ -2,8 +2,6 @@
 resuming a killed run, and the scoring mode."""
 
 import json
-import os
-import pathlib
 import re
 import signal
 import subprocess
@@ -13,31 +11,17 @@ import time
 import keras
 import numpy as np
 import pytest
+from python_process import REPO, python_environment, run_python
 from tiny_configs import tiny_run_flagfile
 
 import tal_keras.layers  # registers the layers the saved models use
 import tal_keras.losses  # noqa: F401  (the losses of their compile config)
 from tal_keras import metrics
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
-
 
 def run(args, check=True, timeout=600):
-    result = subprocess.run(
-        [sys.executable, *args],
-        check=False,
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-4000:]}"
-        )
-    return result
+    """Runs a script on the TensorFlow backend, whatever this process uses."""
+    return run_python(args, backend="tensorflow", timeout=timeout, check=check)
 
 
 def tiny_flags(tmp_path, workdir, epochs=2):
@@ -96,8 +80,8 @@ def test_training_killed_mid_run_resumes_to_a_complete_folder(tmp_path):
     state_path = workdir / "proposal" / "state.json"
     process = subprocess.Popen(
         [sys.executable, "train.py", f"--flagfile={flagfile}"],
-        cwd=ROOT,
-        env=ENV,
+        cwd=REPO,
+        env=python_environment(backend="tensorflow"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -1,8 +1,8 @@
 """model_cost: the paper's figures, hand counts, and the printout."""
 
 import dataclasses
-import subprocess
-import sys
+
+from python_process import run_python
 
 from tal_keras.config import ModelConfig
 from tal_keras.flops import model_cost
@@ -93,14 +93,7 @@ def test_printout_runs_without_tensorflow():
         "import runpy, sys; runpy.run_module('tal_keras.flops', run_name='__main__'); "
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_python(["-c", code], timeout=120)
     assert "12.872" in result.stdout and "2.968" in result.stdout
     assert "3.389" in result.stdout and "map_conv_flops_band" in result.stdout
     assert "4 2D-TAN" in result.stdout

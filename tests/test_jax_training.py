@@ -3,37 +3,14 @@ on the CPU: a tiny run, resumed to more epochs, whose checkpoints load and
 score the same on the TensorFlow backend."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import keras
 import pytest
+from python_process import run_python
 from tiny_configs import tiny_run_flagfile
 
 import tal_keras.layers  # registers the layers the saved models use
 import tal_keras.losses  # noqa: F401  (the losses of their compile config)
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def run(args, backend, timeout=900):
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend}
-    result = subprocess.run(
-        [sys.executable, *args],
-        check=False,
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, (
-        f"{args} on {backend} failed ({result.returncode}):\n"
-        f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-    )
-    return result
 
 
 @pytest.mark.slow
@@ -44,9 +21,15 @@ def test_jax_backend_trains_resumes_and_its_run_scores_the_same_on_tensorflow(
     flagfile = tiny_run_flagfile(
         tmp_path, "run", "--num_conv_layers=2", "--overlap_t_min=0.1"
     )
-    first = run(["train.py", f"--flagfile={flagfile}", "--epochs=1"], "jax")
+    first = run_python(
+        ["train.py", f"--flagfile={flagfile}", "--epochs=1"], backend="jax", timeout=900
+    )
     assert "results in" in first.stdout + first.stderr
-    run(["train.py", f"--flagfile={flagfile}", "--epochs=2", "--resume"], "jax")
+    run_python(
+        ["train.py", f"--flagfile={flagfile}", "--epochs=2", "--resume"],
+        backend="jax",
+        timeout=900,
+    )
     steps_per_epoch = 7  # 28 training videos, batch 4
     for network in ("proposal", "classifier"):
         state = json.loads((workdir / network / "state.json").read_text())
@@ -62,7 +45,9 @@ def test_jax_backend_trains_resumes_and_its_run_scores_the_same_on_tensorflow(
 
     # The same best epochs scored on TensorFlow: the networks compute the same
     # scores on both backends (to float rounding), so the metrics agree.
-    run(["evaluate.py", f"--flagfile={flagfile}"], "tensorflow")
+    run_python(
+        ["evaluate.py", f"--flagfile={flagfile}"], backend="tensorflow", timeout=900
+    )
     tf_metrics = json.loads((workdir / "metrics.json").read_text())
     for name, value in jax_metrics["proposals"].items():
         assert tf_metrics["proposals"][name] == pytest.approx(value, abs=1e-3), name

@@ -4,11 +4,10 @@ eval_detection.py, eval_proposal.py, utils.py). bench/compare_official_eval.py
 checks against the official code itself."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from python_process import run_python
 
 from tal_keras import metrics
 from tal_keras.errors import DataError
@@ -553,10 +552,7 @@ def test_metrics_and_detections_import_without_tensorflow_or_pandas():
         "bad = [m for m in ('tensorflow', 'pandas', 'keras', 'jax') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", code], check=False, capture_output=True, text=True
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
+    run_python(["-c", code])
 
 
 def test_default_thresholds_are_the_official_linspace():

@@ -2,15 +2,12 @@
 `.keras` round trip, and the paper config."""
 
 import dataclasses
-import os
-import pathlib
 import resource
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
+from python_process import run_python
 
 from tal_keras.config import ModelConfig
 from tal_keras.flops import model_cost
@@ -179,15 +176,6 @@ assert np.isfinite(overlap).all() and ((overlap > 0) & (overlap < 1)).all()
 np.testing.assert_allclose(classes.sum(-1), 1.0, atol=1e-4)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 """
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=pathlib.Path(__file__).resolve().parents[1],
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        timeout=1200,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(["-c", code], timeout=1200)
     peak_rss_gib = float(result.stdout.split()[-1])
     assert peak_rss_gib < 24, f"peak RSS {peak_rss_gib:.1f} GiB"

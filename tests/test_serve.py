@@ -4,19 +4,16 @@ durations, fusion, providers and metadata."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from python_process import run_python
 from test_export import make_tiny_run
 
 from export import compare, metadata, serve
 from export.detector import Detector
 from tal_keras import evaluation, inference, run
 from tal_keras.data.features import open_feature_store
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs `python -m export.serve ARGS` with every import of TensorFlow, Keras,
 # tf2onnx or JAX failing, and reports each attempt on stderr.
@@ -151,24 +148,12 @@ def test_serve_without_tensorflow_skips_bad_videos(tiny_run, keras_path, tmp_pat
     annotations, features, reasons = write_bad_inputs(run_config, tmp_path)
     out, proposals_out = tmp_path / "detections.json", tmp_path / "proposals.json"
     command = [
-        sys.executable,
-        "-c",
-        BLOCKED_SERVE,
+        *("-c", BLOCKED_SERVE),
         *("--model", path, "--features", features, "--annotations", annotations),
-        *("--subset", "validation", "--batch_size", "4", "--out", str(out)),
-        *("--proposals_out", str(proposals_out)),
+        *("--subset", "validation", "--batch_size", "4", "--out", out),
+        *("--proposals_out", proposals_out),
     ]
-    environment = {**os.environ, "PYTHONPATH": REPO}
-    process = subprocess.run(
-        command,
-        check=False,
-        cwd=REPO,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert process.returncode == 0, process.stderr
+    process = run_python(command, timeout=120)
     assert "BLOCKED IMPORT" not in process.stderr
     _, detections, _ = keras_path
     total = len(detections) + len(reasons)

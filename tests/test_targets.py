@@ -1,9 +1,6 @@
-import pathlib
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from python_process import run_python
 
 from tal_keras.lattice import Lattice
 from tal_keras.targets import proposal_targets, scaled_overlap, segment_iou
@@ -152,11 +149,5 @@ def test_numpy_only_modules_import_no_tensorflow():
         "{'tensorflow', 'keras', 'jax', 'torch'})\n"
         "print(','.join(heavy))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=pathlib.Path(__file__).resolve().parents[1],
-    )
+    result = run_python(["-c", code])
     assert result.stdout.strip() == ""
