@@ -155,12 +155,18 @@ def brute_force(lattice, duration, final, class_names):
     ]
 
 
-def test_video_detections_fusion_math():
+def random_video(seed):
+    """`video_detections`' first arguments: the tiny lattice and duration,
+    random overlap and class scores of its proposals, class names a, b, c."""
     lattice, duration = tiny()
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     overlap = rng.random(lattice.num_proposals)
     class_scores = rng.random((lattice.num_proposals, 3))
-    names = ["a", "b", "c"]
+    return lattice, duration, overlap, class_scores, ["a", "b", "c"]
+
+
+def test_video_detections_fusion_math():
+    lattice, duration, overlap, class_scores, names = random_video(1)
     everything = {"top_m": None, "nms_threshold": 1.0, "top_k": None}
     result = detections.video_detections(
         lattice, duration, overlap, class_scores, names, **everything
@@ -196,48 +202,21 @@ def test_video_detections_fusion_math():
 
 
 def test_video_detections_top_m_and_per_class_nms():
-    lattice, duration = tiny()
-    rng = np.random.default_rng(2)
-    overlap = rng.random(lattice.num_proposals)
-    class_scores = rng.random((lattice.num_proposals, 3))
-    names = ["a", "b", "c"]
-    best_five = detections.video_detections(
-        lattice,
-        duration,
-        overlap,
-        class_scores,
-        names,
-        top_m=5,
-        nms_threshold=1.0,
-        top_k=None,
-    )
-    everything = detections.video_detections(
-        lattice,
-        duration,
-        overlap,
-        class_scores,
-        names,
-        top_m=None,
-        nms_threshold=1.0,
-        top_k=None,
-    )
+    video = random_video(2)
+    no_nms = {"nms_threshold": 1.0, "top_k": None}
+    best_five = detections.video_detections(*video, top_m=5, **no_nms)
+    everything = detections.video_detections(*video, top_m=None, **no_nms)
     assert best_five == everything[:5]
-    result = detections.video_detections(
-        lattice, duration, overlap, class_scores, names, top_m=None, top_k=None
-    )
+    result = detections.video_detections(*video, top_m=None, top_k=None)
     for i, a in enumerate(result):
         for b in result[i + 1 :]:
             if a["label"] == b["label"]:
                 assert loop_iou(a["segment"], b["segment"]) <= 0.5
     assert len({r["label"] for r in result}) == 3
     # A score prefix of the pairs gives the same top detections.
-    pruned = detections.video_detections(
-        lattice, duration, overlap, class_scores, names, top_m=20, top_k=3
-    )
+    pruned = detections.video_detections(*video, top_m=20, top_k=3)
     assert pruned == result[:3]
-    soft = detections.video_detections(
-        lattice, duration, overlap, class_scores, names, soft_nms=True, top_k=4
-    )
+    soft = detections.video_detections(*video, soft_nms=True, top_k=4)
     assert soft[0] == result[0] and len(soft) == 4
     assert all(x["score"] >= y["score"] for x, y in itertools.pairwise(soft))
 

@@ -12,7 +12,11 @@ import keras
 import numpy as np
 import pytest
 from python_process import REPO, python_environment, run_python
-from tiny_configs import tiny_run_flagfile
+from tiny_configs import (
+    TINY_SUBMISSION_MAP_AT_50,
+    tiny_run_flagfile,
+    write_tiny_submission,
+)
 
 import tal_keras.layers  # registers the layers the saved models use
 import tal_keras.losses  # noqa: F401  (the losses of their compile config)
@@ -146,37 +150,8 @@ def write_json(path, payload):
     return path
 
 
-def scoring_fixture(tmp_path):
-    database = {
-        "a": {"subset": "validation", "duration": 50.0, "annotations": [
-            {"label": "Jump", "segment": [5.0, 15.0]}, {"label": "Run", "segment": [20.0, 40.0]}]},
-        "b": {"subset": "validation", "duration": 30.0, "annotations": [
-            {"label": "Jump", "segment": [0.0, 10.0]}]},
-        "c": {"subset": "validation", "duration": 30.0, "annotations": [
-            {"label": "Run", "segment": [3.0, 9.0]}]},
-        "t": {"subset": "training", "duration": 30.0, "annotations": [
-            {"label": "Run", "segment": [3.0, 9.0]}]},
-    }  # fmt: skip
-    results = {
-        # Two predictions on one segment, segments out of order.
-        "a": [
-            {"label": "Jump", "score": 0.9, "segment": [6.0, 15.0]},
-            {"label": "Jump", "score": 0.8, "segment": [5.0, 14.0]},
-            {"label": "Run", "score": 0.3, "segment": [21.0, 30.0]},
-        ],
-        # "c" has no predictions; "zz" is not in the ground truth.
-        "b": [{"label": "Run", "score": 0.7, "segment": [0.0, 10.0]}],
-        "zz": [{"label": "Jump", "score": 0.95, "segment": [0.0, 10.0]}],
-    }
-    ground_truth = write_json(tmp_path / "gt.json", {"database": database})
-    predictions = write_json(
-        tmp_path / "pred.json", {"version": "x", "results": results}
-    )
-    return ground_truth, predictions, results
-
-
 def test_scoring_mode_writes_the_official_metrics(tmp_path):
-    ground_truth, predictions, _ = scoring_fixture(tmp_path)
+    ground_truth, predictions, _ = write_tiny_submission(tmp_path)
     out = tmp_path / "m.json"
     args = [
         "evaluate.py",
@@ -190,10 +165,8 @@ def test_scoring_mode_writes_the_official_metrics(tmp_path):
     )
     assert set(written) == {"detection"}
     assert written["detection"]["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
-    # Jump: 2 GT, the 0.95 prediction on an unknown video is a false positive
-    # first, then a hit on "a" at every threshold up to 0.9 tIoU; AP@0.5 by hand.
     assert written["detection"]["mAP"]["0.50"] == pytest.approx(
-        (0.5 * 0.5 + 0.0) / 2, abs=1e-12
+        TINY_SUBMISSION_MAP_AT_50, abs=1e-12
     )
 
     run([*args, "--task=proposals", f"--metrics_out={out}"])
@@ -206,7 +179,7 @@ def test_scoring_mode_writes_the_official_metrics(tmp_path):
 
 
 def test_scoring_mode_rejects_a_label_unknown_to_the_ground_truth(tmp_path):
-    ground_truth, _, results = scoring_fixture(tmp_path)
+    ground_truth, _, results = write_tiny_submission(tmp_path)
     results["b"][0]["label"] = "Swim"
     predictions = write_json(tmp_path / "bad.json", {"results": results})
     result = run(

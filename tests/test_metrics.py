@@ -431,6 +431,17 @@ def test_disjoint_video_ids_warn():
 # ---------------------------------------------------------------- proposals
 
 
+def segment_ground_truth(*video_ids):
+    """Ground truth of validation videos holding one segment [0, 10] each."""
+    annotations = [{"label": "A", "segment": [0, 10]}]
+    return {
+        "database": {
+            video_id: {"subset": "validation", "annotations": annotations}
+            for video_id in video_ids
+        }
+    }
+
+
 def ranked_proposals(video_id, hit_rank, count=100):
     """`count` proposals by decreasing score; only the one at `hit_rank`
     (1-based) overlaps the segment [0, 10]."""
@@ -444,14 +455,7 @@ def ranked_proposals(video_id, hit_rank, count=100):
 
 
 def test_proposals_hand_computed():
-    ground_truth = {
-        "database": {
-            "a": {
-                "subset": "validation",
-                "annotations": [{"label": "A", "segment": [0, 10]}],
-            }
-        }
-    }
+    ground_truth = segment_ground_truth("a")
     submission = {"results": {"a": ranked_proposals("a", hit_rank=10)}}
     result = metrics.evaluate_proposals(ground_truth, submission)
     # Grid point k uses the first k proposals: recalled from k = 10 on.
@@ -464,14 +468,7 @@ def test_proposals_hand_computed():
 
 
 def test_proposals_of_videos_without_ground_truth_shrink_the_ratio():
-    ground_truth = {
-        "database": {
-            "a": {
-                "subset": "validation",
-                "annotations": [{"label": "A", "segment": [0, 10]}],
-            }
-        }
-    }
+    ground_truth = segment_ground_truth("a")
     submission = {"results": {"a": ranked_proposals("a", hit_rank=60)}}
     assert metrics.evaluate_proposals(ground_truth, submission)["AR@100"] == 1.0
     # 100 more proposals elsewhere: ratio = 100 * 1 / 200, "a" keeps 50 of its 100.
@@ -480,15 +477,7 @@ def test_proposals_of_videos_without_ground_truth_shrink_the_ratio():
 
 
 def test_ground_truth_video_without_proposals_is_missed():
-    ground_truth = {
-        "database": {
-            video: {
-                "subset": "validation",
-                "annotations": [{"label": "A", "segment": [0, 10]}],
-            }
-            for video in ("a", "b")
-        }
-    }
+    ground_truth = segment_ground_truth("a", "b")
     submission = {"results": {"a": ranked_proposals("a", hit_rank=1)}}
     result = metrics.evaluate_proposals(ground_truth, submission)
     assert result["AR@1"] == result["AR@100"] == 0.5
@@ -531,14 +520,7 @@ def test_ar_at_points_off_the_grid():
 
 
 def test_no_proposal_kept_gives_zero_curve():
-    ground_truth = {
-        "database": {
-            "a": {
-                "subset": "validation",
-                "annotations": [{"label": "A", "segment": [0, 10]}],
-            }
-        }
-    }
+    ground_truth = segment_ground_truth("a")
     result = metrics.evaluate_proposals(ground_truth, {"results": {}})
     assert result["AUC"] == 0.0 and result["AR@100"] == 0.0
 

@@ -7,6 +7,7 @@ import json
 import pathlib
 
 import pytest
+from tiny_configs import TINY_SUBMISSION_MAP_AT_50, write_tiny_submission
 
 from tal_keras import metrics, scoring
 
@@ -42,23 +43,8 @@ def write_json(path, content):
 
 @pytest.fixture
 def submission(tmp_path):
-    database = {
-        "a": {"subset": "validation", "duration": 50.0, "annotations": [
-            {"label": "Jump", "segment": [5.0, 15.0]}, {"label": "Run", "segment": [20.0, 40.0]}]},
-        "b": {"subset": "validation", "duration": 30.0, "annotations": [
-            {"label": "Jump", "segment": [0.0, 10.0]}]},
-    }  # fmt: skip
-    results = {
-        "a": [
-            {"label": "Jump", "score": 0.9, "segment": [6.0, 15.0]},
-            {"label": "Run", "score": 0.3, "segment": [21.0, 30.0]},
-        ],
-        "b": [{"label": "Run", "score": 0.7, "segment": [0.0, 10.0]}],
-    }
-    return (
-        write_json(tmp_path / "gt.json", {"database": database}),
-        write_json(tmp_path / "pred.json", {"results": results}),
-    )
+    ground_truth, predictions, _ = write_tiny_submission(tmp_path)
+    return str(ground_truth), str(predictions)
 
 
 def test_tal_score_writes_the_official_metrics(submission, tmp_path, capsys):
@@ -69,8 +55,7 @@ def test_tal_score_writes_the_official_metrics(submission, tmp_path, capsys):
     expected = metrics.evaluate_detection(ground_truth, predictions, "validation")
     written = json.loads(out.read_text())["detection"]
     assert written["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
-    # Jump: 2 segments, one found above 0.5 tIoU (AP 0.5); Run: none found.
-    assert written["mAP"]["0.50"] == pytest.approx(0.25, abs=1e-12)
+    assert written["mAP"]["0.50"] == pytest.approx(TINY_SUBMISSION_MAP_AT_50, abs=1e-12)
     assert "avg mAP" in capsys.readouterr().out
 
     assert scoring.main([*argv, "--task", "proposals", "--metrics_out", str(out)]) == 0
