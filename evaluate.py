@@ -17,7 +17,7 @@ import sys
 from absl import app
 
 import tal_keras
-from tal_keras.flags import FLAGS, run_config_from_flags
+from tal_keras.flags import FLAGS, exit_on_user_error, run_config_from_flags
 
 
 def main(argv):
@@ -30,7 +30,7 @@ def main(argv):
             )
         from tal_keras.scoring import score_and_print
 
-        try:
+        with exit_on_user_error("nothing written."):
             score_and_print(
                 FLAGS.ground_truth,
                 FLAGS.predictions,
@@ -38,12 +38,10 @@ def main(argv):
                 FLAGS.task,
                 FLAGS.metrics_out,
             )
-        except (ValueError, OSError) as error:
-            raise SystemExit(f"error: {error}") from None
         return
     from tal_keras import experiment, run
 
-    try:
+    with exit_on_user_error("the previous results are left as they were."):
         # The networks' shapes are the trained ones; data and evaluation
         # settings come from the flags.
         run_config = run.trained_config(run_config_from_flags()[0])
@@ -51,13 +49,6 @@ def main(argv):
             experiment.evaluate_run(
                 run_config, video_labels=FLAGS.video_labels, show=FLAGS.show
             )
-    except (ValueError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
-    except KeyboardInterrupt:
-        print(
-            "interrupted: the previous results are left as they were.", file=sys.stderr
-        )
-        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 from absl import app
 
 import tal_keras
-from tal_keras.flags import FLAGS, run_config_from_flags
+from tal_keras.flags import FLAGS, exit_on_user_error, run_config_from_flags
 
 
 def main(argv):
@@ -21,9 +21,10 @@ def main(argv):
     tal_keras.configure_logging()
     from tal_keras import experiment, run
 
-    # One line for what a user can cause (bad data, flags, paths, a full
-    # disk, a run folder in use); Ctrl-C leaves a consistent run folder.
-    try:
+    # Ctrl-C leaves a consistent run folder.
+    with exit_on_user_error(
+        "the run folder holds the last finished epoch; continue with --resume."
+    ):
         run_config, classes_from_data = run_config_from_flags()
         folder = run.folder_of(run_config)
         with folder.lock():
@@ -33,15 +34,6 @@ def main(argv):
             experiment.train_and_evaluate(
                 run_config, resume=FLAGS.resume, evaluate_at_end=FLAGS.evaluate_at_end
             )
-    except (ValueError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
-    except KeyboardInterrupt:
-        print(
-            "interrupted: the run folder holds the last finished epoch; continue "
-            "with --resume.",
-            file=sys.stderr,
-        )
-        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

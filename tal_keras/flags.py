@@ -1,5 +1,5 @@
-"""The flags of train.py and evaluate.py, defined once, and the one function
-that turns them into a `RunConfig`.
+"""The flags of train.py and evaluate.py, defined once, the one function
+that turns them into a `RunConfig`, and how both exit on a user's error.
 
 Each config field has a flag of the same name (`config.RunConfig` and its
 sections); `eval_batch_size` is `EvalConfig.batch_size`, as `batch_size` is
@@ -11,7 +11,9 @@ Only the entry points import this module: the library reads configs, never
 flags (STYLE.md).
 """
 
+import contextlib
 import dataclasses
+import sys
 
 from absl import flags
 
@@ -252,6 +254,20 @@ SECTIONS = {
 }
 # Flags whose name is not their field's: two sections have a batch_size.
 _FLAG_NAMES = {("eval", "batch_size"): "eval_batch_size"}
+
+
+@contextlib.contextmanager
+def exit_on_user_error(interrupted):
+    """The entry points' exits: one line `error: ...` (status 1) for what a
+    user can cause (bad data, flags, paths, a full disk, a run folder in use:
+    ValueError or OSError); on Ctrl-C, `interrupted: INTERRUPTED` (status 130)."""
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
+    except KeyboardInterrupt:
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def flag_name(section, field):
