@@ -15,7 +15,7 @@ alive at a time, as in the Loop.
 """
 
 import numpy as np
-from onnx import helper, numpy_helper
+from onnx import helper, numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
 # A Loop longer than this stays a Loop (the paper config's taps: 81).
@@ -50,6 +50,9 @@ def unroll_loops(model, max_iterations=MAX_ITERATIONS):
                 continue
         if not folder.fold(node):
             nodes.append(node)
+    if unrolled:
+        nodes = _without_zero_products(nodes, folder, model)
+    nodes = _live(nodes, [value.name for value in graph.output])
     used = {name for node in nodes for name in _inputs_with_subgraphs(node)}
     used.update(value.name for value in graph.output)
     del graph.node[:]
@@ -143,6 +146,81 @@ class _Folder:
             generic.attribute.extend(node.attribute)
             self._evaluators[key] = ReferenceEvaluator(generic)
         return self._evaluators[key]
+
+
+def _without_zero_products(nodes, folder, model):
+    """The nodes, with integer products by a constant of zeros folded where
+    the product has that constant's shape, and what follows folded.
+
+    keras.ops.take adds the axis length to negative indices, computed as
+    where(index < 0, index + length, index); tf2onnx writes that where as
+    (index < 0) * (index + length) + (index >= 0) * index. With the index row
+    a constant of no negative entries, the first product is zeros, but the
+    axis length is only known when the graph runs: this pass sees the zeros.
+    """
+    shapes = _static_shapes(nodes, folder, model)
+    kept = []
+    for node in nodes:
+        if node.op_type == "Mul" and not node.domain:
+            zeros = [
+                folder.value(name)
+                for name in node.input
+                if folder.known(name)
+                and np.issubdtype(folder.value(name).dtype, np.integer)
+                and not folder.value(name).any()
+            ]
+            if zeros and shapes.get(node.output[0]) == zeros[0].shape:
+                folder.set(node.output[0], np.zeros_like(zeros[0]))
+                continue
+        if not folder.fold(node):
+            kept.append(node)
+    return kept
+
+
+def _static_shapes(nodes, folder, model):
+    """{name: shape tuple} of the nodes' outputs whose shapes ONNX shape
+    inference fixes; large constants are given to it as typed inputs."""
+    graph = model.graph
+    used = {name for node in nodes for name in node.input}
+    initializers, inputs = [], list(graph.input)
+    for name in folder.names():
+        if name not in used:
+            continue
+        value = folder.value(name)
+        if value.size <= MAX_NEW_CONSTANT:
+            initializers.append(folder.tensor(name))
+        else:
+            inputs.append(
+                helper.make_tensor_value_info(
+                    name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape
+                )
+            )
+    inferred = shape_inference.infer_shapes(
+        helper.make_model(
+            helper.make_graph(
+                nodes, "shapes", inputs, list(graph.output), initializers
+            ),
+            opset_imports=model.opset_import,
+        )
+    )
+    shapes = {}
+    for value in inferred.graph.value_info:
+        dims = value.type.tensor_type.shape.dim
+        if value.type.tensor_type.HasField("shape") and all(
+            dim.HasField("dim_value") for dim in dims
+        ):
+            shapes[value.name] = tuple(dim.dim_value for dim in dims)
+    return shapes
+
+
+def _live(nodes, outputs):
+    """The nodes that the graph outputs depend on, in their order."""
+    needed, live = set(outputs), []
+    for node in reversed(nodes):
+        if any(name in needed for name in node.output):
+            live.append(node)
+            needed.update(_inputs_with_subgraphs(node))
+    return live[::-1]
 
 
 def _inputs_with_subgraphs(node):
