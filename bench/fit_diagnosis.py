@@ -6,7 +6,8 @@ For each run folder (after train.py) and for both its training and its
 evaluation subset: the proposals' AUC and the content-blind baseline's
 (length prior of the training annotations), the overlap loss of the network
 and of the length prior itself (in target units: the training videos' mean
-target per proposal length), and how far P_over follows the true max IoU
+target per proposal length), the mean true IoU of each video's top-scored proposal
+(network and prior), and how far P_over follows the true max IoU
 beyond the length prior (the correlation of both after the mean of each
 proposal length is taken out, over all videos; overall and per third of the
 lengths). A network whose training loss is above the prior's underfits; one
@@ -59,6 +60,14 @@ def residual_correlation(scores, max_iou, lengths, cells=None):
     return float((score_residual * iou_residual).sum() / max(denominator, 1e-12))
 
 
+def top1_iou(scores, max_iou):
+    """Mean over the videos of the true max IoU of the proposal scored
+    highest (`scores` [V, P] or [P], the same for every video)."""
+    max_iou = np.asarray(max_iou, np.float64)
+    scores = np.broadcast_to(scores, max_iou.shape)
+    return float(max_iou[np.arange(len(max_iou)), scores.argmax(axis=1)].mean())
+
+
 def length_thirds(lengths):
     """Three bool [P] masks: the shortest, middle and longest third of the
     proposal lengths (by quantile)."""
@@ -98,6 +107,8 @@ def diagnose_subset(run_config, model, subset, prior_targets):
         "baseline AUC": 100 * baseline_auc,
         "loss": overlap_bce(targets, scores),
         "prior loss": overlap_bce(targets, prior_targets[None, :]),
+        "top-1 IoU": top1_iou(scores, max_iou),
+        "prior top-1 IoU": top1_iou(prior_targets, max_iou),
         "residual corr": residual_correlation(scores, max_iou, lengths),
     }
     for name, cells in zip(("short", "middle", "long"), length_thirds(lengths)):

@@ -44,3 +44,12 @@ def test_residual_correlation_ignores_the_length_prior():
     short, middle, long = fit_diagnosis.length_thirds(lengths)
     assert short.sum() + middle.sum() + long.sum() == lengths.size
     assert lengths[short].max() < lengths[long].min()
+
+
+def test_top1_iou_reads_the_iou_of_the_best_scored_proposal():
+    max_iou = np.array([[0.1, 0.9, 0.5], [0.7, 0.2, 0.3]])
+    scores = np.array([[0.2, 0.1, 0.3], [0.9, 0.0, 0.1]])
+    np.testing.assert_allclose(fit_diagnosis.top1_iou(scores, max_iou), (0.5 + 0.7) / 2)
+    np.testing.assert_allclose(
+        fit_diagnosis.top1_iou(np.array([0.0, 1.0, 0.0]), max_iou), (0.9 + 0.2) / 2
+    )
