@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tal_keras import atomic
 from tal_keras.targets import scaled_overlap
 
 EPSILON = 1e-7
@@ -75,9 +76,10 @@ def length_thirds(lengths):
     return lengths < low, (lengths >= low) & (lengths < high), lengths >= high
 
 
-def diagnose_subset(run_config, model, subset, prior_targets):
-    """The metrics of one subset (see the module docstring) as a dict; also
-    returns the subset's targets."""
+def diagnose_subset(run_config, model, subset, baseline_prior, prior_targets):
+    """The metrics of one subset (see the module docstring) as a dict, with
+    the baseline scored by `baseline_prior` (`evaluation.length_prior`); also
+    returns `prior_targets`, the training subset's when it was None."""
     from tal_keras import evaluation, inference, run
 
     lattice = run_config.model.lattice
@@ -89,10 +91,7 @@ def diagnose_subset(run_config, model, subset, prior_targets):
     auc = evaluation.proposal_summary(
         evaluation.score_proposals(ground_truth, proposals)
     )["AUC"]
-    prior = evaluation.length_prior(
-        lattice, run.open_annotations(run_config, run_config.data.train_subset)
-    )
-    baseline = evaluation.baseline_results(run_config, lattice, cache, prior)
+    baseline = evaluation.baseline_results(run_config, lattice, cache, baseline_prior)
     baseline_auc = evaluation.proposal_summary(
         evaluation.score_proposals(ground_truth, baseline)
     )["AUC"]
@@ -118,16 +117,22 @@ def diagnose_subset(run_config, model, subset, prior_targets):
 
 def diagnose(run_folder):
     """[(subset, metrics dict)] of the training and evaluation subsets."""
-    from tal_keras import inference, run
+    from tal_keras import evaluation, inference, run
 
     folder = run.RunFolder(run_folder)
     run_config = folder.read_config()
     model = inference.load_network(
         folder.require_best_model("proposal", "train it first.")
     )
+    train_subset = run_config.data.train_subset
+    baseline_prior = evaluation.length_prior(
+        run_config.model.lattice, run.open_annotations(run_config, train_subset)
+    )
     rows, prior_targets = [], None
-    for subset in (run_config.data.train_subset, run_config.data.eval_subset):
-        row, prior_targets = diagnose_subset(run_config, model, subset, prior_targets)
+    for subset in (train_subset, run_config.data.eval_subset):
+        row, prior_targets = diagnose_subset(
+            run_config, model, subset, baseline_prior, prior_targets
+        )
         rows.append((subset, row))
     return rows
 
@@ -157,7 +162,7 @@ def main(argv=None):
     print()
     print(text)
     if args.out:
-        with open(args.out, "w") as stream:
+        with atomic.atomic_path(args.out) as temporary, open(temporary, "w") as stream:
             stream.write(text)
 
 
