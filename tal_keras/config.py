@@ -39,6 +39,16 @@ class ModelConfig:
         boundary_features: add projections of each proposal's start and end
             clip to its pooled feature in the proposal network (a departure;
             False: the report).
+        boundary_scores: add a start logit of each proposal's first clip and
+            an end logit of its last to its overlap logit (a departure;
+            False: the report).
+        boundary_prototypes: add start and end scores by class prototypes,
+            started at the training classes' mean start and end clips, to
+            the overlap logit (a departure; False: the report).
+        body_prototypes: add each proposal's inside-minus-outside match with
+            class prototypes, started at the training classes' mean clip
+            inside their instances, to the overlap logit (a departure;
+            False: the report).
     """
 
     num_clips: int = 256
@@ -55,6 +65,9 @@ class ModelConfig:
     clip_context: int = 0
     overlap_cell_bias: bool = False
     boundary_features: bool = False
+    boundary_scores: bool = False
+    boundary_prototypes: bool = False
+    body_prototypes: bool = False
 
     def __post_init__(self):
         object.__setattr__(

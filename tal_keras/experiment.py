@@ -78,11 +78,51 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
             overlap_prior=overlap_prior(run_config, train_cache)
             if network == "proposal" and run_config.model.overlap_cell_bias
             else None,
+            prototypes=initial_prototypes(run_config, train_annotations, train_cache)
+            if network == "proposal"
+            else None,
         )
     if evaluate_at_end:
         evaluate_run(
             run_config, eval_annotations=eval_annotations, eval_cache=eval_cache
         )
+
+
+def initial_prototypes(run_config, train_annotations, train_cache):
+    """{layer name: {weight name: array}}: where the proposal network's
+    prototype layers start (`training.train_network`): each class's mean
+    start and end clip window (--boundary_prototypes, `class_mean_prototypes`)
+    and mean clip inside its instances (--body_prototypes,
+    `class_mean_bodies`) over the training videos; {} without either."""
+    from tal_keras.layers.body_prototypes import class_mean_bodies
+    from tal_keras.layers.boundary_prototypes import class_mean_prototypes
+
+    model = run_config.model
+    if not (model.boundary_prototypes or model.body_prototypes):
+        return {}
+    videos = [
+        (
+            train_annotations.videos[video_id].segments,
+            train_annotations.videos[video_id].labels,
+        )
+        for video_id in train_cache.video_ids
+    ]
+    prototypes = {}
+    if model.boundary_prototypes:
+        start, end = class_mean_prototypes(
+            train_cache.clips, train_cache.durations, videos, model.num_classes
+        )
+        prototypes["boundary_prototypes"] = {
+            "start_prototypes": start,
+            "end_prototypes": end,
+        }
+    if model.body_prototypes:
+        prototypes["body_prototypes"] = {
+            "prototypes": class_mean_bodies(
+                train_cache.clips, train_cache.durations, videos, model.num_classes
+            )
+        }
+    return prototypes
 
 
 def overlap_prior(run_config, train_cache):

@@ -130,6 +130,26 @@ flags.DEFINE_bool(
     "Add projections of each proposal's start and end clip to its pooled "
     "feature in the proposal network (a departure from the report).",
 )
+flags.DEFINE_bool(
+    "boundary_scores",
+    ModelConfig.boundary_scores,
+    "Add a start logit of each proposal's first clip and an end logit of its "
+    "last clip to its overlap logit (a departure from the report).",
+)
+flags.DEFINE_bool(
+    "boundary_prototypes",
+    ModelConfig.boundary_prototypes,
+    "Add start and end scores by one prototype per class, started at the "
+    "training classes' mean start and end clips, to the overlap logit (a "
+    "departure from the report).",
+)
+flags.DEFINE_bool(
+    "body_prototypes",
+    ModelConfig.body_prototypes,
+    "Add each proposal's inside-minus-outside match with one prototype per "
+    "class, started at the training classes' mean clip inside their "
+    "instances, to the overlap logit (a departure from the report).",
+)
 # Training.
 flags.DEFINE_list("networks", list(NETWORKS), "Networks to train, in order.")
 flags.DEFINE_integer("epochs", TrainConfig.epochs, "Epochs per network.")

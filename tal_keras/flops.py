@@ -68,6 +68,20 @@ def model_cost(config):
     overlap_params = hidden + 1 + (proposals if config.overlap_cell_bias else 0)
     boundary_params = 2 * hidden * hidden if config.boundary_features else 0
     boundary_flops = 2 * 2 * clips * hidden * hidden if config.boundary_features else 0
+    boundary_params += 2 * hidden + 2 if config.boundary_scores else 0
+    boundary_flops += (
+        2 * 2 * clips * hidden + proposals if config.boundary_scores else 0
+    )
+    if config.boundary_prototypes:
+        window = 3 * config.feature_dim  # BoundaryPrototypes' default context 1
+        boundary_params += 2 * config.num_classes * window + 2
+        boundary_flops += 2 * 2 * clips * config.num_classes * window + 2 * proposals
+    if config.body_prototypes:
+        boundary_params += config.num_classes * config.feature_dim + 1
+        boundary_flops += (
+            2 * clips * config.num_classes * config.feature_dim
+            + 4 * proposals * config.num_classes
+        )
     overlap_flops = 2 * proposals * hidden
     class_params = hidden * config.num_classes + config.num_classes
     class_flops = 2 * proposals * hidden * config.num_classes

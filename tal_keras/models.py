@@ -4,7 +4,10 @@
 import keras
 
 from tal_keras.layers import (
+    BodyPrototypes,
     BoundaryFeatures,
+    BoundaryPrototypes,
+    BoundaryScores,
     ClassHead,
     ClipEncoder,
     OverlapHead,
@@ -48,9 +51,40 @@ def build_proposal_network(config):
         conv_implementation=config.conv_implementation,
         name="sub_map_network",
     )(proposal_features)
+    extra_logits = []
+    if config.boundary_scores:
+        extra_logits.append(
+            BoundaryScores(
+                config.num_clips, config.scale_layers, name="boundary_scores"
+            )(clip_sequence)
+        )
+    if config.boundary_prototypes:
+        extra_logits.append(
+            BoundaryPrototypes(
+                config.num_clips,
+                config.scale_layers,
+                config.num_classes,
+                name="boundary_prototypes",
+            )(clip_features)
+        )
+    if config.body_prototypes:
+        extra_logits.append(
+            BodyPrototypes(
+                config.num_clips,
+                config.scale_layers,
+                config.num_classes,
+                name="body_prototypes",
+            )(clip_features)
+        )
+    head_inputs = map_features
+    if extra_logits:
+        extra = extra_logits[0]
+        if len(extra_logits) > 1:
+            extra = keras.layers.Add(name="extra_logits")(extra_logits)
+        head_inputs = [map_features, extra]
     overlap_scores = OverlapHead(
         cell_bias=config.overlap_cell_bias, name="overlap_scores"
-    )(map_features)
+    )(head_inputs)
     return keras.Model(clip_features, overlap_scores, name="proposal_network")
 
 

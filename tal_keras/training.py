@@ -131,6 +131,7 @@ def train_network(
     resume=False,
     verbose=None,
     overlap_prior=None,
+    prototypes=None,
     devices=None,
 ):
     """Trains `network` ("proposal" or "classifier") and returns its best model path.
@@ -146,6 +147,10 @@ def train_network(
         overlap_prior: float [P], the mean overlap target of each proposal
             over the training videos; a new proposal network with per-cell
             biases (--overlap_cell_bias) starts from their logits.
+        prototypes: {layer name: {weight name: array}} where a new proposal
+            network's prototype layers start (--boundary_prototypes,
+            --body_prototypes; `experiment.initial_prototypes`); layers the
+            network lacks are skipped.
         devices: devices to split each batch across (`data_parallel`); None:
             the GPUs when there are several, else one device.
     """
@@ -199,6 +204,12 @@ def train_network(
                 head = model.get_layer("overlap_scores")
                 prior = np.clip(np.asarray(overlap_prior, np.float64), 1e-4, 1 - 1e-4)
                 head.cell_biases.assign(np.log(prior / (1 - prior)).astype("float32"))
+            layer_names = {layer.name for layer in model.layers}
+            for layer_name, weights in (prototypes or {}).items():
+                if layer_name in layer_names:
+                    layer = model.get_layer(layer_name)
+                    for weight_name, value in weights.items():
+                        getattr(layer, weight_name).assign(value)
         initial_epoch = state["epochs_done"] if state else 0
         callbacks = [
             EpochCheckpoint(network_dir, metric_name, score_fn, state),

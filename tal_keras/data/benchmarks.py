@@ -262,6 +262,26 @@ def _patterns(rng, count, feature_dim):
     )
 
 
+def class_patterns(seed, num_classes, feature_dim):
+    """The generator's patterns: {"onset", "body", "offset", "lookalike"}:
+    float64 [num_classes, feature_dim] each, class k's in row k (classes in
+    sorted label order), as a dataset of this seed draws them."""
+    pattern_rng = np.random.default_rng([seed, 0])
+    onsets, bodies, offsets, others = (
+        _patterns(pattern_rng, num_classes, feature_dim) for _ in range(4)
+    )
+    # A look-alike shares LOOKALIKE_COSINE of its direction with the class body.
+    others -= np.sum(others * bodies, axis=1, keepdims=True) / feature_dim * bodies
+    others *= np.sqrt(feature_dim) / np.linalg.norm(others, axis=1, keepdims=True)
+    lookalikes = LOOKALIKE_COSINE * bodies + np.sqrt(1 - LOOKALIKE_COSINE**2) * others
+    return {
+        "onset": onsets,
+        "body": bodies,
+        "offset": offsets,
+        "lookalike": lookalikes,
+    }
+
+
 def _write(root, parameters, database, videos):
     family, seed = parameters["family"], parameters["seed"]
     feature_dim = parameters["feature_dim"]
@@ -269,20 +289,7 @@ def _write(root, parameters, database, videos):
         {a["label"] for video_id in videos for a in database[video_id]["annotations"]}
     )
     class_index = {name: index for index, name in enumerate(names)}
-    pattern_rng = np.random.default_rng([seed, 0])
-    onsets, bodies, offsets, others = (
-        _patterns(pattern_rng, len(names), feature_dim) for _ in range(4)
-    )
-    # A look-alike shares LOOKALIKE_COSINE of its direction with the class body.
-    others -= np.sum(others * bodies, axis=1, keepdims=True) / feature_dim * bodies
-    others *= np.sqrt(feature_dim) / np.linalg.norm(others, axis=1, keepdims=True)
-    lookalikes = LOOKALIKE_COSINE * bodies + np.sqrt(1 - LOOKALIKE_COSINE**2) * others
-    patterns = {
-        "onset": onsets,
-        "body": bodies,
-        "offset": offsets,
-        "lookalike": lookalikes,
-    }
+    patterns = class_patterns(seed, len(names), feature_dim)
 
     database_out, dropped, instances = {}, 0, 0
     with _feature_writer(root, parameters["format"]) as write_features:

@@ -2,7 +2,10 @@
 order: clips -> proposal features -> sub-maps -> scores."""
 
 from tal_keras.layers.band_map_conv import BandMapConv
+from tal_keras.layers.body_prototypes import BodyPrototypes
 from tal_keras.layers.boundary_features import BoundaryFeatures
+from tal_keras.layers.boundary_prototypes import BoundaryPrototypes
+from tal_keras.layers.boundary_scores import BoundaryScores
 from tal_keras.layers.class_head import ClassHead
 from tal_keras.layers.clip_encoder import ClipEncoder
 from tal_keras.layers.masked_map_conv import MaskedMapConv
@@ -12,7 +15,10 @@ from tal_keras.layers.sub_map_network import SubMapNetwork
 
 __all__ = [
     "BandMapConv",
+    "BodyPrototypes",
     "BoundaryFeatures",
+    "BoundaryPrototypes",
+    "BoundaryScores",
     "ClassHead",
     "ClipEncoder",
     "MaskedMapConv",

@@ -8,6 +8,15 @@ import keras
 NORMALIZATIONS = ("none", "video")
 
 
+def standardize_per_video(clip_features):
+    """Each channel minus its mean over the clips, divided by its standard
+    deviation + 1e-3 (float [batch, num_clips, D], any backend)."""
+    mean = keras.ops.mean(clip_features, axis=1, keepdims=True)
+    centered = clip_features - mean
+    std = keras.ops.sqrt(keras.ops.mean(centered * centered, axis=1, keepdims=True))
+    return centered / (std + 1e-3)
+
+
 @keras.saving.register_keras_serializable(package="tal_keras")
 class ClipEncoder(keras.layers.Layer):
     """1x1 temporal conv D -> H followed by a ReLU, applied to every clip.
@@ -70,12 +79,7 @@ class ClipEncoder(keras.layers.Layer):
 
     def call(self, clip_features):
         if self.normalization == "video":
-            mean = keras.ops.mean(clip_features, axis=1, keepdims=True)
-            centered = clip_features - mean
-            std = keras.ops.sqrt(
-                keras.ops.mean(centered * centered, axis=1, keepdims=True)
-            )
-            clip_features = centered / (std + 1e-3)
+            clip_features = standardize_per_video(clip_features)
         clip_sequence = self.projection(clip_features)
         if self.context is not None:
             clip_sequence = clip_sequence + self.context(clip_sequence)

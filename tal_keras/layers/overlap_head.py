@@ -21,7 +21,9 @@ class OverlapHead(keras.layers.Layer):
             content-blind baseline uses (a departure, docs/benchmarks.md).
         **kwargs: passed on to `keras.layers.Layer` (name, dtype, ...).
 
-    Input shape: float [batch, num_proposals, hidden_size], lattice order.
+    Input: float [batch, num_proposals, hidden_size], lattice order; or a
+        list [that, logits], logits float [batch, num_proposals] added to
+        the overlap logit (`BoundaryScores`).
     Output shape: float [batch, num_proposals], in (0, 1).
 
     Example:
@@ -38,6 +40,10 @@ class OverlapHead(keras.layers.Layer):
         )
 
     def build(self, input_shape):
+        if isinstance(input_shape, (list, tuple)) and isinstance(
+            input_shape[0], (list, tuple)
+        ):
+            input_shape = input_shape[0]
         self.projection.build(input_shape)
         self.cell_biases = None
         if self.cell_bias:
@@ -45,8 +51,13 @@ class OverlapHead(keras.layers.Layer):
                 shape=(input_shape[-2],), initializer="zeros", name="cell_biases"
             )
 
-    def call(self, map_features):
-        logits = ops.squeeze(self.projection(map_features), axis=-1)
+    def call(self, inputs):
+        extra = None
+        if isinstance(inputs, (list, tuple)):
+            inputs, extra = inputs
+        logits = ops.squeeze(self.projection(inputs), axis=-1)
+        if extra is not None:
+            logits = logits + ops.cast(extra, logits.dtype)
         if self.cell_biases is not None:
             logits = logits + ops.cast(self.cell_biases, logits.dtype)
         return ops.sigmoid(logits)
@@ -57,4 +68,8 @@ class OverlapHead(keras.layers.Layer):
         return config
 
     def compute_output_shape(self, input_shape):
+        if isinstance(input_shape, (list, tuple)) and isinstance(
+            input_shape[0], (list, tuple)
+        ):
+            input_shape = input_shape[0]
         return tuple(input_shape[:-1])

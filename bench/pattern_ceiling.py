@@ -1,0 +1,197 @@
+"""How much of the proposal AUC can each kind of evidence give on a
+benchmark dataset (tal_keras.data.benchmarks)? (docs/benchmarks.md)
+
+    python bench/pattern_ceiling.py RUN_FOLDER [RUN_FOLDER ...] [--out ceiling.md]
+
+Each RUN_FOLDER is a train.py run on one benchmark dataset (only its
+config and clip caches are read; nothing is written into it). On the
+run's evaluation videos, at its N, every proposal is scored by the log of
+the content-blind length prior plus one kind of evidence times a weight, and
+the official AUC of the proposals (same NMS and count as train.py) is
+printed for the best weight of a small grid:
+
+- "length prior": the prior alone (the baseline train.py reports);
+- "true boundaries": the generator's own onset and offset patterns (read
+  back from the dataset's benchmark.json): a proposal's start clip scored
+  by its best onset match (that clip or the next), its end clip by its best
+  offset match; what a perfect boundary detector could add;
+- "true bodies": the generator's body patterns: a proposal's mean body
+  match inside minus outside, best class;
+- "class-mean prototypes": no generator knowledge; the start and end scores
+  of --boundary_prototypes at its start (each class's mean start and end
+  clip window over the training videos, `class_mean_prototypes`);
+- "class-mean bodies": no generator knowledge; "true bodies" with each
+  class's mean clip inside its training instances in place of the body
+  pattern;
+- "true IoU": P_over = the true max IoU (the ceiling of any scorer at this
+  N with this NMS).
+
+The weight is chosen on the evaluation videos themselves, so each number
+is an upper bound for its kind of evidence, not a result a method reaches.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tal_keras import atomic
+
+WEIGHTS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
+
+
+def standardized(clips):
+    """float64 [V, N, D]: each video's channels standardised over its clips
+    (as --clip_normalization=video)."""
+    clips = np.asarray(clips, np.float64)
+    centered = clips - clips.mean(axis=1, keepdims=True)
+    return centered / (np.sqrt((centered**2).mean(axis=1, keepdims=True)) + 1e-3)
+
+
+def centred_best_match(features, patterns):
+    """float64 [V, N]: each clip's best dot product with a row of `patterns`
+    (divided by the patterns' norm), minus its video's mean."""
+    norms = np.linalg.norm(patterns, axis=1)
+    best = (features @ (patterns / np.maximum(norms, 1e-12)[:, None]).T).max(axis=-1)
+    return best - best.mean(axis=1, keepdims=True)
+
+
+def body_contrast(features, bodies, lattice):
+    """float64 [V, P]: per proposal, the best class's mean body match inside
+    it minus outside it."""
+    matches = features @ (bodies / np.linalg.norm(bodies, axis=1)[:, None]).T
+    cumulative = np.concatenate(
+        [np.zeros_like(matches[:, :1]), np.cumsum(matches, axis=1)], axis=1
+    )
+    lengths = (lattice.ends - lattice.starts + 1)[None, :, None]
+    inside = cumulative[:, lattice.ends + 1] - cumulative[:, lattice.starts]
+    outside = cumulative[:, -1:] - inside
+    num_clips = matches.shape[1]
+    contrast = inside / lengths - outside / np.maximum(num_clips - lengths, 1)
+    return contrast.max(axis=-1)
+
+
+def ceiling_rows(run_folder):
+    """{scorer: (AUC %, best weight or None)} on the run's evaluation videos."""
+    from tal_keras import evaluation, inference, run
+    from tal_keras.data import benchmarks
+    from tal_keras.layers.boundary_prototypes import class_mean_prototypes
+
+    folder = run.RunFolder(run_folder)
+    run_config = folder.read_config()
+    lattice = run_config.model.lattice
+    data_dir = os.path.dirname(os.path.abspath(run_config.data.annotations))
+    with open(os.path.join(data_dir, benchmarks.PARAMETERS_FILE)) as stream:
+        parameters = json.load(stream)
+    train_annotations, train_cache = run.open_subset(
+        run_config, run_config.data.train_subset
+    )
+    annotations, cache = run.open_subset(run_config, run_config.data.eval_subset)
+    ground_truth = evaluation.ground_truth_of(annotations, run_config.data.blocklist)
+    log_prior = np.log(
+        np.clip(evaluation.length_prior(lattice, train_annotations), 1e-4, 1.0)
+    )
+
+    def auc(logits):
+        scores = np.exp(logits - logits.max(axis=1, keepdims=True))
+        results = inference.proposal_results(
+            run_config, lattice, cache, scores.astype(np.float32)
+        )
+        return (
+            100
+            * evaluation.proposal_summary(
+                evaluation.score_proposals(ground_truth, results)
+            )["AUC"]
+        )
+
+    def best(evidence):
+        found = [
+            (auc(log_prior[None] + weight * evidence), weight) for weight in WEIGHTS
+        ]
+        return max(found)
+
+    patterns = benchmarks.class_patterns(
+        parameters["seed"], parameters["num_classes"], parameters["feature_dim"]
+    )
+    features = standardized(cache.clips)
+    onset = centred_best_match(features, patterns["onset"])
+    offset = centred_best_match(features, patterns["offset"])
+    # Feature windows are centred after their step's start: an onset shows in
+    # the clip holding the start or the next one, an offset in the clip
+    # holding the end or the one before.
+    onset = np.maximum(onset, np.concatenate([onset[:, 1:], onset[:, -1:]], axis=1))
+    offset = np.maximum(offset, np.concatenate([offset[:, :1], offset[:, :-1]], axis=1))
+    videos = [
+        (
+            train_annotations.videos[video_id].segments,
+            train_annotations.videos[video_id].labels,
+        )
+        for video_id in train_cache.video_ids
+    ]
+    start_prototypes, end_prototypes = class_mean_prototypes(
+        train_cache.clips,
+        train_cache.durations,
+        videos,
+        len(train_annotations.class_names),
+    )
+    padded = np.pad(features, ((0, 0), (1, 1), (0, 0)), mode="edge")
+    num_clips = features.shape[1]
+    windows = np.concatenate([padded[:, k : k + num_clips] for k in range(3)], axis=-1)
+    present = np.linalg.norm(start_prototypes, axis=1) > 0
+    start_score = centred_best_match(windows, start_prototypes[present])
+    end_score = centred_best_match(windows, end_prototypes[present])
+    train_features = standardized(train_cache.clips)
+    body_sums = np.zeros((len(train_annotations.class_names), features.shape[-1]))
+    for index, (segments, labels) in enumerate(videos):
+        duration = train_cache.durations[index]
+        centres = (np.arange(num_clips) + 0.5) * duration / num_clips
+        for (start, end), label in zip(segments, labels):
+            inside = (centres >= start) & (centres < end)
+            body_sums[label] += train_features[index, inside].sum(axis=0)
+    body_present = np.linalg.norm(body_sums, axis=1) > 0
+    max_iou = np.asarray(cache.max_iou, np.float64)
+    return {
+        "length prior": (auc(np.broadcast_to(log_prior, max_iou.shape)), None),
+        "true boundaries": best(onset[:, lattice.starts] + offset[:, lattice.ends]),
+        "true bodies": best(body_contrast(features, patterns["body"], lattice)),
+        "class-mean prototypes": best(
+            start_score[:, lattice.starts] + end_score[:, lattice.ends]
+        ),
+        "class-mean bodies": best(
+            body_contrast(features, body_sums[body_present], lattice)
+        ),
+        "true IoU": (auc(np.log(np.clip(max_iou, 1e-6, 1.0))), None),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_folders", nargs="+")
+    parser.add_argument("--out", default="", help="also write the table here")
+    args = parser.parse_args(argv)
+    lines = []
+    for run_folder in args.run_folders:
+        rows = ceiling_rows(run_folder)
+        if not lines:
+            lines.append("| run | " + " | ".join(rows) + " |")
+            lines.append("|" + " --- |" * (len(rows) + 1))
+        cells = [
+            f"{value:.2f}" if weight is None else f"{value:.2f} (w {weight:g})"
+            for value, weight in rows.values()
+        ]
+        lines.append(f"| {run_folder} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    print()
+    print(text)
+    if args.out:
+        with atomic.atomic_path(args.out) as temporary, open(temporary, "w") as stream:
+            stream.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Body prototypes: how much more a proposal's clips look like one class's
+body than the rest of its video does, added to its overlap logit (an
+optional departure from the report, docs/benchmarks.md)."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from tal_keras.lattice import Lattice
+from tal_keras.layers.clip_encoder import standardize_per_video
+
+
+@keras.saving.register_keras_serializable(package="tal_keras")
+class BodyPrototypes(keras.layers.Layer):
+    """Per-proposal logits a * max_k (inside_k - outside_k).
+
+    m_k(n) is the dot product of clip n's standardised features with
+    prototype k; inside_k is its mean over the proposal's clips, outside_k
+    its mean over the video's other clips (0 when there are none). a is a
+    learned scale.
+
+    The prototypes are not trained: training sets them to each class's mean
+    clip inside its training instances, scaled to unit norm
+    (`class_mean_bodies`), a nearest-class-mean detector that a few dozen
+    instances per class already make reliable (docs/benchmarks.md).
+
+    Args:
+        num_clips: N.
+        scale_layers: pooling layers per scale (the lattice).
+        num_prototypes: K, one per class.
+        initial_scale: a at the start.
+        **kwargs: passed on to `keras.layers.Layer` (name, dtype, ...).
+
+    Input shape: float [batch, num_clips, D], the clip features (as given to
+        the network; standardised per video here).
+    Output shape: float [batch, num_proposals], logits in lattice order.
+
+    Example:
+        >>> layer = BodyPrototypes(16, (4, 2, 2), num_prototypes=3)
+        >>> layer(np.zeros((2, 16, 8))).shape
+        (2, 72)
+    """
+
+    def __init__(
+        self, num_clips, scale_layers, num_prototypes, initial_scale=0.5, **kwargs
+    ):
+        super().__init__(**kwargs)
+        if num_prototypes < 1:
+            raise ValueError(f"num_prototypes must be >= 1, got {num_prototypes}.")
+        self.num_clips = num_clips
+        self.scale_layers = tuple(scale_layers)
+        self.num_prototypes = int(num_prototypes)
+        self.initial_scale = float(initial_scale)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        self.prototypes = self.add_weight(
+            shape=(self.num_prototypes, dim),
+            initializer=keras.initializers.RandomNormal(stddev=1.0 / np.sqrt(dim)),
+            trainable=False,
+            name="prototypes",
+        )
+        self.scale = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(self.initial_scale),
+            name="scale",
+        )
+        lattice = Lattice(self.num_clips, self.scale_layers)
+        self._starts = lattice.starts.astype("int32")
+        self._ends_after = (lattice.ends + 1).astype("int32")
+        lengths = (lattice.ends - lattice.starts + 1).astype("float32")
+        self._inside_weights = (1.0 / lengths)[:, None]
+        self._outside_weights = (1.0 / np.maximum(self.num_clips - lengths, 1.0))[
+            :, None
+        ]
+
+    def call(self, clip_features):
+        features = standardize_per_video(clip_features)
+        matches = ops.matmul(
+            features, ops.transpose(ops.cast(self.prototypes, features.dtype))
+        )
+        cumulative = ops.concatenate(
+            [ops.zeros_like(matches[:, :1]), ops.cumsum(matches, axis=1)], axis=1
+        )
+        inside = ops.take(cumulative, self._ends_after, axis=1) - ops.take(
+            cumulative, self._starts, axis=1
+        )
+        outside = cumulative[:, -1:] - inside
+        contrast = inside * ops.cast(
+            self._inside_weights, inside.dtype
+        ) - outside * ops.cast(self._outside_weights, inside.dtype)
+        return ops.cast(self.scale, contrast.dtype) * ops.max(contrast, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        lattice = Lattice(self.num_clips, self.scale_layers)
+        return (input_shape[0], lattice.num_proposals)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_clips": self.num_clips,
+                "scale_layers": list(self.scale_layers),
+                "num_prototypes": self.num_prototypes,
+                "initial_scale": self.initial_scale,
+            }
+        )
+        return config
+
+
+def class_mean_bodies(clips, durations, videos, num_classes):
+    """float32 [num_classes, D]: per class, the mean standardised clip (each
+    video's channels standardised over its clips) over the clips whose centre
+    lies inside its instances, scaled to unit norm; zeros for a class
+    without such clips.
+
+    Args:
+        clips: float [V, N, D] clip features of the training videos.
+        durations: float [V] seconds.
+        videos: V (segments [K, 2] seconds, labels [K] int) pairs.
+        num_classes: K prototypes.
+    """
+    num_clips, dim = clips.shape[1], clips.shape[2]
+    sums = np.zeros((num_classes, dim))
+    for index, (segments, labels) in enumerate(videos):
+        if not len(labels):
+            continue
+        features = np.asarray(clips[index], np.float64)
+        centered = features - features.mean(axis=0)
+        standardized = centered / (np.sqrt((centered**2).mean(axis=0)) + 1e-3)
+        centres = (np.arange(num_clips) + 0.5) * float(durations[index]) / num_clips
+        for (start, end), label in zip(np.reshape(segments, (-1, 2)), labels):
+            inside = (centres >= start) & (centres < end)
+            sums[int(label)] += standardized[inside].sum(axis=0)
+    norms = np.linalg.norm(sums, axis=-1, keepdims=True)
+    return np.where(norms > 0, sums / np.maximum(norms, 1e-12), 0.0).astype(np.float32)

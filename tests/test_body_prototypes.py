@@ -1,0 +1,130 @@
+"""The proposal network's optional body prototypes (--body_prototypes), a
+departure from the report (docs/benchmarks.md): the layer's arithmetic,
+the class means it starts from, and where training starts it."""
+
+import dataclasses
+import types
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tiny_configs import ONE_LAYER, tiny_model
+
+from tal_keras import experiment, training
+from tal_keras.config import RunConfig, TrainConfig
+from tal_keras.flops import model_cost
+from tal_keras.lattice import Lattice
+from tal_keras.layers import BodyPrototypes
+from tal_keras.layers.body_prototypes import class_mean_bodies
+from tal_keras.models import build_proposal_network
+
+
+def test_scores_each_proposal_by_its_best_inside_minus_outside_match(tmp_path):
+    lattice = Lattice(16, (4, 2, 2))
+    rng = np.random.default_rng(0)
+    clips = rng.standard_normal((2, 16, 5)).astype("float32")
+    layer = BodyPrototypes(16, (4, 2, 2), num_prototypes=3)
+    layer(clips)
+    layer.scale.assign(0.6)
+    output = keras.ops.convert_to_numpy(layer(clips))
+    prototypes = keras.ops.convert_to_numpy(layer.prototypes)
+    standardized = (clips - clips.mean(axis=1, keepdims=True)) / (
+        clips.std(axis=1, keepdims=True) + 1e-3
+    )
+    matches = standardized @ prototypes.T  # [2, 16, 3]
+    expected = np.zeros((2, lattice.num_proposals))
+    for cell, (start, end) in enumerate(zip(lattice.starts, lattice.ends)):
+        inside = np.zeros(16, bool)
+        inside[start : end + 1] = True
+        outside = (
+            matches[:, ~inside].mean(axis=1) if (~inside).any() else np.zeros((2, 3))
+        )
+        expected[:, cell] = 0.6 * (matches[:, inside].mean(axis=1) - outside).max(-1)
+    np.testing.assert_allclose(output, expected, atol=1e-4)
+    model_input = keras.Input((16, 5))
+    model = keras.Model(model_input, layer(model_input))
+    model.save(tmp_path / "bodies.keras")
+    loaded = keras.saving.load_model(tmp_path / "bodies.keras")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(clips)), output, atol=1e-6
+    )
+    assert [weight.name for weight in layer.trainable_weights] == ["scale"]
+
+
+def test_class_means_point_at_each_class_body():
+    rng = np.random.default_rng(1)
+    num_clips, dim = 32, 6
+    bodies = np.linalg.qr(rng.standard_normal((dim, dim)))[0].T[:3]
+    clips, videos = [], []
+    for _ in range(30):
+        features = 0.5 * rng.standard_normal((num_clips, dim))
+        label = int(rng.integers(2))  # class 2 never occurs
+        start = int(rng.integers(0, 12))
+        end = int(rng.integers(start + 4, num_clips))
+        features[start:end] += 2 * bodies[label]
+        clips.append(features)
+        # 1 s clips: clip centres start + 0.5 .. end - 0.5 lie inside.
+        videos.append((np.array([[start, end]], float), np.array([label])))
+    found = class_mean_bodies(np.stack(clips), np.full(30, 32.0), videos, 3)
+    assert found.shape == (3, dim) and not found[2].any()
+    np.testing.assert_allclose(np.linalg.norm(found[:2], axis=1), 1.0, atol=1e-6)
+    cosines = found[:2] @ bodies[:2].T
+    assert np.diag(cosines).min() > 0.8
+    assert np.abs(cosines[[0, 1], [1, 0]]).max() < 0.5
+
+
+def test_network_uses_them_flops_count_them_and_training_starts_from_them(tmp_path):
+    config = tiny_model(**ONE_LAYER, body_prototypes=True, boundary_prototypes=True)
+    network = build_proposal_network(config)
+    assert network.get_layer("body_prototypes") is not None
+    assert network.count_params() == model_cost(config)["proposal_params"]
+    plain = model_cost(dataclasses.replace(config, body_prototypes=False))
+    assert (
+        model_cost(config)["proposal_params"] - plain["proposal_params"]
+        == config.num_classes * config.feature_dim + 1
+    )
+    rng = np.random.default_rng(2)
+    num_videos = 6
+    clips = rng.standard_normal(
+        (num_videos, config.num_clips, config.feature_dim), "float32"
+    )
+    max_iou = rng.uniform(size=(num_videos, config.lattice.num_proposals)).astype(
+        "float32"
+    )
+    videos = {
+        f"v{index}": types.SimpleNamespace(
+            segments=np.array([[1.0, 5.0]]), labels=np.array([index % 2])
+        )
+        for index in range(num_videos)
+    }
+    cache = types.SimpleNamespace(
+        video_ids=list(videos),
+        clips=clips,
+        durations=np.full(num_videos, 8.0),
+        max_iou=max_iou,
+    )
+    run_config = RunConfig(
+        workdir=str(tmp_path),
+        model=config,
+        train=TrainConfig(epochs=1, batch_size=3, learning_rate=1e-2),
+    )
+    prototypes = experiment.initial_prototypes(
+        run_config, types.SimpleNamespace(videos=videos), cache
+    )
+    assert sorted(prototypes) == ["body_prototypes", "boundary_prototypes"]
+    bodies = prototypes["body_prototypes"]["prototypes"]
+    np.testing.assert_allclose(
+        bodies,
+        class_mean_bodies(
+            clips,
+            cache.durations,
+            [(v.segments, v.labels) for v in videos.values()],
+            config.num_classes,
+        ),
+    )
+    dataset = tf.data.Dataset.from_tensor_slices((clips, max_iou)).batch(3)
+    path = training.train_network(
+        "proposal", run_config, dataset, verbose=0, prototypes=prototypes
+    )
+    layer = keras.saving.load_model(path, compile=False).get_layer("body_prototypes")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.prototypes), bodies)
