@@ -17,6 +17,7 @@ printed for the best weight of a small grid:
   offset match; what a perfect boundary detector could add;
 - "true bodies": the generator's body patterns: a proposal's mean body
   match inside minus outside, best class;
+- "true both": both of the above, each with its own weight;
 - "class-mean prototypes": no generator knowledge; the start and end scores
   of --boundary_prototypes at its start (each class's mean start and end
   clip window over the training videos, `class_mean_prototypes`);
@@ -26,8 +27,10 @@ printed for the best weight of a small grid:
 - "true IoU": P_over = the true max IoU (the ceiling of any scorer at this
   N with this NMS).
 
-The weight is chosen on the evaluation videos themselves, so each number
-is an upper bound for its kind of evidence, not a result a method reaches.
+The weight (0 included: the prior alone) is chosen on the evaluation
+videos themselves, so each number is an upper bound for its kind of
+evidence with this scorer, not a result a method reaches; "true both"
+shows its boundary weight.
 """
 
 import argparse
@@ -41,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tal_keras import atomic
 
-WEIGHTS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
+WEIGHTS = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
 
 
 def standardized(clips):
@@ -108,9 +111,21 @@ def ceiling_rows(run_folder):
             )["AUC"]
         )
 
-    def best(evidence):
+    def best(evidence, other=None):
+        """(best AUC, its weight) over WEIGHTS (for `other`, a second weight
+        from the same grid; the first is reported)."""
+        seconds = WEIGHTS if other is not None else (0.0,)
         found = [
-            (auc(log_prior[None] + weight * evidence), weight) for weight in WEIGHTS
+            (
+                auc(
+                    log_prior[None]
+                    + weight * evidence
+                    + (second * other if other is not None else 0.0)
+                ),
+                weight,
+            )
+            for weight in WEIGHTS
+            for second in seconds
         ]
         return max(found)
 
@@ -154,10 +169,13 @@ def ceiling_rows(run_folder):
             body_sums[label] += train_features[index, inside].sum(axis=0)
     body_present = np.linalg.norm(body_sums, axis=1) > 0
     max_iou = np.asarray(cache.max_iou, np.float64)
+    true_boundaries = onset[:, lattice.starts] + offset[:, lattice.ends]
+    true_bodies = body_contrast(features, patterns["body"], lattice)
     return {
         "length prior": (auc(np.broadcast_to(log_prior, max_iou.shape)), None),
-        "true boundaries": best(onset[:, lattice.starts] + offset[:, lattice.ends]),
-        "true bodies": best(body_contrast(features, patterns["body"], lattice)),
+        "true boundaries": best(true_boundaries),
+        "true bodies": best(true_bodies),
+        "true both": best(true_boundaries, true_bodies),
         "class-mean prototypes": best(
             start_score[:, lattice.starts] + end_score[:, lattice.ends]
         ),

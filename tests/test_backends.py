@@ -53,6 +53,20 @@ def test_tensorflow_and_jax_give_the_same_outputs(small_config, tmp_path):
                 small_config, map_mode="2dtan", proposal_features="conv"
             )
         ),
+        # Every optional departure of the proposal network (docs/design.md
+        # section 10).
+        "proposal_departures": build_proposal_network(
+            dataclasses.replace(
+                small_config,
+                clip_normalization="video",
+                clip_context=3,
+                boundary_features=True,
+                boundary_scores=True,
+                boundary_prototypes=True,
+                body_prototypes=True,
+                overlap_cell_bias=True,
+            )
+        ),
         "inference": build_inference_model(
             build_proposal_network(small_config), build_classifier_network(small_config)
         ),
@@ -94,7 +108,7 @@ def test_tensorflow_and_jax_give_the_same_outputs(small_config, tmp_path):
         ["-c", OTHER_BACKEND_SCRIPT, tmp_path], backend=other_backend, timeout=600
     )
     assert result.stdout.strip().splitlines()[-1] == other_backend
-    assert len(expected) == 5
+    assert len(expected) == 6
     for key, value in expected.items():
         np.testing.assert_allclose(
             np.load(tmp_path / f"{key}.other.npy"), value, atol=1e-5, err_msg=key
