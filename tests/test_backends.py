@@ -7,6 +7,7 @@ import textwrap
 import keras
 import numpy as np
 from python_process import run_python
+from tiny_configs import EVERY_DEPARTURE
 
 from tal_keras.losses import ProposalClassLoss, ScaledOverlapLoss
 from tal_keras.models import (
@@ -53,19 +54,8 @@ def test_tensorflow_and_jax_give_the_same_outputs(small_config, tmp_path):
                 small_config, map_mode="2dtan", proposal_features="conv"
             )
         ),
-        # Every optional departure of the proposal network (docs/design.md
-        # section 10).
         "proposal_departures": build_proposal_network(
-            dataclasses.replace(
-                small_config,
-                clip_normalization="video",
-                clip_context=3,
-                boundary_features=True,
-                boundary_scores=True,
-                boundary_prototypes=True,
-                body_prototypes=True,
-                overlap_cell_bias=True,
-            )
+            dataclasses.replace(small_config, **EVERY_DEPARTURE)
         ),
         "inference": build_inference_model(
             build_proposal_network(small_config), build_classifier_network(small_config)

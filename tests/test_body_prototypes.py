@@ -16,6 +16,7 @@ from tal_keras.flops import model_cost
 from tal_keras.lattice import Lattice
 from tal_keras.layers import BodyPrototypes
 from tal_keras.layers.body_prototypes import class_mean_bodies
+from tal_keras.layers.boundary_prototypes import class_mean_prototypes
 from tal_keras.models import build_proposal_network
 
 
@@ -73,8 +74,8 @@ def test_class_means_point_at_each_class_body():
     assert np.abs(cosines[[0, 1], [1, 0]]).max() < 0.5
 
 
-def test_network_uses_them_flops_count_them_and_training_starts_from_them(tmp_path):
-    config = tiny_model(**ONE_LAYER, body_prototypes=True, boundary_prototypes=True)
+def test_network_uses_them_and_flops_count_them():
+    config = tiny_model(**ONE_LAYER, body_prototypes=True)
     network = build_proposal_network(config)
     assert network.get_layer("body_prototypes") is not None
     assert network.count_params() == model_cost(config)["proposal_params"]
@@ -83,14 +84,16 @@ def test_network_uses_them_flops_count_them_and_training_starts_from_them(tmp_pa
         model_cost(config)["proposal_params"] - plain["proposal_params"]
         == config.num_classes * config.feature_dim + 1
     )
+
+
+def test_training_starts_both_prototype_layers_at_the_class_means(tmp_path):
+    config = tiny_model(**ONE_LAYER, body_prototypes=True, boundary_prototypes=True)
     rng = np.random.default_rng(2)
     num_videos = 6
     clips = rng.standard_normal(
         (num_videos, config.num_clips, config.feature_dim), "float32"
     )
-    max_iou = rng.uniform(size=(num_videos, config.lattice.num_proposals)).astype(
-        "float32"
-    )
+    max_iou = rng.uniform(size=(num_videos, config.lattice.num_proposals))
     videos = {
         f"v{index}": types.SimpleNamespace(
             segments=np.array([[1.0, 5.0]]), labels=np.array([index % 2])
@@ -98,10 +101,7 @@ def test_network_uses_them_flops_count_them_and_training_starts_from_them(tmp_pa
         for index in range(num_videos)
     }
     cache = types.SimpleNamespace(
-        video_ids=list(videos),
-        clips=clips,
-        durations=np.full(num_videos, 8.0),
-        max_iou=max_iou,
+        video_ids=list(videos), clips=clips, durations=np.full(num_videos, 8.0)
     )
     run_config = RunConfig(
         workdir=str(tmp_path),
@@ -111,20 +111,42 @@ def test_network_uses_them_flops_count_them_and_training_starts_from_them(tmp_pa
     prototypes = experiment.initial_prototypes(
         run_config, types.SimpleNamespace(videos=videos), cache
     )
-    assert sorted(prototypes) == ["body_prototypes", "boundary_prototypes"]
-    bodies = prototypes["body_prototypes"]["prototypes"]
-    np.testing.assert_allclose(
-        bodies,
-        class_mean_bodies(
-            clips,
-            cache.durations,
-            [(v.segments, v.labels) for v in videos.values()],
-            config.num_classes,
+    pairs = [(video.segments, video.labels) for video in videos.values()]
+    expected = {
+        "body_prototypes": {
+            "prototypes": class_mean_bodies(
+                clips, cache.durations, pairs, config.num_classes
+            )
+        },
+        "boundary_prototypes": dict(
+            zip(
+                ("start_prototypes", "end_prototypes"),
+                class_mean_prototypes(
+                    clips, cache.durations, pairs, config.num_classes
+                ),
+            )
         ),
-    )
-    dataset = tf.data.Dataset.from_tensor_slices((clips, max_iou)).batch(3)
+    }
+    assert sorted(prototypes) == sorted(expected)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (clips, max_iou.astype("float32"))
+    ).batch(3)
     path = training.train_network(
         "proposal", run_config, dataset, verbose=0, prototypes=prototypes
     )
-    layer = keras.saving.load_model(path, compile=False).get_layer("body_prototypes")
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.prototypes), bodies)
+    network = keras.saving.load_model(path, compile=False)
+    # The saved prototypes are where training started (they do not train);
+    # only the scales do.
+    for layer_name, weights in expected.items():
+        layer = network.get_layer(layer_name)
+        for weight_name, value in weights.items():
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(getattr(layer, weight_name)), value
+            )
+            np.testing.assert_array_equal(prototypes[layer_name][weight_name], value)
+    assert [w.name for w in network.get_layer("body_prototypes").trainable_weights] == [
+        "scale"
+    ]
+    assert [
+        w.name for w in network.get_layer("boundary_prototypes").trainable_weights
+    ] == ["scales"]

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import onnxruntime as ort
 from test_export import random_clips
-from tiny_configs import ONE_LAYER, tiny_model
+from tiny_configs import EVERY_DEPARTURE, ONE_LAYER, tiny_model
 
 from export import onnx_export
 from tal_keras.flops import model_cost
@@ -72,18 +72,7 @@ def test_proposal_network_uses_them_and_flops_count_them():
 
 
 def test_every_departure_exports_to_onnx_and_matches_keras():
-    config = tiny_model(
-        feature_dim=8,
-        hidden_size=8,
-        num_classes=4,
-        clip_normalization="video",
-        clip_context=3,
-        boundary_features=True,
-        boundary_scores=True,
-        boundary_prototypes=True,
-        body_prototypes=True,
-        overlap_cell_bias=True,
-    )
+    config = tiny_model(feature_dim=8, hidden_size=8, num_classes=4, **EVERY_DEPARTURE)
     keras.utils.set_random_seed(2)
     proposal = build_proposal_network(config)
     head = proposal.get_layer("overlap_scores")

@@ -20,6 +20,17 @@ TINY_MODEL_FIELDS = {
 ONE_LAYER = {"hidden_size": 8, "num_conv_layers": 1, "num_classes": 3}
 EIGHT_CLIPS = {**ONE_LAYER, "num_clips": 8, "scale_layers": (2, 1, 1), "hidden_size": 4}
 
+# Every optional departure of the proposal network (docs/design.md section 10).
+EVERY_DEPARTURE = {
+    "clip_normalization": "video",
+    "clip_context": 3,
+    "boundary_features": True,
+    "boundary_scores": True,
+    "boundary_prototypes": True,
+    "body_prototypes": True,
+    "overlap_cell_bias": True,
+}
+
 
 def tiny_model(**changes):
     """The tiny `ModelConfig`, with `changes` to some of its fields."""

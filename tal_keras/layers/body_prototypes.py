@@ -6,12 +6,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from tal_keras.lattice import Lattice
 from tal_keras.layers.clip_encoder import standardize_per_video
+from tal_keras.layers.proposal_logits import ProposalLogits
 
 
 @keras.saving.register_keras_serializable(package="tal_keras")
-class BodyPrototypes(keras.layers.Layer):
+class BodyPrototypes(ProposalLogits):
     """Per-proposal logits a * max_k (inside_k - outside_k).
 
     m_k(n) is the dot product of clip n's standardised features with
@@ -44,11 +44,9 @@ class BodyPrototypes(keras.layers.Layer):
     def __init__(
         self, num_clips, scale_layers, num_prototypes, initial_scale=0.5, **kwargs
     ):
-        super().__init__(**kwargs)
+        super().__init__(num_clips, scale_layers, **kwargs)
         if num_prototypes < 1:
             raise ValueError(f"num_prototypes must be >= 1, got {num_prototypes}.")
-        self.num_clips = num_clips
-        self.scale_layers = tuple(scale_layers)
         self.num_prototypes = int(num_prototypes)
         self.initial_scale = float(initial_scale)
 
@@ -65,9 +63,8 @@ class BodyPrototypes(keras.layers.Layer):
             initializer=keras.initializers.Constant(self.initial_scale),
             name="scale",
         )
-        lattice = Lattice(self.num_clips, self.scale_layers)
-        self._starts = lattice.starts.astype("int32")
-        self._ends_after = (lattice.ends + 1).astype("int32")
+        lattice = self.build_lattice()
+        self._ends_after = self._ends + 1
         lengths = (lattice.ends - lattice.starts + 1).astype("float32")
         self._inside_weights = (1.0 / lengths)[:, None]
         self._outside_weights = (1.0 / np.maximum(self.num_clips - lengths, 1.0))[
@@ -91,16 +88,10 @@ class BodyPrototypes(keras.layers.Layer):
         ) - outside * ops.cast(self._outside_weights, inside.dtype)
         return ops.cast(self.scale, contrast.dtype) * ops.max(contrast, axis=-1)
 
-    def compute_output_shape(self, input_shape):
-        lattice = Lattice(self.num_clips, self.scale_layers)
-        return (input_shape[0], lattice.num_proposals)
-
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "num_clips": self.num_clips,
-                "scale_layers": list(self.scale_layers),
                 "num_prototypes": self.num_prototypes,
                 "initial_scale": self.initial_scale,
             }

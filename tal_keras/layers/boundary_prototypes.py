@@ -7,8 +7,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from tal_keras.lattice import Lattice
 from tal_keras.layers.clip_encoder import standardize_per_video
+from tal_keras.layers.proposal_logits import ProposalLogits
 
 
 def clip_windows(clip_features, context):
@@ -28,7 +28,7 @@ def clip_windows(clip_features, context):
 
 
 @keras.saving.register_keras_serializable(package="tal_keras")
-class BoundaryPrototypes(keras.layers.Layer):
+class BoundaryPrototypes(ProposalLogits):
     """Per-proposal logits a_s * start(first clip) + a_e * end(last clip).
 
     start(n) is the best dot product of clip n's window (the standardised
@@ -70,11 +70,9 @@ class BoundaryPrototypes(keras.layers.Layer):
         initial_scale=0.5,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(num_clips, scale_layers, **kwargs)
         if num_prototypes < 1:
             raise ValueError(f"num_prototypes must be >= 1, got {num_prototypes}.")
-        self.num_clips = num_clips
-        self.scale_layers = tuple(scale_layers)
         self.num_prototypes = int(num_prototypes)
         self.context = int(context)
         self.initial_scale = float(initial_scale)
@@ -99,9 +97,7 @@ class BoundaryPrototypes(keras.layers.Layer):
             initializer=keras.initializers.Constant(self.initial_scale),
             name="scales",
         )
-        lattice = Lattice(self.num_clips, self.scale_layers)
-        self._starts = lattice.starts.astype("int32")
-        self._ends = lattice.ends.astype("int32")
+        self.build_lattice()
 
     def call(self, clip_features):
         windows = clip_windows(standardize_per_video(clip_features), self.context)
@@ -117,16 +113,10 @@ class BoundaryPrototypes(keras.layers.Layer):
         ends = ops.take(scores[1], self._ends, axis=1)
         return scales[0] * starts + scales[1] * ends
 
-    def compute_output_shape(self, input_shape):
-        lattice = Lattice(self.num_clips, self.scale_layers)
-        return (input_shape[0], lattice.num_proposals)
-
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "num_clips": self.num_clips,
-                "scale_layers": list(self.scale_layers),
                 "num_prototypes": self.num_prototypes,
                 "context": self.context,
                 "initial_scale": self.initial_scale,

@@ -5,11 +5,11 @@ the report, docs/benchmarks.md)."""
 import keras
 from keras import ops
 
-from tal_keras.lattice import Lattice
+from tal_keras.layers.proposal_logits import ProposalLogits
 
 
 @keras.saving.register_keras_serializable(package="tal_keras")
-class BoundaryScores(keras.layers.Layer):
+class BoundaryScores(ProposalLogits):
     """Per-proposal logits s(x[start]) + e(x[end]), with s and e linear.
 
     The map network scores a proposal through convs over its neighbours'
@@ -35,32 +35,17 @@ class BoundaryScores(keras.layers.Layer):
     """
 
     def __init__(self, num_clips, scale_layers, **kwargs):
-        super().__init__(**kwargs)
-        self.num_clips = num_clips
-        self.scale_layers = tuple(scale_layers)
+        super().__init__(num_clips, scale_layers, **kwargs)
         self.projection = keras.layers.Dense(
             2, dtype=self.dtype_policy, name="start_end"
         )
 
     def build(self, input_shape):
         self.projection.build(input_shape)
-        lattice = Lattice(self.num_clips, self.scale_layers)
-        self._starts = lattice.starts.astype("int32")
-        self._ends = lattice.ends.astype("int32")
+        self.build_lattice()
 
     def call(self, clip_sequence):
         logits = self.projection(clip_sequence)
         starts = ops.take(logits[..., 0], self._starts, axis=1)
         ends = ops.take(logits[..., 1], self._ends, axis=1)
         return starts + ends
-
-    def compute_output_shape(self, input_shape):
-        lattice = Lattice(self.num_clips, self.scale_layers)
-        return (input_shape[0], lattice.num_proposals)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"num_clips": self.num_clips, "scale_layers": list(self.scale_layers)}
-        )
-        return config
