@@ -34,6 +34,7 @@ shows its boundary weight.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -45,14 +46,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tal_keras import atomic
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
-
-
-def standardized(clips):
-    """float64 [V, N, D]: each video's channels standardised over its clips
-    (as --clip_normalization=video)."""
-    clips = np.asarray(clips, np.float64)
-    centered = clips - clips.mean(axis=1, keepdims=True)
-    return centered / (np.sqrt((centered**2).mean(axis=1, keepdims=True)) + 1e-3)
 
 
 def centred_best_match(features, patterns):
@@ -80,9 +73,10 @@ def body_contrast(features, bodies, lattice):
 
 def ceiling_rows(run_folder):
     """{scorer: (AUC %, best weight or None)} on the run's evaluation videos."""
-    from tal_keras import evaluation, inference, run
+    from tal_keras import evaluation, experiment, inference, run
+    from tal_keras.clips import standardized_clips
     from tal_keras.data import benchmarks
-    from tal_keras.layers.boundary_prototypes import class_mean_prototypes
+    from tal_keras.layers.boundary_prototypes import numpy_clip_windows
 
     folder = run.RunFolder(run_folder)
     run_config = folder.read_config()
@@ -132,7 +126,7 @@ def ceiling_rows(run_folder):
     patterns = benchmarks.class_patterns(
         parameters["seed"], parameters["num_classes"], parameters["feature_dim"]
     )
-    features = standardized(cache.clips)
+    features = standardized_clips(cache.clips)
     onset = centred_best_match(features, patterns["onset"])
     offset = centred_best_match(features, patterns["offset"])
     # Feature windows are centred after their step's start: an onset shows in
@@ -140,34 +134,27 @@ def ceiling_rows(run_folder):
     # holding the end or the one before.
     onset = np.maximum(onset, np.concatenate([onset[:, 1:], onset[:, -1:]], axis=1))
     offset = np.maximum(offset, np.concatenate([offset[:, :1], offset[:, :-1]], axis=1))
-    videos = [
-        (
-            train_annotations.videos[video_id].segments,
-            train_annotations.videos[video_id].labels,
-        )
-        for video_id in train_cache.video_ids
-    ]
-    start_prototypes, end_prototypes = class_mean_prototypes(
-        train_cache.clips,
-        train_cache.durations,
-        videos,
-        len(train_annotations.class_names),
+    # The class means --boundary_prototypes and --body_prototypes start from.
+    prototypes = experiment.initial_prototypes(
+        dataclasses.replace(
+            run_config,
+            model=dataclasses.replace(
+                run_config.model, boundary_prototypes=True, body_prototypes=True
+            ),
+        ),
+        train_annotations,
+        train_cache,
     )
-    padded = np.pad(features, ((0, 0), (1, 1), (0, 0)), mode="edge")
-    num_clips = features.shape[1]
-    windows = np.concatenate([padded[:, k : k + num_clips] for k in range(3)], axis=-1)
+    start_prototypes, end_prototypes = (
+        prototypes["boundary_prototypes"][name]
+        for name in ("start_prototypes", "end_prototypes")
+    )
+    windows = numpy_clip_windows(features, 1)
     present = np.linalg.norm(start_prototypes, axis=1) > 0
     start_score = centred_best_match(windows, start_prototypes[present])
     end_score = centred_best_match(windows, end_prototypes[present])
-    train_features = standardized(train_cache.clips)
-    body_sums = np.zeros((len(train_annotations.class_names), features.shape[-1]))
-    for index, (segments, labels) in enumerate(videos):
-        duration = train_cache.durations[index]
-        centres = (np.arange(num_clips) + 0.5) * duration / num_clips
-        for (start, end), label in zip(segments, labels):
-            inside = (centres >= start) & (centres < end)
-            body_sums[label] += train_features[index, inside].sum(axis=0)
-    body_present = np.linalg.norm(body_sums, axis=1) > 0
+    bodies = prototypes["body_prototypes"]["prototypes"]
+    body_present = np.linalg.norm(bodies, axis=1) > 0
     max_iou = np.asarray(cache.max_iou, np.float64)
     true_boundaries = onset[:, lattice.starts] + offset[:, lattice.ends]
     true_bodies = body_contrast(features, patterns["body"], lattice)
@@ -180,7 +167,7 @@ def ceiling_rows(run_folder):
             start_score[:, lattice.starts] + end_score[:, lattice.ends]
         ),
         "class-mean bodies": best(
-            body_contrast(features, body_sums[body_present], lattice)
+            body_contrast(features, bodies[body_present], lattice)
         ),
         "true IoU": (auc(np.log(np.clip(max_iou, 1e-6, 1.0))), None),
     }

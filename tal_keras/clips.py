@@ -136,3 +136,12 @@ def resample_to_clips(features, duration, num_clips, timing=HACS_TIMING):
         )[:, None]
         clip_features[empty] = steps[before] * (1 - weight) + steps[after] * weight
     return clip_features.astype(np.float32)
+
+
+def standardized_clips(clip_features):
+    """float64 [..., N, D]: each channel minus its mean over the N clips,
+    divided by its standard deviation + 1e-3 (the numpy twin of
+    `layers.clip_encoder.standardize_per_video`, for work outside a model)."""
+    clip_features = np.asarray(clip_features, np.float64)
+    centered = clip_features - clip_features.mean(axis=-2, keepdims=True)
+    return centered / (np.sqrt((centered**2).mean(axis=-2, keepdims=True)) + 1e-3)

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tal_keras.clips import standardized_clips
 from tal_keras.layers.clip_encoder import standardize_per_video
 from tal_keras.layers.proposal_logits import ProposalLogits
 
@@ -116,9 +117,7 @@ def class_mean_bodies(clips, durations, videos, num_classes):
     for index, (segments, labels) in enumerate(videos):
         if not len(labels):
             continue
-        features = np.asarray(clips[index], np.float64)
-        centered = features - features.mean(axis=0)
-        standardized = centered / (np.sqrt((centered**2).mean(axis=0)) + 1e-3)
+        standardized = standardized_clips(clips[index])
         centres = (np.arange(num_clips) + 0.5) * float(durations[index]) / num_clips
         for (start, end), label in zip(np.reshape(segments, (-1, 2)), labels):
             inside = (centres >= start) & (centres < end)

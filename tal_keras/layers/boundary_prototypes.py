@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tal_keras.clips import standardized_clips
 from tal_keras.layers.clip_encoder import standardize_per_video
 from tal_keras.layers.proposal_logits import ProposalLogits
 
@@ -155,7 +156,7 @@ def class_mean_prototypes(clips, durations, videos, num_classes, context=1):
     for index, (segments, labels) in enumerate(videos):
         if not len(labels):
             continue
-        windows = _numpy_windows(np.asarray(clips[index], np.float64), context)
+        windows = numpy_clip_windows(standardized_clips(clips[index]), context)
         starts, ends = boundary_clips(durations[index], segments, num_clips)
         labels = np.asarray(labels, np.int64)
         np.add.at(sums[0], labels, windows[starts])
@@ -165,12 +166,15 @@ def class_mean_prototypes(clips, durations, videos, num_classes, context=1):
     return prototypes[0].astype(np.float32), prototypes[1].astype(np.float32)
 
 
-def _numpy_windows(features, context):
-    """`clip_windows(standardize_per_video(.))` of one video [N, D], in numpy."""
-    centered = features - features.mean(axis=0)
-    standardized = centered / (np.sqrt((centered**2).mean(axis=0)) + 1e-3)
-    padded = np.pad(standardized, ((context, context), (0, 0)), mode="edge")
-    num_clips = features.shape[0]
+def numpy_clip_windows(clip_features, context):
+    """float64 [..., N, (2 * context + 1) * D]: `clip_windows` in numpy, for
+    clip features [..., N, D] (already standardised where that is wanted)."""
+    clip_features = np.asarray(clip_features, np.float64)
+    pad = [(0, 0)] * clip_features.ndim
+    pad[-2] = (context, context)
+    padded = np.pad(clip_features, pad, mode="edge")
+    num_clips = clip_features.shape[-2]
     return np.concatenate(
-        [padded[shift : shift + num_clips] for shift in range(2 * context + 1)], axis=1
+        [padded[..., shift : shift + num_clips, :] for shift in range(2 * context + 1)],
+        axis=-1,
     )

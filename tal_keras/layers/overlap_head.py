@@ -23,7 +23,7 @@ class OverlapHead(keras.layers.Layer):
 
     Input: float [batch, num_proposals, hidden_size], lattice order; or a
         list [that, logits], logits float [batch, num_proposals] added to
-        the overlap logit (`BoundaryScores`).
+        the overlap logit (the `ProposalLogits` layers).
     Output shape: float [batch, num_proposals], in (0, 1).
 
     Example:
@@ -40,10 +40,7 @@ class OverlapHead(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        if isinstance(input_shape, (list, tuple)) and isinstance(
-            input_shape[0], (list, tuple)
-        ):
-            input_shape = input_shape[0]
+        input_shape = _map_features_shape(input_shape)
         self.projection.build(input_shape)
         self.cell_biases = None
         if self.cell_bias:
@@ -68,8 +65,14 @@ class OverlapHead(keras.layers.Layer):
         return config
 
     def compute_output_shape(self, input_shape):
-        if isinstance(input_shape, (list, tuple)) and isinstance(
-            input_shape[0], (list, tuple)
-        ):
-            input_shape = input_shape[0]
-        return tuple(input_shape[:-1])
+        return tuple(_map_features_shape(input_shape)[:-1])
+
+
+def _map_features_shape(input_shape):
+    """The map features' shape of the head's input shape (that shape, or
+    the first of [map features, extra logits])."""
+    if isinstance(input_shape, (list, tuple)) and isinstance(
+        input_shape[0], (list, tuple)
+    ):
+        return input_shape[0]
+    return input_shape
