@@ -80,6 +80,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from tal_keras.atomic import write_json_atomic
 from tal_keras.config import ModelConfig
 
 ALL_GROUPS = (
@@ -804,12 +805,9 @@ def main(argv=None):
         lines += [""] + target_lines(results)
     print("\n".join(lines), flush=True)
     if args.out:
-        with open(args.out, "w") as stream:
-            json.dump(
-                {"results": results, "skipped": skipped, "table": lines},
-                stream,
-                indent=1,
-            )
+        write_json_atomic(
+            args.out, {"results": results, "skipped": skipped, "table": lines}, indent=1
+        )
     return 0
 
 

@@ -35,6 +35,7 @@ import numpy as np
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tal_keras.atomic import write_text_atomic
 from tal_keras.config import ModelConfig
 
 CONFIGS = {
@@ -290,10 +291,10 @@ def main():
     print(table)
     print(f"\n{machine}; max |ONNX - Keras| on the timed inputs: {checks}.")
     if args.markdown:
-        with open(args.markdown, "w") as stream:
-            stream.write(
-                f"{table}\n\n{machine}; max |ONNX - Keras| on the timed inputs: {checks}.\n"
-            )
+        write_text_atomic(
+            args.markdown,
+            f"{table}\n\n{machine}; max |ONNX - Keras| on the timed inputs: {checks}.\n",
+        )
 
 
 if __name__ == "__main__":

@@ -194,8 +194,7 @@ def main(argv=None):
     print()
     print(text)
     if args.out:
-        with atomic.atomic_path(args.out) as temporary, open(temporary, "w") as stream:
-            stream.write(text)
+        atomic.write_text_atomic(args.out, text)
 
 
 if __name__ == "__main__":

@@ -59,12 +59,17 @@ def atomic_path(path, prefix=None):
         raise
 
 
-def write_json_atomic(path, payload, indent=None):
-    """Writes `payload` as JSON to `path` atomically."""
+def write_text_atomic(path, text):
+    """Writes `text` to `path` atomically (flushed to disk first)."""
     with atomic_path(path) as temporary, open(temporary, "w") as stream:
-        json.dump(payload, stream, indent=indent)
+        stream.write(text)
         stream.flush()
         os.fsync(stream.fileno())
+
+
+def write_json_atomic(path, payload, indent=None):
+    """Writes `payload` as JSON to `path` atomically."""
+    write_text_atomic(path, json.dumps(payload, indent=indent))
 
 
 def check_writable(path, what="output"):
