@@ -74,8 +74,9 @@ def model_cost(config):
     )
     if config.boundary_prototypes:
         window = 3 * config.feature_dim  # BoundaryPrototypes' default context 1
-        boundary_params += 2 * config.num_classes * window + 2
-        boundary_flops += 2 * 2 * clips * config.num_classes * window + 2 * proposals
+        boundary_params += 2 * config.num_classes * window + 3
+        # a_s * s + a_e * e + a_b * min(s, e): 6 operations per proposal.
+        boundary_flops += 2 * 2 * clips * config.num_classes * window + 6 * proposals
     if config.body_prototypes:
         boundary_params += config.num_classes * config.feature_dim + 1
         boundary_flops += (

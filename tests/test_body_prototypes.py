@@ -86,6 +86,24 @@ def test_network_uses_them_and_flops_count_them():
     )
 
 
+def test_classes_without_instances_take_no_part_in_the_best_match():
+    rng = np.random.default_rng(4)
+    clips = rng.standard_normal((2, 16, 4)).astype("float32")
+    bodies = rng.standard_normal((3, 4)).astype("float32")
+    bodies[1] = 0.0  # class 1 has no instances; its contrast would be 0
+    full = BodyPrototypes(16, (4, 2, 2), num_prototypes=3)
+    full(clips)
+    full.prototypes.assign(bodies)
+    without = BodyPrototypes(16, (4, 2, 2), num_prototypes=2)
+    without(clips)
+    without.prototypes.assign(bodies[[0, 2]])
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(full(clips)),
+        keras.ops.convert_to_numpy(without(clips)),
+        atol=1e-5,
+    )
+
+
 def test_training_starts_both_prototype_layers_at_the_class_means(tmp_path):
     config = tiny_model(**ONE_LAYER, body_prototypes=True, boundary_prototypes=True)
     rng = np.random.default_rng(2)

@@ -45,7 +45,7 @@ def test_scores_each_proposal_by_the_best_prototype_at_its_first_and_last_clip(
     clips = rng.standard_normal((2, 16, 5)).astype("float32")
     layer = BoundaryPrototypes(16, (4, 2, 2), num_prototypes=3)
     layer(clips)
-    layer.scales.assign(np.array([0.7, -0.4], "float32"))
+    layer.scales.assign(np.array([0.7, -0.4, 0.3], "float32"))
     output = keras.ops.convert_to_numpy(layer(clips))
     windows = _windows(clips.astype(np.float64), 1)
     np.testing.assert_allclose(
@@ -53,14 +53,16 @@ def test_scores_each_proposal_by_the_best_prototype_at_its_first_and_last_clip(
         windows,
         atol=1e-5,
     )
-    expected = 0.0
-    for prototypes, scale, cells in (
-        (layer.start_prototypes, 0.7, lattice.starts),
-        (layer.end_prototypes, -0.4, lattice.ends),
+    scores = []
+    for prototypes, cells in (
+        (layer.start_prototypes, lattice.starts),
+        (layer.end_prototypes, lattice.ends),
     ):
         best = (windows @ keras.ops.convert_to_numpy(prototypes).T).max(axis=-1)
         best -= best.mean(axis=1, keepdims=True)
-        expected = expected + scale * best[:, cells]
+        scores.append(best[:, cells])
+    starts, ends = scores
+    expected = 0.7 * starts - 0.4 * ends + 0.3 * np.minimum(starts, ends)
     assert output.shape == (2, lattice.num_proposals)
     np.testing.assert_allclose(output, expected, atol=1e-4)
     model_input = keras.Input((16, 5))
@@ -123,5 +125,34 @@ def test_network_uses_them_and_flops_count_them():
     plain = model_cost(dataclasses.replace(config, boundary_prototypes=False))
     assert (
         model_cost(config)["proposal_params"] - plain["proposal_params"]
-        == 2 * config.num_classes * 3 * config.feature_dim + 2
+        == 2 * config.num_classes * 3 * config.feature_dim + 3
+    )
+
+
+def test_starts_scoring_only_proposals_whose_start_and_end_both_match():
+    layer = BoundaryPrototypes(16, (4, 2, 2), num_prototypes=2)
+    clips = np.random.default_rng(2).standard_normal((1, 16, 4)).astype("float32")
+    layer(clips)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.scales), [0, 0, 1])
+
+
+def test_classes_without_instances_take_no_part_in_the_best_match():
+    rng = np.random.default_rng(3)
+    clips = rng.standard_normal((2, 16, 4)).astype("float32")
+    full = BoundaryPrototypes(16, (4, 2, 2), num_prototypes=3)
+    full(clips)
+    start, end = (rng.standard_normal((3, 12)).astype("float32") for _ in range(2))
+    # Class 1 has no instances: its prototypes are zeros. With every window
+    # matching the others negatively, a zero prototype would win the max.
+    start[1] = end[1] = 0.0
+    full.start_prototypes.assign(start)
+    full.end_prototypes.assign(end)
+    without = BoundaryPrototypes(16, (4, 2, 2), num_prototypes=2)
+    without(clips)
+    without.start_prototypes.assign(start[[0, 2]])
+    without.end_prototypes.assign(end[[0, 2]])
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(full(clips)),
+        keras.ops.convert_to_numpy(without(clips)),
+        atol=1e-5,
     )

@@ -8,7 +8,7 @@ from keras import ops
 
 from tal_keras.clips import standardized_clips
 from tal_keras.layers.clip_encoder import standardize_per_video
-from tal_keras.layers.proposal_logits import ProposalLogits
+from tal_keras.layers.proposal_logits import ProposalLogits, best_present_match
 
 
 @keras.saving.register_keras_serializable(package="tal_keras")
@@ -17,8 +17,9 @@ class BodyPrototypes(ProposalLogits):
 
     m_k(n) is the dot product of clip n's standardised features with
     prototype k; inside_k is its mean over the proposal's clips, outside_k
-    its mean over the video's other clips (0 when there are none). a is a
-    learned scale.
+    its mean over the video's other clips (0 when there are none). The max
+    leaves out the all-zero prototypes of classes without training instances.
+    a is a learned scale.
 
     The prototypes are not trained: training sets them to each class's mean
     clip inside its training instances, scaled to unit norm
@@ -87,7 +88,10 @@ class BodyPrototypes(ProposalLogits):
         contrast = inside * ops.cast(
             self._inside_weights, inside.dtype
         ) - outside * ops.cast(self._outside_weights, inside.dtype)
-        return ops.cast(self.scale, contrast.dtype) * ops.max(contrast, axis=-1)
+        prototypes = ops.cast(self.prototypes, contrast.dtype)
+        return ops.cast(self.scale, contrast.dtype) * best_present_match(
+            contrast, prototypes
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -3,6 +3,7 @@ logit from each proposal's clips (an optional departure from the report,
 docs/benchmarks.md)."""
 
 import keras
+from keras import ops
 
 from tal_keras.lattice import Lattice
 
@@ -43,3 +44,13 @@ class ProposalLogits(keras.layers.Layer):
             {"num_clips": self.num_clips, "scale_layers": list(self.scale_layers)}
         )
         return config
+
+
+def best_present_match(matches, prototypes):
+    """float [..., N]: the max over the last axis of `matches` [..., N, K],
+    the scores of K `prototypes` [K, W], leaving out all-zero prototypes
+    (classes without training instances), whose score would be 0 whatever
+    the input; 0 everywhere when every prototype is zero."""
+    present = ops.sum(ops.square(prototypes), axis=-1) > 0
+    lowest = ops.min(matches, axis=-1, keepdims=True)
+    return ops.max(ops.where(present, matches, lowest), axis=-1)
