@@ -20,7 +20,10 @@ printed for the best weight of a small grid:
 - "true both": both of the above, each with its own weight;
 - "class-mean prototypes": no generator knowledge; the start and end scores
   of --boundary_prototypes at its start (each class's mean start and end
-  clip window over the training videos, `class_mean_prototypes`);
+  clip window over the training videos, `class_mean_prototypes`), summed.
+  The layer starts from their min instead; that changes little within a
+  video (what AUC sees) but ranks videos against each other better
+  (detection mAP, docs/benchmarks.md);
 - "class-mean bodies": no generator knowledge; "true bodies" with each
   class's mean clip inside its training instances in place of the body
   pattern;
