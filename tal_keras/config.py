@@ -45,6 +45,9 @@ class ModelConfig:
         boundary_prototypes: add start and end scores by class prototypes,
             started at the training classes' mean start and end clips, to
             the overlap logit (a departure; False: the report).
+        boundary_prototype_scales: (a_s, a_e, a_b), where the boundary
+            prototypes' scales start: the overlap logit gets
+            a_s start + a_e end + a_b min(start, end).
         body_prototypes: add each proposal's inside-minus-outside match with
             class prototypes, started at the training classes' mean clip
             inside their instances, to the overlap logit (a departure;
@@ -67,12 +70,20 @@ class ModelConfig:
     boundary_features: bool = False
     boundary_scores: bool = False
     boundary_prototypes: bool = False
+    boundary_prototype_scales: tuple = (0.0, 0.0, 1.0)
     body_prototypes: bool = False
 
     def __post_init__(self):
         object.__setattr__(
             self, "scale_layers", tuple(int(n) for n in self.scale_layers)
         )
+        scales = tuple(float(scale) for scale in self.boundary_prototype_scales)
+        if len(scales) != 3:
+            raise ValueError(
+                "boundary_prototype_scales must be three numbers (a_s, a_e, a_b), "
+                f"got {self.boundary_prototype_scales!r}."
+            )
+        object.__setattr__(self, "boundary_prototype_scales", scales)
         Lattice(self.num_clips, self.scale_layers)  # raises with a suggestion
         for name in ("feature_dim", "hidden_size", "num_conv_layers", "num_classes"):
             value = getattr(self, name)
@@ -100,6 +111,7 @@ class ModelConfig:
     def to_dict(self):
         config = dataclasses.asdict(self)
         config["scale_layers"] = list(self.scale_layers)
+        config["boundary_prototype_scales"] = list(self.boundary_prototype_scales)
         return config
 
     @classmethod

@@ -143,6 +143,13 @@ flags.DEFINE_bool(
     "training classes' mean start and end clips, to the overlap logit (a "
     "departure from the report).",
 )
+flags.DEFINE_list(
+    "boundary_prototype_scales",
+    [f"{scale:g}" for scale in ModelConfig.boundary_prototype_scales],
+    "a_s,a_e,a_b: where the boundary prototypes' learned scales start; the "
+    "overlap logit gets a_s start + a_e end + a_b min(start, end) "
+    "(0.5,0.5,0 is the additive first version).",
+)
 flags.DEFINE_bool(
     "body_prototypes",
     ModelConfig.body_prototypes,
@@ -313,6 +320,9 @@ def run_config_from_flags(flag_values=FLAGS):
         }
         if section == "model":
             values["scale_layers"] = _int_list(values["scale_layers"], "scale_layers")
+            values["boundary_prototype_scales"] = _float_list(
+                values["boundary_prototype_scales"], "boundary_prototype_scales"
+            )
             if values["num_classes"] < 0:
                 raise ValueError(
                     f"--num_classes must be >= 0, got {values['num_classes']}."
@@ -331,4 +341,13 @@ def _int_list(values, name):
     except ValueError:
         raise ValueError(
             f"--{name} must be a comma-separated list of integers, got {values}."
+        ) from None
+
+
+def _float_list(values, name):
+    try:
+        return tuple(float(value) for value in values)
+    except ValueError:
+        raise ValueError(
+            f"--{name} must be a comma-separated list of numbers, got {values}."
         ) from None

@@ -64,6 +64,7 @@ def build_proposal_network(config):
                 config.num_clips,
                 config.scale_layers,
                 config.num_classes,
+                initial_scales=config.boundary_prototype_scales,
                 name="boundary_prototypes",
             )(clip_features)
         )

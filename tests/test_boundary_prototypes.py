@@ -134,6 +134,12 @@ def test_starts_scoring_only_proposals_whose_start_and_end_both_match():
     clips = np.random.default_rng(2).standard_normal((1, 16, 4)).astype("float32")
     layer(clips)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.scales), [0, 0, 1])
+    # --boundary_prototype_scales sets where the network's scales start.
+    config = tiny_model(
+        **ONE_LAYER, boundary_prototypes=True, boundary_prototype_scales=(0.5, 0.5, 0)
+    )
+    scales = build_proposal_network(config).get_layer("boundary_prototypes").scales
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(scales), [0.5, 0.5, 0])
 
 
 def test_classes_without_instances_take_no_part_in_the_best_match():

@@ -55,6 +55,7 @@ def test_each_flag_lands_in_its_field():
         "--blocklist=a,b",
         "--soft_nms",
         "--top_pairs=50",
+        "--boundary_prototype_scales=0.5,0.5,0",
     )
     assert not classes_from_data
     assert run_config.workdir == "/tmp/w"
@@ -62,6 +63,7 @@ def test_each_flag_lands_in_its_field():
     assert run_config.data.blocklist == ("a", "b")
     assert run_config.model.map_mode == "2dtan"
     assert run_config.model.scale_layers == (16,)
+    assert run_config.model.boundary_prototype_scales == (0.5, 0.5, 0.0)
     assert run_config.model.num_classes == 7
     assert run_config.train.batch_size == 3
     assert run_config.train.networks == ("classifier",)
@@ -79,7 +81,12 @@ def test_earlier_flag_names_are_aliases():
 @flagsaver.flagsaver
 @pytest.mark.parametrize(
     ("flag", "message"),
-    [("--scale_layers=4,x", "integers"), ("--num_classes=-1", "num_classes")],
+    [
+        ("--scale_layers=4,x", "integers"),
+        ("--num_classes=-1", "num_classes"),
+        ("--boundary_prototype_scales=1,x,0", "boundary_prototype_scales"),
+        ("--boundary_prototype_scales=1,1", "boundary_prototype_scales"),
+    ],
 )
 def test_a_bad_value_is_a_value_error_naming_the_flag(flag, message):
     with pytest.raises(ValueError, match=message):
