@@ -132,6 +132,7 @@ def _check_choice(name, value, choices):
 
 NETWORKS = ("proposal", "classifier")
 MIXED_PRECISION_DTYPES = ("float16", "bfloat16")
+LR_SCHEDULES = ("constant", "cosine")
 FEATURE_FORMATS = ("auto", "npy", "hdf5")
 
 
@@ -183,6 +184,9 @@ class TrainConfig:
         epochs: passes over the training subset per network.
         batch_size: videos per step (report: 32).
         learning_rate: Adam learning rate (report: 1e-3).
+        lr_schedule: "constant" (the report) or "cosine": epoch e (from 0)
+            of E trains at learning_rate * (1 + cos(pi * e / E)) / 2 (a
+            departure, docs/benchmarks.md).
         overlap_t_min, overlap_t_max: IoU scaling of the overlap target.
         overlap_positive_weight: W; each proposal's overlap cross-entropy is
             weighted by 1 + (W - 1) * y, y its scaled target, so that the
@@ -201,6 +205,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     overlap_t_min: float = 0.5
     overlap_t_max: float = 1.0
     overlap_positive_weight: float = 1.0
@@ -234,6 +239,7 @@ class TrainConfig:
                 f"{self.overlap_positive_weight}."
             )
         _check_choice("cache_dtype", self.cache_dtype, ("float32", "float16"))
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice(
             "mixed_precision_dtype",
             self.mixed_precision_dtype,

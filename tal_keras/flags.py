@@ -19,6 +19,7 @@ from absl import flags
 
 from tal_keras.config import (
     CONV_IMPLEMENTATIONS,
+    LR_SCHEDULES,
     MIXED_PRECISION_DTYPES,
     NETWORKS,
     PROPOSAL_FEATURES,
@@ -165,6 +166,13 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_float(
     "learning_rate", TrainConfig.learning_rate, "Adam learning rate (report: 1e-3)."
+)
+flags.DEFINE_enum(
+    "lr_schedule",
+    TrainConfig.lr_schedule,
+    list(LR_SCHEDULES),
+    "Learning rate per epoch: constant (the report) or cosine, "
+    "learning_rate * (1 + cos(pi * epoch / epochs)) / 2 (a departure).",
 )
 flags.DEFINE_float(
     "overlap_t_min", TrainConfig.overlap_t_min, "IoU mapped to overlap target 0."

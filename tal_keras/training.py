@@ -8,6 +8,7 @@ state.json, logs/) are named by `tal_keras.run`.
 
 import glob
 import logging
+import math
 import os
 import shutil
 import sys
@@ -215,6 +216,13 @@ def train_network(
             EpochCheckpoint(network_dir, metric_name, score_fn, state),
             keras.callbacks.TensorBoard(logs_dir(network_dir)),
         ]
+        if train.lr_schedule != "constant":
+            callbacks.insert(
+                0,
+                keras.callbacks.LearningRateScheduler(
+                    lambda epoch: epoch_learning_rate(train, epoch)
+                ),
+            )
         model.fit(
             data_parallel.trim_batches(train_dataset, replicas),
             epochs=train.epochs,
@@ -224,6 +232,13 @@ def train_network(
             shuffle=False,  # the tf.data pipeline shuffles
         )
     return best_model_path(network_dir)
+
+
+def epoch_learning_rate(train, epoch):
+    """The learning rate of epoch `epoch` (from 0) under `train.lr_schedule`."""
+    if train.lr_schedule == "cosine":
+        return train.learning_rate * (1 + math.cos(math.pi * epoch / train.epochs)) / 2
+    return train.learning_rate
 
 
 def load_checkpoint(path, network_dir):
