@@ -52,6 +52,9 @@ class ModelConfig:
             class prototypes, started at the training classes' mean clip
             inside their instances, to the overlap logit (a departure;
             False: the report).
+        class_prototypes: add per-class logits by the same class means
+            (start, end and body) to the classifier's (a departure; False:
+            the report).
     """
 
     num_clips: int = 256
@@ -72,6 +75,7 @@ class ModelConfig:
     boundary_prototypes: bool = False
     boundary_prototype_scales: tuple = (0.0, 0.0, 1.0)
     body_prototypes: bool = False
+    class_prototypes: bool = False
 
     def __post_init__(self):
         object.__setattr__(

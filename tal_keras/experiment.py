@@ -78,9 +78,7 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
             overlap_prior=overlap_prior(run_config, train_cache)
             if network == "proposal" and run_config.model.overlap_cell_bias
             else None,
-            prototypes=initial_prototypes(run_config, train_annotations, train_cache)
-            if network == "proposal"
-            else None,
+            prototypes=initial_prototypes(run_config, train_annotations, train_cache),
         )
     if evaluate_at_end:
         evaluate_run(
@@ -89,16 +87,19 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
 
 
 def initial_prototypes(run_config, train_annotations, train_cache):
-    """{layer name: {weight name: array}}: where the proposal network's
-    prototype layers start (`training.train_network`): each class's mean
-    start and end clip window (--boundary_prototypes, `class_mean_prototypes`)
-    and mean clip inside its instances (--body_prototypes,
-    `class_mean_bodies`) over the training videos; {} without either."""
+    """{layer name: {weight name: array}}: where the prototype layers of both
+    networks start (`training.train_network`, which skips the layers a
+    network lacks): each class's mean start and end clip window
+    (`class_mean_prototypes`) and mean clip inside its instances
+    (`class_mean_bodies`) over the training videos, for --boundary_prototypes,
+    --body_prototypes and --class_prototypes; {} without any of them."""
     from tal_keras.layers.body_prototypes import class_mean_bodies
     from tal_keras.layers.boundary_prototypes import class_mean_prototypes
 
     model = run_config.model
-    if not (model.boundary_prototypes or model.body_prototypes):
+    boundaries = model.boundary_prototypes or model.class_prototypes
+    bodies = model.body_prototypes or model.class_prototypes
+    if not (boundaries or bodies):
         return {}
     videos = [
         (
@@ -108,19 +109,26 @@ def initial_prototypes(run_config, train_annotations, train_cache):
         for video_id in train_cache.video_ids
     ]
     prototypes = {}
-    if model.boundary_prototypes:
+    if boundaries:
         start, end = class_mean_prototypes(
             train_cache.clips, train_cache.durations, videos, model.num_classes
         )
-        prototypes["boundary_prototypes"] = {
+        if model.boundary_prototypes:
+            prototypes["boundary_prototypes"] = {
+                "start_prototypes": start,
+                "end_prototypes": end,
+            }
+    if bodies:
+        body = class_mean_bodies(
+            train_cache.clips, train_cache.durations, videos, model.num_classes
+        )
+        if model.body_prototypes:
+            prototypes["body_prototypes"] = {"prototypes": body}
+    if model.class_prototypes:
+        prototypes["class_prototypes"] = {
             "start_prototypes": start,
             "end_prototypes": end,
-        }
-    if model.body_prototypes:
-        prototypes["body_prototypes"] = {
-            "prototypes": class_mean_bodies(
-                train_cache.clips, train_cache.durations, videos, model.num_classes
-            )
+            "body_prototypes": body,
         }
     return prototypes
 

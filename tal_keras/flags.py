@@ -158,6 +158,13 @@ flags.DEFINE_bool(
     "class, started at the training classes' mean clip inside their "
     "instances, to the overlap logit (a departure from the report).",
 )
+flags.DEFINE_bool(
+    "class_prototypes",
+    ModelConfig.class_prototypes,
+    "Add per-class logits by one start, end and body prototype per class, "
+    "started at the training classes' means, to the classifier's (a "
+    "departure from the report).",
+)
 # Training.
 flags.DEFINE_list("networks", list(NETWORKS), "Networks to train, in order.")
 flags.DEFINE_integer("epochs", TrainConfig.epochs, "Epochs per network.")

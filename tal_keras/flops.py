@@ -86,6 +86,16 @@ def model_cost(config):
     overlap_flops = 2 * proposals * hidden
     class_params = hidden * config.num_classes + config.num_classes
     class_flops = 2 * proposals * hidden * config.num_classes
+    if config.class_prototypes:
+        window = 3 * config.feature_dim  # ClassPrototypes' default context 1
+        class_params += config.num_classes * (2 * window + config.feature_dim) + 3
+        # Start, end and body matches per clip; per (proposal, class): the
+        # inside-minus-outside contrast (4), three scales, two sums and the
+        # head's sum (6).
+        class_flops += (
+            2 * clips * config.num_classes * (2 * window + config.feature_dim)
+            + 10 * proposals * config.num_classes
+        )
 
     proposal_params = (
         encoder_params

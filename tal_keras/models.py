@@ -9,6 +9,7 @@ from tal_keras.layers import (
     BoundaryPrototypes,
     BoundaryScores,
     ClassHead,
+    ClassPrototypes,
     ClipEncoder,
     OverlapHead,
     StackedMaxPool,
@@ -93,7 +94,8 @@ def build_classifier_network(config):
     """The classifier: clip features -> class probabilities for every proposal.
 
     Its own ClipEncoder and StackedMaxPool, no map convs, then Dense(C) +
-    softmax per proposal.
+    softmax per proposal (with --class_prototypes, the `ClassPrototypes`
+    logits added before the softmax).
 
     Args:
         config: `ModelConfig` (map_mode, kernel_size, num_conv_layers and
@@ -109,7 +111,18 @@ def build_classifier_network(config):
     )
     clip_sequence = _clip_encoder(config)(clip_features)
     proposal_features = _proposal_features(config)(clip_sequence)
-    class_scores = ClassHead(config.num_classes, name="class_scores")(proposal_features)
+    head_inputs = proposal_features
+    if config.class_prototypes:
+        head_inputs = [
+            proposal_features,
+            ClassPrototypes(
+                config.num_clips,
+                config.scale_layers,
+                config.num_classes,
+                name="class_prototypes",
+            )(clip_features),
+        ]
+    class_scores = ClassHead(config.num_classes, name="class_scores")(head_inputs)
     return keras.Model(clip_features, class_scores, name="classifier_network")
 
 

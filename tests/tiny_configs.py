@@ -20,7 +20,7 @@ TINY_MODEL_FIELDS = {
 ONE_LAYER = {"hidden_size": 8, "num_conv_layers": 1, "num_classes": 3}
 EIGHT_CLIPS = {**ONE_LAYER, "num_clips": 8, "scale_layers": (2, 1, 1), "hidden_size": 4}
 
-# Every optional departure of the proposal network (docs/design.md section 10).
+# Every optional departure of the networks (docs/design.md section 10).
 EVERY_DEPARTURE = {
     "clip_normalization": "video",
     "clip_context": 3,
@@ -28,6 +28,7 @@ EVERY_DEPARTURE = {
     "boundary_scores": True,
     "boundary_prototypes": True,
     "body_prototypes": True,
+    "class_prototypes": True,
     "overlap_cell_bias": True,
 }
 

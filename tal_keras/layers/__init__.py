@@ -7,6 +7,7 @@ from tal_keras.layers.boundary_features import BoundaryFeatures
 from tal_keras.layers.boundary_prototypes import BoundaryPrototypes
 from tal_keras.layers.boundary_scores import BoundaryScores
 from tal_keras.layers.class_head import ClassHead
+from tal_keras.layers.class_prototypes import ClassPrototypes
 from tal_keras.layers.clip_encoder import ClipEncoder
 from tal_keras.layers.masked_map_conv import MaskedMapConv
 from tal_keras.layers.overlap_head import OverlapHead
@@ -20,6 +21,7 @@ __all__ = [
     "BoundaryPrototypes",
     "BoundaryScores",
     "ClassHead",
+    "ClassPrototypes",
     "ClipEncoder",
     "MaskedMapConv",
     "OverlapHead",

@@ -65,29 +65,14 @@ class BodyPrototypes(ProposalLogits):
             initializer=keras.initializers.Constant(self.initial_scale),
             name="scale",
         )
-        lattice = self.build_lattice()
-        self._ends_after = self._ends + 1
-        lengths = (lattice.ends - lattice.starts + 1).astype("float32")
-        self._inside_weights = (1.0 / lengths)[:, None]
-        self._outside_weights = (1.0 / np.maximum(self.num_clips - lengths, 1.0))[
-            :, None
-        ]
+        self.build_lattice()
 
     def call(self, clip_features):
         features = standardize_per_video(clip_features)
         matches = ops.matmul(
             features, ops.transpose(ops.cast(self.prototypes, features.dtype))
         )
-        cumulative = ops.concatenate(
-            [ops.zeros_like(matches[:, :1]), ops.cumsum(matches, axis=1)], axis=1
-        )
-        inside = ops.take(cumulative, self._ends_after, axis=1) - ops.take(
-            cumulative, self._starts, axis=1
-        )
-        outside = cumulative[:, -1:] - inside
-        contrast = inside * ops.cast(
-            self._inside_weights, inside.dtype
-        ) - outside * ops.cast(self._outside_weights, inside.dtype)
+        contrast = self.inside_minus_outside(matches)
         prototypes = ops.cast(self.prototypes, contrast.dtype)
         return ops.cast(self.scale, contrast.dtype) * best_present_match(
             contrast, prototypes

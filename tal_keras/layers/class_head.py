@@ -3,16 +3,20 @@
 import keras
 from keras import ops
 
+from tal_keras.layers.overlap_head import features_shape
+
 
 @keras.saving.register_keras_serializable(package="tal_keras")
 class ClassHead(keras.layers.Layer):
-    """Dense(C) and a softmax over the classes, per proposal.
+    """Dense(C) and a softmax over the classes, per proposal; logits given
+    with the features (--class_prototypes) are added before the softmax.
 
     Args:
         num_classes: C, action classes (HACS: 200).
         **kwargs: passed on to `keras.layers.Layer` (name, dtype, ...).
 
-    Input shape: float [batch, num_proposals, hidden_size], lattice order.
+    Input shape: float [batch, num_proposals, hidden_size], lattice order,
+        or a list of that and extra logits [batch, num_proposals, num_classes].
     Output shape: float [batch, num_proposals, num_classes], rows sum to 1.
 
     Example:
@@ -29,13 +33,19 @@ class ClassHead(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        self.projection.build(input_shape)
+        self.projection.build(features_shape(input_shape))
 
-    def call(self, proposal_features):
-        return ops.softmax(self.projection(proposal_features), axis=-1)
+    def call(self, inputs):
+        extra = None
+        if isinstance(inputs, (list, tuple)):
+            inputs, extra = inputs
+        logits = self.projection(inputs)
+        if extra is not None:
+            logits = logits + ops.cast(extra, logits.dtype)
+        return ops.softmax(logits, axis=-1)
 
     def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.num_classes)
+        return (*features_shape(input_shape)[:-1], self.num_classes)
 
     def get_config(self):
         config = super().get_config()

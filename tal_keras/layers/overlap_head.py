@@ -40,7 +40,7 @@ class OverlapHead(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        input_shape = _map_features_shape(input_shape)
+        input_shape = features_shape(input_shape)
         self.projection.build(input_shape)
         self.cell_biases = None
         if self.cell_bias:
@@ -65,12 +65,12 @@ class OverlapHead(keras.layers.Layer):
         return config
 
     def compute_output_shape(self, input_shape):
-        return tuple(_map_features_shape(input_shape)[:-1])
+        return tuple(features_shape(input_shape)[:-1])
 
 
-def _map_features_shape(input_shape):
-    """The map features' shape of the head's input shape (that shape, or
-    the first of [map features, extra logits])."""
+def features_shape(input_shape):
+    """The features' shape of a head's input shape (that shape, or the
+    first of [features, extra logits]); `ClassHead` takes the same inputs."""
     if isinstance(input_shape, (list, tuple)) and isinstance(
         input_shape[0], (list, tuple)
     ):

@@ -3,6 +3,7 @@ logit from each proposal's clips (an optional departure from the report,
 docs/benchmarks.md)."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from tal_keras.lattice import Lattice
@@ -13,7 +14,7 @@ class ProposalLogits(keras.layers.Layer):
 
     `build` of a subclass calls `build_lattice()`, which sets the static index
     tables `_starts` and `_ends` (int32 [P], first and last clip, inclusive)
-    from the lattice.
+    from the lattice, and the tables `inside_minus_outside` uses.
 
     Args:
         num_clips: N.
@@ -32,7 +33,28 @@ class ProposalLogits(keras.layers.Layer):
         lattice = Lattice(self.num_clips, self.scale_layers)
         self._starts = lattice.starts.astype("int32")
         self._ends = lattice.ends.astype("int32")
+        self._ends_after = self._ends + 1
+        lengths = (lattice.ends - lattice.starts + 1).astype("float32")
+        self._inside_weights = (1.0 / lengths)[:, None]
+        self._outside_weights = (1.0 / np.maximum(self.num_clips - lengths, 1.0))[
+            :, None
+        ]
         return lattice
+
+    def inside_minus_outside(self, matches):
+        """float [batch, P, K]: per proposal, the mean of `matches` [batch, N,
+        K] over its clips minus the mean over the video's other clips (0 when
+        there are none)."""
+        cumulative = ops.concatenate(
+            [ops.zeros_like(matches[:, :1]), ops.cumsum(matches, axis=1)], axis=1
+        )
+        inside = ops.take(cumulative, self._ends_after, axis=1) - ops.take(
+            cumulative, self._starts, axis=1
+        )
+        outside = cumulative[:, -1:] - inside
+        return inside * ops.cast(
+            self._inside_weights, inside.dtype
+        ) - outside * ops.cast(self._outside_weights, inside.dtype)
 
     def compute_output_shape(self, input_shape):
         lattice = Lattice(self.num_clips, self.scale_layers)
