@@ -186,6 +186,8 @@ class TrainConfig:
     Attributes:
         networks: which networks to train, in order.
         epochs: passes over the training subset per network.
+        classifier_epochs: the classifier's, when not 0 (it may need more:
+            docs/benchmarks.md).
         batch_size: videos per step (report: 32).
         learning_rate: Adam learning rate (report: 1e-3).
         lr_schedule: "constant" (the report) or "cosine": epoch e (from 0)
@@ -207,6 +209,7 @@ class TrainConfig:
 
     networks: tuple = NETWORKS
     epochs: int = 10
+    classifier_epochs: int = 0
     batch_size: int = 32
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"
@@ -230,6 +233,10 @@ class TrainConfig:
             raise ValueError(
                 f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}."
             )
+        if self.classifier_epochs < 0:
+            raise ValueError(
+                f"classifier_epochs must be >= 0, got {self.classifier_epochs}."
+            )
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
         if not 0 <= self.overlap_t_min < self.overlap_t_max <= 1:
@@ -249,6 +256,12 @@ class TrainConfig:
             self.mixed_precision_dtype,
             MIXED_PRECISION_DTYPES,
         )
+
+    def epochs_of(self, network):
+        """(epochs, the flag that sets them) of `network`."""
+        if network == "classifier" and self.classifier_epochs:
+            return self.classifier_epochs, "--classifier_epochs"
+        return self.epochs, "--epochs"
 
     @property
     def dtype_policy(self):

@@ -30,7 +30,7 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
     Call it holding the run folder's lock (`RunFolder.lock`)."""
     folder = run.folder_of(run_config)
     if resume:
-        folder.check_resumable(run_config.train.networks, run_config.train.epochs)
+        folder.check_resumable(run_config.train)
     else:
         folder.check_fresh(run_config.train.networks)
     class_names = run_class_names(run_config)

@@ -169,6 +169,11 @@ flags.DEFINE_bool(
 flags.DEFINE_list("networks", list(NETWORKS), "Networks to train, in order.")
 flags.DEFINE_integer("epochs", TrainConfig.epochs, "Epochs per network.")
 flags.DEFINE_integer(
+    "classifier_epochs",
+    TrainConfig.classifier_epochs,
+    "Epochs of the classifier, when not 0 (0: --epochs).",
+)
+flags.DEFINE_integer(
     "batch_size", TrainConfig.batch_size, "Videos per training step (report: 32)."
 )
 flags.DEFINE_float(

@@ -59,7 +59,7 @@ LOCK = ".lock"
 _LEFTOVER_PATTERNS = (".*.tmp", ".saving-*.keras", ".write-check-*")
 # Settings that may change when a run is resumed: how long it trains, which
 # networks, and how it is evaluated; never what the networks are.
-RESUMABLE_TRAIN_FIELDS = ("epochs", "networks")
+RESUMABLE_TRAIN_FIELDS = ("epochs", "classifier_epochs", "networks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,23 +204,25 @@ class RunFolder:
             return None
         return read_class_names(self.class_names_file)
 
-    def check_resumable(self, networks, epochs):
-        """Checks, before any work, that each network's state can be
-        continued: state.json readable, its checkpoint present, and no more
-        epochs done than `epochs`.
+    def check_resumable(self, train):
+        """Checks, before any work, that each network of `train` (a
+        `TrainConfig`) can be continued: state.json readable, its checkpoint
+        present, and no more epochs done than it is to train.
 
         Raises:
             RunFolderError: naming the file and what to do.
         """
-        for network in networks:
+        for network in train.networks:
             state = self.read_state(network)
             if state is None:
                 continue
+            epochs, epochs_flag = train.epochs_of(network)
             if state["epochs_done"] > epochs:
                 raise RunFolderError(
                     f"{state_path(self.network(network))}: {network} network has "
-                    f"trained {state['epochs_done']} epochs; --epochs={epochs} is "
-                    f"fewer (pass --epochs >= {state['epochs_done']} to continue)."
+                    f"trained {state['epochs_done']} epochs; {epochs_flag}={epochs} "
+                    f"is fewer (pass {epochs_flag} >= {state['epochs_done']} to "
+                    "continue)."
                 )
             checkpoint_of(self.network(network), state)
 

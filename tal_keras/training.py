@@ -163,12 +163,13 @@ def train_network(
             "done); pass --resume to continue it or choose another --workdir."
         )
     train = run_config.train
-    if state is not None and state["epochs_done"] > train.epochs:
+    epochs, epochs_flag = train.epochs_of(network)
+    if state is not None and state["epochs_done"] > epochs:
         raise RunFolderError(
             f"{network_dir}: {state['epochs_done']} epochs done, more than "
-            f"--epochs={train.epochs}; pass --epochs >= {state['epochs_done']}."
+            f"{epochs_flag}={epochs}; pass {epochs_flag} >= {state['epochs_done']}."
         )
-    if state is not None and state["epochs_done"] == train.epochs:
+    if state is not None and state["epochs_done"] == epochs:
         logger.info(
             "%s network already trained (%d epochs); skipping",
             network,
@@ -177,10 +178,11 @@ def train_network(
         return best_model_path(network_dir)
     if state is not None and state.get("finished"):
         logger.info(
-            "%s network: %d epochs done, continuing to --epochs=%d",
+            "%s network: %d epochs done, continuing to %s=%d",
             network,
             state["epochs_done"],
-            train.epochs,
+            epochs_flag,
+            epochs,
         )
         state = {**state, "finished": False}
     if train.mixed_precision:
@@ -220,12 +222,12 @@ def train_network(
             callbacks.insert(
                 0,
                 keras.callbacks.LearningRateScheduler(
-                    lambda epoch: epoch_learning_rate(train, epoch)
+                    lambda epoch: epoch_learning_rate(train, epoch, epochs)
                 ),
             )
         model.fit(
             data_parallel.trim_batches(train_dataset, replicas),
-            epochs=train.epochs,
+            epochs=epochs,
             initial_epoch=initial_epoch,
             callbacks=callbacks,
             verbose=verbose,
@@ -234,10 +236,11 @@ def train_network(
     return best_model_path(network_dir)
 
 
-def epoch_learning_rate(train, epoch):
-    """The learning rate of epoch `epoch` (from 0) under `train.lr_schedule`."""
+def epoch_learning_rate(train, epoch, epochs):
+    """The learning rate of epoch `epoch` (from 0) of `epochs` under
+    `train.lr_schedule`."""
     if train.lr_schedule == "cosine":
-        return train.learning_rate * (1 + math.cos(math.pi * epoch / train.epochs)) / 2
+        return train.learning_rate * (1 + math.cos(math.pi * epoch / epochs)) / 2
     return train.learning_rate
 
 

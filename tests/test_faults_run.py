@@ -266,6 +266,26 @@ def test_a_killed_holder_does_not_leave_the_folder_stuck(data, tmp_path):
 
 
 @pytest.mark.slow
+def test_classifier_epochs_train_the_classifier_longer_and_resume_by_them(
+    data, tmp_path
+):
+    workdir = tmp_path / "run"
+    args = ("--noevaluate_at_end", "--classifier_epochs=2")
+    assert train_run(data, workdir, *args) == 0
+    done = {
+        network: json.loads((workdir / network / "state.json").read_text())[
+            "epochs_done"
+        ]
+        for network in ("proposal", "classifier")
+    }
+    assert done == {"proposal": 1, "classifier": 2}
+    code = train_run(data, workdir, "--resume", "--classifier_epochs=1")
+    assert_one_line_error(
+        code, "classifier network has trained 2 epochs; --classifier_epochs=1"
+    )
+
+
+@pytest.mark.slow
 def test_resume_with_more_epochs_trains_them_and_fewer_is_refused(data, tmp_path):
     workdir = tmp_path / "run"
     args = ("--networks=proposal", "--noevaluate_at_end")

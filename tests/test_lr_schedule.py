@@ -17,12 +17,14 @@ TINY = tiny_model(**EIGHT_CLIPS, feature_dim=4)
 
 def test_cosine_falls_from_the_rate_to_near_zero_over_the_epochs():
     train = TrainConfig(epochs=4, learning_rate=0.01, lr_schedule="cosine")
-    rates = [training.epoch_learning_rate(train, epoch) for epoch in range(4)]
+    rates = [training.epoch_learning_rate(train, epoch, 4) for epoch in range(4)]
     np.testing.assert_allclose(
         rates, 0.01 * np.array([1.0, 0.8535534, 0.5, 0.1464466]), rtol=1e-6
     )
     constant = TrainConfig(epochs=4, learning_rate=0.01)
-    assert [training.epoch_learning_rate(constant, e) for e in range(4)] == [0.01] * 4
+    assert [training.epoch_learning_rate(constant, e, 4) for e in range(4)] == [
+        0.01
+    ] * 4
 
 
 def test_an_unknown_schedule_is_refused():
