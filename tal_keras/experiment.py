@@ -56,6 +56,9 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
     # config.json claiming a run.
     folder.write_config(run_config)
     folder.write_class_names(class_names)
+    # Where the prototype layers of both networks start (one pass over the
+    # training clips).
+    prototypes = initial_prototypes(run_config, train_annotations, train_cache)
     for network in train_config.networks:
         spec = NETWORKS[network]
         metric_name, score_fn = spec.validation(
@@ -78,7 +81,7 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
             overlap_prior=overlap_prior(run_config, train_cache)
             if network == "proposal" and run_config.model.overlap_cell_bias
             else None,
-            prototypes=initial_prototypes(run_config, train_annotations, train_cache),
+            prototypes=prototypes,
         )
     if evaluate_at_end:
         evaluate_run(

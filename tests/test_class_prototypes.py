@@ -7,9 +7,12 @@ import types
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
-from tiny_configs import ONE_LAYER, tiny_model
+from python_process import run_python
+from tiny_configs import ONE_LAYER, tiny_model, tiny_run_flagfile
 
+import tal_keras.losses  # noqa: F401  (the losses of the saved models' compile config)
 from tal_keras import experiment, training
 from tal_keras.config import RunConfig, TrainConfig
 from tal_keras.flops import model_cost
@@ -161,4 +164,35 @@ def test_training_starts_the_classifier_at_the_class_means(tmp_path):
     ):
         np.testing.assert_array_equal(
             keras.ops.convert_to_numpy(getattr(layer, name)), value
+        )
+
+
+@pytest.mark.slow
+def test_train_py_starts_both_networks_at_the_same_class_means(tmp_path):
+    flagfile = tiny_run_flagfile(
+        tmp_path,
+        "run",
+        "--num_conv_layers=1",
+        "--epochs=1",
+        "--boundary_prototypes",
+        "--body_prototypes",
+        "--class_prototypes",
+    )
+    run_python(["train.py", f"--flagfile={flagfile}"], backend="tensorflow")
+    workdir = tmp_path / "run"
+    assert (workdir / "detections.json").is_file()
+    proposal = keras.saving.load_model(workdir / "proposal" / "best.keras")
+    classifier = keras.saving.load_model(workdir / "classifier" / "best.keras")
+    classes = classifier.get_layer("class_prototypes")
+    for mine, theirs in (
+        (
+            "start_prototypes",
+            proposal.get_layer("boundary_prototypes").start_prototypes,
+        ),
+        ("end_prototypes", proposal.get_layer("boundary_prototypes").end_prototypes),
+        ("body_prototypes", proposal.get_layer("body_prototypes").prototypes),
+    ):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(getattr(classes, mine)),
+            keras.ops.convert_to_numpy(theirs),
         )
