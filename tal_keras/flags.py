@@ -356,18 +356,17 @@ def run_config_from_flags(flag_values=FLAGS):
 
 
 def _int_list(values, name):
-    try:
-        return tuple(int(value) for value in values)
-    except ValueError:
-        raise ValueError(
-            f"--{name} must be a comma-separated list of integers, got {values}."
-        ) from None
+    return _number_list(values, name, int, "integers")
 
 
 def _float_list(values, name):
+    return _number_list(values, name, float, "numbers")
+
+
+def _number_list(values, name, number, what):
     try:
-        return tuple(float(value) for value in values)
+        return tuple(number(value) for value in values)
     except ValueError:
         raise ValueError(
-            f"--{name} must be a comma-separated list of numbers, got {values}."
+            f"--{name} must be a comma-separated list of {what}, got {values}."
         ) from None

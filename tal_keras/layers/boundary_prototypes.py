@@ -9,7 +9,10 @@ from keras import ops
 
 from tal_keras.clips import standardized_clips
 from tal_keras.layers.clip_encoder import standardize_per_video
-from tal_keras.layers.proposal_logits import ProposalLogits, best_present_match
+from tal_keras.layers.proposal_logits import (
+    WindowPrototypeLogits,
+    best_present_match,
+)
 
 
 def clip_windows(clip_features, context):
@@ -29,7 +32,7 @@ def clip_windows(clip_features, context):
 
 
 @keras.saving.register_keras_serializable(package="tal_keras")
-class BoundaryPrototypes(ProposalLogits):
+class BoundaryPrototypes(WindowPrototypeLogits):
     """Per-proposal logits a_s * s + a_e * e + a_b * min(s, e), where
     s = start(first clip) and e = end(last clip).
 
@@ -80,39 +83,15 @@ class BoundaryPrototypes(ProposalLogits):
         initial_scales=(0.0, 0.0, 1.0),
         **kwargs,
     ):
-        super().__init__(num_clips, scale_layers, **kwargs)
-        if num_prototypes < 1:
-            raise ValueError(f"num_prototypes must be >= 1, got {num_prototypes}.")
-        self.num_prototypes = int(num_prototypes)
-        self.context = int(context)
-        self.initial_scales = tuple(float(scale) for scale in initial_scales)
-        if len(self.initial_scales) != 3:
-            raise ValueError(
-                f"initial_scales must be (a_s, a_e, a_b), got {initial_scales}."
-            )
+        super().__init__(
+            num_clips, scale_layers, num_prototypes, context, initial_scales, **kwargs
+        )
 
     def build(self, input_shape):
         width = (2 * self.context + 1) * input_shape[-1]
-        initializer = keras.initializers.RandomNormal(stddev=1.0 / np.sqrt(width))
-        self.start_prototypes = self.add_weight(
-            shape=(self.num_prototypes, width),
-            initializer=initializer,
-            trainable=False,
-            name="start_prototypes",
-        )
-        self.end_prototypes = self.add_weight(
-            shape=(self.num_prototypes, width),
-            initializer=initializer,
-            trainable=False,
-            name="end_prototypes",
-        )
-        self.scales = self.add_weight(
-            shape=(3,),
-            initializer=keras.initializers.Constant(
-                np.asarray(self.initial_scales, "float32")
-            ),
-            name="scales",
-        )
+        self.start_prototypes = self.add_prototypes("start_prototypes", width)
+        self.end_prototypes = self.add_prototypes("end_prototypes", width)
+        self.scales = self.add_scales()
         self.build_lattice()
 
     def call(self, clip_features):
@@ -132,17 +111,6 @@ class BoundaryPrototypes(ProposalLogits):
             + scales[1] * ends
             + scales[2] * ops.minimum(starts, ends)
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_prototypes": self.num_prototypes,
-                "context": self.context,
-                "initial_scales": list(self.initial_scales),
-            }
-        )
-        return config
 
 
 def boundary_clips(durations, segments, num_clips):

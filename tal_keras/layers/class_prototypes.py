@@ -3,16 +3,15 @@ class means the proposal network's prototype layers use (an optional
 departure from the report, docs/benchmarks.md)."""
 
 import keras
-import numpy as np
 from keras import ops
 
 from tal_keras.layers.boundary_prototypes import clip_windows
 from tal_keras.layers.clip_encoder import standardize_per_video
-from tal_keras.layers.proposal_logits import ProposalLogits
+from tal_keras.layers.proposal_logits import WindowPrototypeLogits
 
 
 @keras.saving.register_keras_serializable(package="tal_keras")
-class ClassPrototypes(ProposalLogits):
+class ClassPrototypes(WindowPrototypeLogits):
     """Per-proposal logits of each class k:
     b_s start_k(first clip) + b_e end_k(last clip) + b_b body_k.
 
@@ -59,39 +58,17 @@ class ClassPrototypes(ProposalLogits):
         initial_scales=(1.0, 1.0, 1.0),
         **kwargs,
     ):
-        super().__init__(num_clips, scale_layers, **kwargs)
-        if num_prototypes < 1:
-            raise ValueError(f"num_prototypes must be >= 1, got {num_prototypes}.")
-        self.num_prototypes = int(num_prototypes)
-        self.context = int(context)
-        self.initial_scales = tuple(float(scale) for scale in initial_scales)
-        if len(self.initial_scales) != 3:
-            raise ValueError(
-                f"initial_scales must be (b_s, b_e, b_b), got {initial_scales}."
-            )
+        super().__init__(
+            num_clips, scale_layers, num_prototypes, context, initial_scales, **kwargs
+        )
 
     def build(self, input_shape):
         dim = input_shape[-1]
         width = (2 * self.context + 1) * dim
-        for name, size in (
-            ("start_prototypes", width),
-            ("end_prototypes", width),
-            ("body_prototypes", dim),
-        ):
-            weight = self.add_weight(
-                shape=(self.num_prototypes, size),
-                initializer=keras.initializers.RandomNormal(stddev=1.0 / np.sqrt(size)),
-                trainable=False,
-                name=name,
-            )
-            setattr(self, name, weight)
-        self.scales = self.add_weight(
-            shape=(3,),
-            initializer=keras.initializers.Constant(
-                np.asarray(self.initial_scales, "float32")
-            ),
-            name="scales",
-        )
+        self.start_prototypes = self.add_prototypes("start_prototypes", width)
+        self.end_prototypes = self.add_prototypes("end_prototypes", width)
+        self.body_prototypes = self.add_prototypes("body_prototypes", dim)
+        self.scales = self.add_scales()
         self.build_lattice()
 
     def call(self, clip_features):
@@ -120,14 +97,3 @@ class ClassPrototypes(ProposalLogits):
 
     def compute_output_shape(self, input_shape):
         return (*super().compute_output_shape(input_shape), self.num_prototypes)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_prototypes": self.num_prototypes,
-                "context": self.context,
-                "initial_scales": list(self.initial_scales),
-            }
-        )
-        return config

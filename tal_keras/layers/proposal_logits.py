@@ -68,6 +68,67 @@ class ProposalLogits(keras.layers.Layer):
         return config
 
 
+class WindowPrototypeLogits(ProposalLogits):
+    """The shared part of the layers that match clip windows with K frozen
+    class prototypes and weigh three scores by learned scales
+    (`BoundaryPrototypes`, `ClassPrototypes`): their arguments, their
+    prototype and scale weights, and their config.
+
+    Args:
+        num_clips: N.
+        scale_layers: pooling layers per scale (the lattice).
+        num_prototypes: K, one per class.
+        context: c, neighbours on each side in a clip's window.
+        initial_scales: the three scales at the start.
+        **kwargs: passed on to `keras.layers.Layer` (name, dtype, ...).
+    """
+
+    def __init__(
+        self, num_clips, scale_layers, num_prototypes, context, initial_scales, **kwargs
+    ):
+        super().__init__(num_clips, scale_layers, **kwargs)
+        if num_prototypes < 1:
+            raise ValueError(f"num_prototypes must be >= 1, got {num_prototypes}.")
+        self.num_prototypes = int(num_prototypes)
+        self.context = int(context)
+        self.initial_scales = tuple(float(scale) for scale in initial_scales)
+        if len(self.initial_scales) != 3:
+            raise ValueError(
+                f"initial_scales must be three numbers, got {initial_scales}."
+            )
+
+    def add_prototypes(self, name, width):
+        """A frozen [K, width] prototype weight, random until training sets
+        it to the class means."""
+        return self.add_weight(
+            shape=(self.num_prototypes, width),
+            initializer=keras.initializers.RandomNormal(stddev=1.0 / np.sqrt(width)),
+            trainable=False,
+            name=name,
+        )
+
+    def add_scales(self):
+        """The learned float [3] scales, started at `initial_scales`."""
+        return self.add_weight(
+            shape=(3,),
+            initializer=keras.initializers.Constant(
+                np.asarray(self.initial_scales, "float32")
+            ),
+            name="scales",
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_prototypes": self.num_prototypes,
+                "context": self.context,
+                "initial_scales": list(self.initial_scales),
+            }
+        )
+        return config
+
+
 def best_present_match(matches, prototypes):
     """float [..., N]: the max over the last axis of `matches` [..., N, K],
     the scores of K `prototypes` [K, W], leaving out all-zero prototypes
