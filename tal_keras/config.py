@@ -52,6 +52,9 @@ class ModelConfig:
             class prototypes, started at the training classes' mean clip
             inside their instances, to the overlap logit (a departure;
             False: the report).
+        body_prototype_flank: f; 0: the body prototypes compare a proposal
+            with the rest of its video; f > 0: with its flanks, ceil(f * L)
+            clips on each side of a proposal of L clips.
         class_prototypes: add per-class logits by the same class means
             (start, end and body) to the classifier's (a departure; False:
             the report).
@@ -75,6 +78,7 @@ class ModelConfig:
     boundary_prototypes: bool = False
     boundary_prototype_scales: tuple = (0.0, 0.0, 1.0)
     body_prototypes: bool = False
+    body_prototype_flank: float = 0.0
     class_prototypes: bool = False
 
     def __post_init__(self):
@@ -88,6 +92,11 @@ class ModelConfig:
                 f"got {self.boundary_prototype_scales!r}."
             )
         object.__setattr__(self, "boundary_prototype_scales", scales)
+        if not 0 <= self.body_prototype_flank < float("inf"):
+            raise ValueError(
+                "body_prototype_flank must be a finite number >= 0, got "
+                f"{self.body_prototype_flank!r}."
+            )
         Lattice(self.num_clips, self.scale_layers)  # raises with a suggestion
         for name in ("feature_dim", "hidden_size", "num_conv_layers", "num_classes"):
             value = getattr(self, name)

@@ -158,6 +158,13 @@ flags.DEFINE_bool(
     "class, started at the training classes' mean clip inside their "
     "instances, to the overlap logit (a departure from the report).",
 )
+flags.DEFINE_float(
+    "body_prototype_flank",
+    ModelConfig.body_prototype_flank,
+    "f: 0 compares each proposal's body match with the rest of its video; "
+    "f > 0 with its flanks, ceil(f x L) clips on each side of a proposal of L "
+    "clips (--body_prototypes).",
+)
 flags.DEFINE_bool(
     "class_prototypes",
     ModelConfig.class_prototypes,

@@ -79,9 +79,12 @@ def model_cost(config):
         boundary_flops += 2 * 2 * clips * config.num_classes * window + 6 * proposals
     if config.body_prototypes:
         boundary_params += config.num_classes * config.feature_dim + 1
+        # Per (proposal, class): inside and outside sums and means, a
+        # difference (4); flanks take two sums and their sum more (7).
+        contrast = 7 if config.body_prototype_flank > 0 else 4
         boundary_flops += (
             2 * clips * config.num_classes * config.feature_dim
-            + 4 * proposals * config.num_classes
+            + contrast * proposals * config.num_classes
         )
     overlap_flops = 2 * proposals * hidden
     class_params = hidden * config.num_classes + config.num_classes

@@ -75,6 +75,7 @@ def build_proposal_network(config):
                 config.num_clips,
                 config.scale_layers,
                 config.num_classes,
+                flank_fraction=config.body_prototype_flank,
                 name="body_prototypes",
             )(clip_features)
         )

@@ -7,6 +7,7 @@ import types
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from tiny_configs import ONE_LAYER, tiny_model
 
@@ -168,3 +169,68 @@ def test_training_starts_both_prototype_layers_at_the_class_means(tmp_path):
     assert [
         w.name for w in network.get_layer("boundary_prototypes").trainable_weights
     ] == ["scales"]
+
+
+def test_flanks_compare_each_proposal_with_its_surroundings_only():
+    lattice = Lattice(16, (4, 2, 2))
+    rng = np.random.default_rng(5)
+    clips = rng.standard_normal((2, 16, 5)).astype("float32")
+    layer = BodyPrototypes(16, (4, 2, 2), num_prototypes=3, flank_fraction=0.25)
+    layer(clips)
+    layer.scale.assign(0.7)
+    output = keras.ops.convert_to_numpy(layer(clips))
+    prototypes = keras.ops.convert_to_numpy(layer.prototypes)
+    standardized = (clips - clips.mean(axis=1, keepdims=True)) / (
+        clips.std(axis=1, keepdims=True) + 1e-3
+    )
+    matches = standardized @ prototypes.T
+    expected = np.zeros((2, lattice.num_proposals))
+    for cell, (start, end) in enumerate(zip(lattice.starts, lattice.ends)):
+        width = int(np.ceil(0.25 * (end - start + 1)))
+        flanks = [
+            n
+            for n in range(start - width, end + 1 + width)
+            if 0 <= n < 16 and not start <= n <= end
+        ]
+        outside = matches[:, flanks].mean(axis=1) if flanks else np.zeros((2, 3))
+        inside = matches[:, start : end + 1].mean(axis=1)
+        expected[:, cell] = 0.7 * (inside - outside).max(-1)
+    np.testing.assert_allclose(output, expected, atol=1e-4)
+    # A change far from a short proposal (clips 2-3, flanks 1 and 4) moves
+    # its whole-video contrast, not its flank contrast.
+    cell = int(np.flatnonzero((lattice.starts == 2) & (lattice.ends == 3))[0])
+    shifted = matches.copy()
+    shifted[:, 12:] += 1.0
+    for contrast, moves in (
+        (layer.inside_minus_flanks, False),
+        (layer.inside_minus_outside, True),
+    ):
+        before, after = (
+            keras.ops.convert_to_numpy(contrast(keras.ops.convert_to_tensor(m)))
+            for m in (matches, shifted)
+        )
+        assert np.allclose(before[:, cell], after[:, cell], atol=1e-5) != moves
+    config = layer.get_config()
+    assert config["flank_fraction"] == 0.25
+    assert BodyPrototypes.from_config(config).flank_fraction == 0.25
+
+
+def test_flank_fraction_must_be_a_finite_number_at_least_zero():
+    for bad in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="flank"):
+            BodyPrototypes(16, (4, 2, 2), num_prototypes=3, flank_fraction=bad)
+        with pytest.raises(ValueError, match="body_prototype_flank"):
+            tiny_model(**ONE_LAYER, body_prototypes=True, body_prototype_flank=bad)
+
+
+def test_network_builds_flanks_from_the_config_and_flops_count_them():
+    config = tiny_model(**ONE_LAYER, body_prototypes=True, body_prototype_flank=0.25)
+    layer = build_proposal_network(config).get_layer("body_prototypes")
+    assert layer.flank_fraction == 0.25
+    whole = model_cost(dataclasses.replace(config, body_prototype_flank=0.0))
+    lattice = Lattice(config.num_clips, config.scale_layers)
+    assert (
+        model_cost(config)["proposal_flops_band"] - whole["proposal_flops_band"]
+        == 3 * lattice.num_proposals * config.num_classes
+    )
+    assert model_cost(config)["proposal_params"] == whole["proposal_params"]

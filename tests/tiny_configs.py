@@ -28,6 +28,7 @@ EVERY_DEPARTURE = {
     "boundary_scores": True,
     "boundary_prototypes": True,
     "body_prototypes": True,
+    "body_prototype_flank": 0.25,
     "class_prototypes": True,
     "overlap_cell_bias": True,
 }

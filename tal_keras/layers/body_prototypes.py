@@ -1,5 +1,5 @@
 """Body prototypes: how much more a proposal's clips look like one class's
-body than the rest of its video does, added to its overlap logit (an
+body than the rest of its video (or its flanks) does, added to its overlap logit (an
 optional departure from the report, docs/benchmarks.md)."""
 
 import keras
@@ -17,7 +17,11 @@ class BodyPrototypes(ProposalLogits):
 
     m_k(n) is the dot product of clip n's standardised features with
     prototype k; inside_k is its mean over the proposal's clips, outside_k
-    its mean over the video's other clips (0 when there are none). The max
+    its mean over the video's other clips, or with `flank_fraction` f > 0
+    over the proposal's flanks, the ceil(f * L) clips on each side of a
+    proposal of L clips, cut at the video's ends (0 when there are none).
+    Flanks compare a proposal with its surroundings only, so that slow
+    drift and scene changes elsewhere in the video do not count. The max
     leaves out the all-zero prototypes of classes without training instances.
     a is a learned scale.
 
@@ -31,6 +35,7 @@ class BodyPrototypes(ProposalLogits):
         scale_layers: pooling layers per scale (the lattice).
         num_prototypes: K, one per class.
         initial_scale: a at the start.
+        flank_fraction: f; 0 compares with the rest of the video.
         **kwargs: passed on to `keras.layers.Layer` (name, dtype, ...).
 
     Input shape: float [batch, num_clips, D], the clip features (as given to
@@ -44,13 +49,24 @@ class BodyPrototypes(ProposalLogits):
     """
 
     def __init__(
-        self, num_clips, scale_layers, num_prototypes, initial_scale=0.5, **kwargs
+        self,
+        num_clips,
+        scale_layers,
+        num_prototypes,
+        initial_scale=0.5,
+        flank_fraction=0.0,
+        **kwargs,
     ):
         super().__init__(num_clips, scale_layers, **kwargs)
         if num_prototypes < 1:
             raise ValueError(f"num_prototypes must be >= 1, got {num_prototypes}.")
+        if not 0 <= flank_fraction < float("inf"):
+            raise ValueError(
+                f"flank_fraction must be a finite number >= 0, got {flank_fraction!r}."
+            )
         self.num_prototypes = int(num_prototypes)
         self.initial_scale = float(initial_scale)
+        self.flank_fraction = float(flank_fraction)
 
     def build(self, input_shape):
         dim = input_shape[-1]
@@ -66,13 +82,19 @@ class BodyPrototypes(ProposalLogits):
             name="scale",
         )
         self.build_lattice()
+        if self.flank_fraction > 0:
+            self.build_flanks(self.flank_fraction)
 
     def call(self, clip_features):
         features = standardize_per_video(clip_features)
         matches = ops.matmul(
             features, ops.transpose(ops.cast(self.prototypes, features.dtype))
         )
-        contrast = self.inside_minus_outside(matches)
+        contrast = (
+            self.inside_minus_flanks(matches)
+            if self.flank_fraction > 0
+            else self.inside_minus_outside(matches)
+        )
         prototypes = ops.cast(self.prototypes, contrast.dtype)
         return ops.cast(self.scale, contrast.dtype) * best_present_match(
             contrast, prototypes
@@ -84,6 +106,7 @@ class BodyPrototypes(ProposalLogits):
             {
                 "num_prototypes": self.num_prototypes,
                 "initial_scale": self.initial_scale,
+                "flank_fraction": self.flank_fraction,
             }
         )
         return config

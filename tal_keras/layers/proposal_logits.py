@@ -56,6 +56,38 @@ class ProposalLogits(keras.layers.Layer):
             self._inside_weights, inside.dtype
         ) - outside * ops.cast(self._outside_weights, inside.dtype)
 
+    def build_flanks(self, fraction):
+        """Sets the tables `inside_minus_flanks` uses: each proposal of L
+        clips has flanks of ceil(fraction * L) clips on each side, cut at
+        the video's ends."""
+        width = np.ceil(fraction * (self._ends - self._starts + 1)).astype("int32")
+        self._left_flank = np.maximum(self._starts - width, 0).astype("int32")
+        self._right_flank = np.minimum(self._ends_after + width, self.num_clips).astype(
+            "int32"
+        )
+        counts = (self._starts - self._left_flank) + (
+            self._right_flank - self._ends_after
+        )
+        self._flank_weights = (1.0 / np.maximum(counts, 1)).astype("float32")[:, None]
+
+    def inside_minus_flanks(self, matches):
+        """float [batch, P, K]: per proposal, the mean of `matches` [batch, N,
+        K] over its clips minus the mean over its flanks (`build_flanks`; 0
+        when it has none: it covers the whole video)."""
+        cumulative = ops.concatenate(
+            [ops.zeros_like(matches[:, :1]), ops.cumsum(matches, axis=1)], axis=1
+        )
+
+        def at(indices):
+            return ops.take(cumulative, indices, axis=1)
+
+        start, end_after = at(self._starts), at(self._ends_after)
+        inside = end_after - start
+        flanks = (start - at(self._left_flank)) + (at(self._right_flank) - end_after)
+        return inside * ops.cast(
+            self._inside_weights, inside.dtype
+        ) - flanks * ops.cast(self._flank_weights, inside.dtype)
+
     def compute_output_shape(self, input_shape):
         lattice = Lattice(self.num_clips, self.scale_layers)
         return (input_shape[0], lattice.num_proposals)
