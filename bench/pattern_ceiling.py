@@ -27,6 +27,13 @@ printed for the best weight of a small grid:
 - "class-mean bodies": no generator knowledge; "true bodies" with each
   class's mean clip inside its training instances in place of the body
   pattern;
+- "true bodies (flanks)", "class-mean bodies (flanks)": the same with
+  outside = the proposal's flanks, ceil(FLANK * L) clips on each side of a
+  proposal of L clips (`--body_prototype_flank`);
+- "class means: min boundaries + bodies (flanks)": what today's demo.flags
+  with `--body_prototype_flank` starts from, min(start, end) of the
+  class-mean prototypes (best class) plus "class-mean bodies (flanks)",
+  each with its own weight;
 - "true IoU": P_over = the true max IoU (the ceiling of any scorer at this
   N with this NMS).
 
@@ -49,6 +56,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tal_keras import atomic
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
+FLANK = 0.25
 
 
 def centred_best_match(features, patterns):
@@ -59,17 +67,28 @@ def centred_best_match(features, patterns):
     return best - best.mean(axis=1, keepdims=True)
 
 
-def body_contrast(features, bodies, lattice):
+def body_contrast(features, bodies, lattice, flank_fraction=0.0):
     """float64 [V, P]: per proposal, the best class's mean body match inside
-    it minus outside it."""
+    it minus outside it (with `flank_fraction` f > 0: minus its flanks,
+    ceil(f * L) clips on each side, 0 when it has none)."""
     matches = features @ (bodies / np.linalg.norm(bodies, axis=1)[:, None]).T
     cumulative = np.concatenate(
         [np.zeros_like(matches[:, :1]), np.cumsum(matches, axis=1)], axis=1
     )
     lengths = (lattice.ends - lattice.starts + 1)[None, :, None]
     inside = cumulative[:, lattice.ends + 1] - cumulative[:, lattice.starts]
-    outside = cumulative[:, -1:] - inside
     num_clips = matches.shape[1]
+    if flank_fraction > 0:
+        width = np.ceil(flank_fraction * (lattice.ends - lattice.starts + 1))
+        left = np.maximum(lattice.starts - width.astype(int), 0)
+        right = np.minimum(lattice.ends + 1 + width.astype(int), num_clips)
+        outside = (cumulative[:, lattice.starts] - cumulative[:, left]) + (
+            cumulative[:, right] - cumulative[:, lattice.ends + 1]
+        )
+        counts = (lattice.starts - left) + (right - lattice.ends - 1)
+        contrast = inside / lengths - outside / np.maximum(counts, 1)[None, :, None]
+        return contrast.max(axis=-1)
+    outside = cumulative[:, -1:] - inside
     contrast = inside / lengths - outside / np.maximum(num_clips - lengths, 1)
     return contrast.max(axis=-1)
 
@@ -156,11 +175,21 @@ def ceiling_rows(run_folder):
     present = np.linalg.norm(start_prototypes, axis=1) > 0
     start_score = centred_best_match(windows, start_prototypes[present])
     end_score = centred_best_match(windows, end_prototypes[present])
+    # Per class, as --boundary_prototypes takes min(start, end) before the max.
+    per_class = [
+        windows @ (chosen / np.linalg.norm(chosen, axis=1)[:, None]).T
+        for chosen in (start_prototypes[present], end_prototypes[present])
+    ]
+    per_class = [score - score.mean(axis=1, keepdims=True) for score in per_class]
+    min_boundaries = np.minimum(
+        per_class[0][:, lattice.starts], per_class[1][:, lattice.ends]
+    ).max(axis=-1)
     bodies = prototypes["body_prototypes"]["prototypes"]
     body_present = np.linalg.norm(bodies, axis=1) > 0
     max_iou = np.asarray(cache.max_iou, np.float64)
     true_boundaries = onset[:, lattice.starts] + offset[:, lattice.ends]
     true_bodies = body_contrast(features, patterns["body"], lattice)
+    flank_bodies = body_contrast(features, bodies[body_present], lattice, FLANK)
     return {
         "length prior": (auc(np.broadcast_to(log_prior, max_iou.shape)), None),
         "true boundaries": best(true_boundaries),
@@ -171,6 +200,13 @@ def ceiling_rows(run_folder):
         ),
         "class-mean bodies": best(
             body_contrast(features, bodies[body_present], lattice)
+        ),
+        "true bodies (flanks)": best(
+            body_contrast(features, patterns["body"], lattice, FLANK)
+        ),
+        "class-mean bodies (flanks)": best(flank_bodies),
+        "class means: min boundaries + bodies (flanks)": best(
+            min_boundaries, flank_bodies
         ),
         "true IoU": (auc(np.log(np.clip(max_iou, 1e-6, 1.0))), None),
     }

@@ -46,6 +46,25 @@ def test_body_contrast_is_inside_mean_minus_outside_mean_of_the_best_class():
         np.testing.assert_allclose(found[:, cell], expected)
 
 
+def test_flank_contrast_is_inside_mean_minus_the_flanks_mean_of_the_best_class():
+    lattice = Lattice(8, (2, 2))
+    rng = np.random.default_rng(2)
+    features = rng.standard_normal((2, 8, 3))
+    bodies = rng.standard_normal((2, 3))
+    found = pattern_ceiling.body_contrast(features, bodies, lattice, 0.5)
+    matches = features @ (bodies / np.linalg.norm(bodies, axis=1, keepdims=True)).T
+    for cell, (start, end) in enumerate(zip(lattice.starts, lattice.ends)):
+        width = int(np.ceil(0.5 * (end - start + 1)))
+        flanks = [
+            n
+            for n in range(start - width, end + 1 + width)
+            if 0 <= n < 8 and not start <= n <= end
+        ]
+        outside = matches[:, flanks].mean(axis=1) if flanks else 0.0
+        expected = (matches[:, start : end + 1].mean(axis=1) - outside).max(axis=-1)
+        np.testing.assert_allclose(found[:, cell], expected)
+
+
 @pytest.mark.slow
 def test_table_on_a_tiny_noise_free_boundary_dataset(tmp_path):
     timing = timing_file(tmp_path / "timing.json")
@@ -79,7 +98,9 @@ def test_table_on_a_tiny_noise_free_boundary_dataset(tmp_path):
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert header == [
         "run", "length prior", "true boundaries", "true bodies", "true both",
-        "class-mean prototypes", "class-mean bodies", "true IoU",
+        "class-mean prototypes", "class-mean bodies", "true bodies (flanks)",
+        "class-mean bodies (flanks)",
+        "class means: min boundaries + bodies (flanks)", "true IoU",
     ]  # fmt: skip
     cells = [cell.strip() for cell in lines[2].strip("|").split("|")]
     values = {name: float(cell.split()[0]) for name, cell in zip(header[1:], cells[1:])}
