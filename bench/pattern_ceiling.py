@@ -59,11 +59,17 @@ WEIGHTS = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
 FLANK = 0.25
 
 
+def unit_matches(features, patterns):
+    """float64 [V, N, K]: each clip's dot product with each row of `patterns`
+    divided by that row's norm."""
+    norms = np.linalg.norm(patterns, axis=1)
+    return features @ (patterns / np.maximum(norms, 1e-12)[:, None]).T
+
+
 def centred_best_match(features, patterns):
     """float64 [V, N]: each clip's best dot product with a row of `patterns`
     (divided by the patterns' norm), minus its video's mean."""
-    norms = np.linalg.norm(patterns, axis=1)
-    best = (features @ (patterns / np.maximum(norms, 1e-12)[:, None]).T).max(axis=-1)
+    best = unit_matches(features, patterns).max(axis=-1)
     return best - best.mean(axis=1, keepdims=True)
 
 
@@ -71,7 +77,7 @@ def body_contrast(features, bodies, lattice, flank_fraction=0.0):
     """float64 [V, P]: per proposal, the best class's mean body match inside
     it minus outside it (with `flank_fraction` f > 0: minus its flanks,
     ceil(f * L) clips on each side, 0 when it has none)."""
-    matches = features @ (bodies / np.linalg.norm(bodies, axis=1)[:, None]).T
+    matches = unit_matches(features, bodies)
     cumulative = np.concatenate(
         [np.zeros_like(matches[:, :1]), np.cumsum(matches, axis=1)], axis=1
     )
@@ -85,11 +91,11 @@ def body_contrast(features, bodies, lattice, flank_fraction=0.0):
         outside = (cumulative[:, lattice.starts] - cumulative[:, left]) + (
             cumulative[:, right] - cumulative[:, lattice.ends + 1]
         )
-        counts = (lattice.starts - left) + (right - lattice.ends - 1)
-        contrast = inside / lengths - outside / np.maximum(counts, 1)[None, :, None]
-        return contrast.max(axis=-1)
-    outside = cumulative[:, -1:] - inside
-    contrast = inside / lengths - outside / np.maximum(num_clips - lengths, 1)
+        counts = ((lattice.starts - left) + (right - lattice.ends - 1))[None, :, None]
+    else:
+        outside = cumulative[:, -1:] - inside
+        counts = num_clips - lengths
+    contrast = inside / lengths - outside / np.maximum(counts, 1)
     return contrast.max(axis=-1)
 
 
@@ -177,7 +183,7 @@ def ceiling_rows(run_folder):
     end_score = centred_best_match(windows, end_prototypes[present])
     # Per class, as --boundary_prototypes takes min(start, end) before the max.
     per_class = [
-        windows @ (chosen / np.linalg.norm(chosen, axis=1)[:, None]).T
+        unit_matches(windows, chosen)
         for chosen in (start_prototypes[present], end_prototypes[present])
     ]
     per_class = [score - score.mean(axis=1, keepdims=True) for score in per_class]

@@ -21,6 +21,15 @@ from tal_keras.layers.boundary_prototypes import class_mean_prototypes
 from tal_keras.models import build_proposal_network
 
 
+def standardized_matches(clips, prototypes):
+    """[batch, N, K]: each clip, standardised over its video per channel as
+    the layer does, dotted with each prototype."""
+    standardized = (clips - clips.mean(axis=1, keepdims=True)) / (
+        clips.std(axis=1, keepdims=True) + 1e-3
+    )
+    return standardized @ prototypes.T
+
+
 def test_scores_each_proposal_by_its_best_inside_minus_outside_match(tmp_path):
     lattice = Lattice(16, (4, 2, 2))
     rng = np.random.default_rng(0)
@@ -30,10 +39,7 @@ def test_scores_each_proposal_by_its_best_inside_minus_outside_match(tmp_path):
     layer.scale.assign(0.6)
     output = keras.ops.convert_to_numpy(layer(clips))
     prototypes = keras.ops.convert_to_numpy(layer.prototypes)
-    standardized = (clips - clips.mean(axis=1, keepdims=True)) / (
-        clips.std(axis=1, keepdims=True) + 1e-3
-    )
-    matches = standardized @ prototypes.T  # [2, 16, 3]
+    matches = standardized_matches(clips, prototypes)  # [2, 16, 3]
     expected = np.zeros((2, lattice.num_proposals))
     for cell, (start, end) in enumerate(zip(lattice.starts, lattice.ends)):
         inside = np.zeros(16, bool)
@@ -180,10 +186,7 @@ def test_flanks_compare_each_proposal_with_its_surroundings_only():
     layer.scale.assign(0.7)
     output = keras.ops.convert_to_numpy(layer(clips))
     prototypes = keras.ops.convert_to_numpy(layer.prototypes)
-    standardized = (clips - clips.mean(axis=1, keepdims=True)) / (
-        clips.std(axis=1, keepdims=True) + 1e-3
-    )
-    matches = standardized @ prototypes.T
+    matches = standardized_matches(clips, prototypes)
     expected = np.zeros((2, lattice.num_proposals))
     for cell, (start, end) in enumerate(zip(lattice.starts, lattice.ends)):
         width = int(np.ceil(0.25 * (end - start + 1)))

@@ -45,9 +45,7 @@ class ProposalLogits(keras.layers.Layer):
         """float [batch, P, K]: per proposal, the mean of `matches` [batch, N,
         K] over its clips minus the mean over the video's other clips (0 when
         there are none)."""
-        cumulative = ops.concatenate(
-            [ops.zeros_like(matches[:, :1]), ops.cumsum(matches, axis=1)], axis=1
-        )
+        cumulative = self._prefix_sums(matches)
         inside = ops.take(cumulative, self._ends_after, axis=1) - ops.take(
             cumulative, self._starts, axis=1
         )
@@ -74,9 +72,7 @@ class ProposalLogits(keras.layers.Layer):
         """float [batch, P, K]: per proposal, the mean of `matches` [batch, N,
         K] over its clips minus the mean over its flanks (`build_flanks`; 0
         when it has none: it covers the whole video)."""
-        cumulative = ops.concatenate(
-            [ops.zeros_like(matches[:, :1]), ops.cumsum(matches, axis=1)], axis=1
-        )
+        cumulative = self._prefix_sums(matches)
 
         def at(indices):
             return ops.take(cumulative, indices, axis=1)
@@ -87,6 +83,13 @@ class ProposalLogits(keras.layers.Layer):
         return inside * ops.cast(
             self._inside_weights, inside.dtype
         ) - flanks * ops.cast(self._flank_weights, inside.dtype)
+
+    @staticmethod
+    def _prefix_sums(matches):
+        """[batch, N + 1, K]: 0, then the running sums of `matches` over clips."""
+        return ops.concatenate(
+            [ops.zeros_like(matches[:, :1]), ops.cumsum(matches, axis=1)], axis=1
+        )
 
     def compute_output_shape(self, input_shape):
         lattice = Lattice(self.num_clips, self.scale_layers)
