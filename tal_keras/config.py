@@ -55,6 +55,11 @@ class ModelConfig:
         body_prototype_flank: f; 0: the body prototypes compare a proposal
             with the rest of its video; f > 0: with its flanks, ceil(f * L)
             clips on each side of a proposal of L clips.
+        prototype_evidence: H > 0: add the output of a small MLP (H hidden
+            units) of each proposal's best class-mean start, end, body and
+            joint scores and its position to the overlap logit (a
+            departure; 0: the report). Its body scores use
+            body_prototype_flank.
         class_prototypes: add per-class logits by the same class means
             (start, end and body) to the classifier's (a departure; False:
             the report).
@@ -79,6 +84,7 @@ class ModelConfig:
     boundary_prototype_scales: tuple = (0.0, 0.0, 1.0)
     body_prototypes: bool = False
     body_prototype_flank: float = 0.0
+    prototype_evidence: int = 0
     class_prototypes: bool = False
 
     def __post_init__(self):
@@ -96,6 +102,11 @@ class ModelConfig:
             raise ValueError(
                 "body_prototype_flank must be a finite number >= 0, got "
                 f"{self.body_prototype_flank!r}."
+            )
+        if not isinstance(self.prototype_evidence, int) or self.prototype_evidence < 0:
+            raise ValueError(
+                "prototype_evidence must be 0 (off) or a positive integer, got "
+                f"{self.prototype_evidence!r}."
             )
         Lattice(self.num_clips, self.scale_layers)  # raises with a suggestion
         for name in ("feature_dim", "hidden_size", "num_conv_layers", "num_classes"):

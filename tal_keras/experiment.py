@@ -95,13 +95,15 @@ def initial_prototypes(run_config, train_annotations, train_cache):
     network lacks): each class's mean start and end clip window
     (`class_mean_prototypes`) and mean clip inside its instances
     (`class_mean_bodies`) over the training videos, for --boundary_prototypes,
-    --body_prototypes and --class_prototypes; {} without any of them."""
+    --body_prototypes, --prototype_evidence and --class_prototypes; {}
+    without any of them."""
     from tal_keras.layers.body_prototypes import class_mean_bodies
     from tal_keras.layers.boundary_prototypes import class_mean_prototypes
 
     model = run_config.model
-    boundaries = model.boundary_prototypes or model.class_prototypes
-    bodies = model.body_prototypes or model.class_prototypes
+    evidence = model.prototype_evidence > 0
+    boundaries = model.boundary_prototypes or model.class_prototypes or evidence
+    bodies = model.body_prototypes or model.class_prototypes or evidence
     if not (boundaries or bodies):
         return {}
     videos = [
@@ -127,6 +129,12 @@ def initial_prototypes(run_config, train_annotations, train_cache):
         )
         if model.body_prototypes:
             prototypes["body_prototypes"] = {"prototypes": body}
+    if evidence:
+        prototypes["prototype_evidence"] = {
+            "start_prototypes": start,
+            "end_prototypes": end,
+            "body_prototypes": body,
+        }
     if model.class_prototypes:
         prototypes["class_prototypes"] = {
             "start_prototypes": start,

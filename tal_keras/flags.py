@@ -165,6 +165,14 @@ flags.DEFINE_float(
     "f > 0 with its flanks, ceil(f x L) clips on each side of a proposal of L "
     "clips (--body_prototypes).",
 )
+flags.DEFINE_integer(
+    "prototype_evidence",
+    ModelConfig.prototype_evidence,
+    "H > 0: add a small MLP (H hidden units) of each proposal's best "
+    "class-mean start, end, body and joint scores and its position to the "
+    "overlap logit (a departure from the report; body scores use "
+    "--body_prototype_flank); 0: off.",
+)
 flags.DEFINE_bool(
     "class_prototypes",
     ModelConfig.class_prototypes,

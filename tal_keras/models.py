@@ -12,6 +12,7 @@ from tal_keras.layers import (
     ClassPrototypes,
     ClipEncoder,
     OverlapHead,
+    PrototypeEvidence,
     StackedMaxPool,
     SubMapNetwork,
 )
@@ -77,6 +78,17 @@ def build_proposal_network(config):
                 config.num_classes,
                 flank_fraction=config.body_prototype_flank,
                 name="body_prototypes",
+            )(clip_features)
+        )
+    if config.prototype_evidence:
+        extra_logits.append(
+            PrototypeEvidence(
+                config.num_clips,
+                config.scale_layers,
+                config.num_classes,
+                hidden_units=config.prototype_evidence,
+                flank_fraction=config.body_prototype_flank,
+                name="prototype_evidence",
             )(clip_features)
         )
     head_inputs = map_features

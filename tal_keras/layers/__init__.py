@@ -11,6 +11,7 @@ from tal_keras.layers.class_prototypes import ClassPrototypes
 from tal_keras.layers.clip_encoder import ClipEncoder
 from tal_keras.layers.masked_map_conv import MaskedMapConv
 from tal_keras.layers.overlap_head import OverlapHead
+from tal_keras.layers.prototype_evidence import PrototypeEvidence
 from tal_keras.layers.stacked_max_pool import StackedMaxPool
 from tal_keras.layers.sub_map_network import SubMapNetwork
 
@@ -25,6 +26,7 @@ __all__ = [
     "ClipEncoder",
     "MaskedMapConv",
     "OverlapHead",
+    "PrototypeEvidence",
     "StackedMaxPool",
     "SubMapNetwork",
 ]
