@@ -14,6 +14,8 @@ Run `python -m tal_keras.flops` for the paper config and the report's Table 1.
 from tal_keras.config import ModelConfig
 from tal_keras.map_band import MapBand
 
+NUM_EVIDENCE = 11  # PrototypeEvidence's inputs: 8 scores, 3 positions
+
 
 def model_cost(config):
     """Parameters and FLOPs per video of the proposal and classifier networks.
@@ -85,6 +87,21 @@ def model_cost(config):
         boundary_flops += (
             2 * clips * config.num_classes * config.feature_dim
             + contrast * proposals * config.num_classes
+        )
+    if config.prototype_evidence:
+        window = 3 * config.feature_dim  # PrototypeEvidence's default context 1
+        units = config.prototype_evidence
+        # Frozen start, end and body prototypes; the MLP's three Dense layers.
+        boundary_params += config.num_classes * (2 * window + config.feature_dim)
+        boundary_params += (NUM_EVIDENCE + 3) * units + units * units + 1
+        # Per (proposal, class): the body contrast (as above), the joint
+        # score (3) and the chosen class's three scores (6); per proposal:
+        # the MLP's multiply-adds, biases and ReLUs.
+        contrast = 7 if config.body_prototype_flank > 0 else 4
+        boundary_flops += (
+            2 * clips * config.num_classes * (2 * window + config.feature_dim)
+            + (contrast + 9) * proposals * config.num_classes
+            + proposals * (2 * NUM_EVIDENCE * units + 2 * units * units + 6 * units + 1)
         )
     overlap_flops = 2 * proposals * hidden
     class_params = hidden * config.num_classes + config.num_classes

@@ -79,6 +79,9 @@ def test_every_departure_exports_to_onnx_and_matches_keras():
     head.cell_biases.assign(
         np.linspace(-1, 1, config.lattice.num_proposals).astype("float32")
     )
+    # The evidence MLP's output starts at zero; give it a say.
+    evidence = proposal.get_layer("prototype_evidence").output_layer
+    evidence.kernel.assign(np.linspace(-1, 1, 4).reshape(4, 1).astype("float32"))
     model = build_inference_model(proposal, build_classifier_network(config))
     exported = onnx_export.convert(model, config, onnx_export.DEFAULT_OPSET)
     session = ort.InferenceSession(

@@ -29,6 +29,7 @@ EVERY_DEPARTURE = {
     "boundary_prototypes": True,
     "body_prototypes": True,
     "body_prototype_flank": 0.25,
+    "prototype_evidence": 4,
     "class_prototypes": True,
     "overlap_cell_bias": True,
 }
