@@ -37,7 +37,11 @@ def expected_logits(layer, clips, flank_fraction):
     lattice = Lattice(16, (4, 2, 2))
     starts, ends, bodies = (
         keras.ops.convert_to_numpy(weight)
-        for weight in (layer.start_prototypes, layer.end_prototypes, layer.body_prototypes)
+        for weight in (
+            layer.start_prototypes,
+            layer.end_prototypes,
+            layer.body_prototypes,
+        )
     )
     dense = [
         (keras.ops.convert_to_numpy(d.kernel), keras.ops.convert_to_numpy(d.bias))
@@ -104,7 +108,9 @@ def test_an_mlp_of_each_proposals_best_start_end_body_and_joint_scores(
     layer(clips)
     # Class 1 has no training instances: all-zero prototypes, left out.
     for weight in (layer.start_prototypes, layer.end_prototypes, layer.body_prototypes):
-        weight.assign(weight.numpy() * np.array([[1.0], [0.0], [1.0], [1.0]], "float32"))
+        weight.assign(
+            weight.numpy() * np.array([[1.0], [0.0], [1.0], [1.0]], "float32")
+        )
     layer.output_layer.kernel.assign(rng.standard_normal((6, 1)).astype("float32"))
     output = keras.ops.convert_to_numpy(layer(clips))
     np.testing.assert_allclose(
