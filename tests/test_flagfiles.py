@@ -50,6 +50,7 @@ def test_demo_flags_carry_the_benchmark_recipe():
     assert model["clip_normalization"] == "video"
     assert model["clip_context"] == 3
     assert model["body_prototype_flank"] == 0.25
+    assert model["prototype_evidence"] == 64
     assert config["train"]["overlap_positive_weight"] == 10
 
 
@@ -64,3 +65,4 @@ def test_hacs_flags_keep_the_reports_method():
         assert model[departure] is False, departure
     assert model["clip_normalization"] == "none"
     assert model["body_prototype_flank"] == 0
+    assert model["prototype_evidence"] == 0
