@@ -70,12 +70,7 @@ class BodyPrototypes(ProposalLogits):
 
     def build(self, input_shape):
         dim = input_shape[-1]
-        self.prototypes = self.add_weight(
-            shape=(self.num_prototypes, dim),
-            initializer=keras.initializers.RandomNormal(stddev=1.0 / np.sqrt(dim)),
-            trainable=False,
-            name="prototypes",
-        )
+        self.prototypes = self.add_prototypes("prototypes", dim)
         self.scale = self.add_weight(
             shape=(),
             initializer=keras.initializers.Constant(self.initial_scale),

@@ -74,16 +74,9 @@ class ClassPrototypes(WindowPrototypeLogits):
     def call(self, clip_features):
         standardized = standardize_per_video(clip_features)
         windows = clip_windows(standardized, self.context)
-        boundaries = []
-        for prototypes, cells in (
-            (self.start_prototypes, self._starts),
-            (self.end_prototypes, self._ends),
-        ):
-            matches = ops.matmul(
-                windows, ops.transpose(ops.cast(prototypes, windows.dtype))
-            )
-            matches = matches - ops.mean(matches, axis=1, keepdims=True)
-            boundaries.append(ops.take(matches, cells, axis=1))
+        boundaries = self.boundary_matches(
+            windows, self.start_prototypes, self.end_prototypes
+        )
         bodies = self.inside_minus_outside(
             ops.matmul(
                 standardized,

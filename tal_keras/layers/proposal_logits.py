@@ -14,7 +14,8 @@ class ProposalLogits(keras.layers.Layer):
 
     `build` of a subclass calls `build_lattice()`, which sets the static index
     tables `_starts` and `_ends` (int32 [P], first and last clip, inclusive)
-    from the lattice, and the tables `inside_minus_outside` uses.
+    from the lattice, and the tables `inside_minus_outside` uses. Subclasses
+    with prototypes set `num_prototypes` and use `add_prototypes`.
 
     Args:
         num_clips: N.
@@ -84,6 +85,33 @@ class ProposalLogits(keras.layers.Layer):
             self._inside_weights, inside.dtype
         ) - flanks * ops.cast(self._flank_weights, inside.dtype)
 
+    def add_prototypes(self, name, width):
+        """A frozen [K, width] prototype weight (K = `self.num_prototypes`,
+        which a subclass sets), random until training sets it to the class
+        means."""
+        return self.add_weight(
+            shape=(self.num_prototypes, width),
+            initializer=keras.initializers.RandomNormal(stddev=1.0 / np.sqrt(width)),
+            trainable=False,
+            name=name,
+        )
+
+    def boundary_matches(self, windows, start_prototypes, end_prototypes):
+        """(start, end) float [batch, P, K]: the dot product of each
+        proposal's first (last) clip window with each start (end)
+        prototype, minus that prototype's mean over the video's clips."""
+        found = []
+        for prototypes, cells in (
+            (start_prototypes, self._starts),
+            (end_prototypes, self._ends),
+        ):
+            matches = ops.matmul(
+                windows, ops.transpose(ops.cast(prototypes, windows.dtype))
+            )
+            matches = matches - ops.mean(matches, axis=1, keepdims=True)
+            found.append(ops.take(matches, cells, axis=1))
+        return found
+
     @staticmethod
     def _prefix_sums(matches):
         """[batch, N + 1, K]: 0, then the running sums of `matches` over clips."""
@@ -107,7 +135,7 @@ class WindowPrototypeLogits(ProposalLogits):
     """The shared part of the layers that match clip windows with K frozen
     class prototypes and weigh three scores by learned scales
     (`BoundaryPrototypes`, `ClassPrototypes`): their arguments, their
-    prototype and scale weights, and their config.
+    scale weights, and their config.
 
     Args:
         num_clips: N.
@@ -131,16 +159,6 @@ class WindowPrototypeLogits(ProposalLogits):
             raise ValueError(
                 f"initial_scales must be three numbers, got {initial_scales}."
             )
-
-    def add_prototypes(self, name, width):
-        """A frozen [K, width] prototype weight, random until training sets
-        it to the class means."""
-        return self.add_weight(
-            shape=(self.num_prototypes, width),
-            initializer=keras.initializers.RandomNormal(stddev=1.0 / np.sqrt(width)),
-            trainable=False,
-            name=name,
-        )
 
     def add_scales(self):
         """The learned float [3] scales, started at `initial_scales`."""

@@ -99,9 +99,9 @@ class PrototypeEvidence(ProposalLogits):
     def build(self, input_shape):
         dim = input_shape[-1]
         width = (2 * self.context + 1) * dim
-        self.start_prototypes = self._frozen("start_prototypes", width)
-        self.end_prototypes = self._frozen("end_prototypes", width)
-        self.body_prototypes = self._frozen("body_prototypes", dim)
+        self.start_prototypes = self.add_prototypes("start_prototypes", width)
+        self.end_prototypes = self.add_prototypes("end_prototypes", width)
+        self.body_prototypes = self.add_prototypes("body_prototypes", dim)
         inputs = NUM_EVIDENCE
         for layer in self.hidden_layers:
             layer.build((None, inputs))
@@ -117,14 +117,6 @@ class PrototypeEvidence(ProposalLogits):
             / self.num_clips
         ).astype("float32")
 
-    def _frozen(self, name, width):
-        return self.add_weight(
-            shape=(self.num_prototypes, width),
-            initializer=keras.initializers.RandomNormal(stddev=1.0 / np.sqrt(width)),
-            trainable=False,
-            name=name,
-        )
-
     def call(self, clip_features):
         evidence = self.evidence(clip_features)
         for layer in self.hidden_layers:
@@ -135,16 +127,9 @@ class PrototypeEvidence(ProposalLogits):
         """float [batch, P, NUM_EVIDENCE]: the MLP's inputs (class docstring)."""
         standardized = standardize_per_video(clip_features)
         windows = clip_windows(standardized, self.context)
-        boundaries = []
-        for prototypes, cells in (
-            (self.start_prototypes, self._starts),
-            (self.end_prototypes, self._ends),
-        ):
-            matches = ops.matmul(
-                windows, ops.transpose(ops.cast(prototypes, windows.dtype))
-            )
-            matches = matches - ops.mean(matches, axis=1, keepdims=True)
-            boundaries.append(ops.take(matches, cells, axis=1))
+        boundaries = self.boundary_matches(
+            windows, self.start_prototypes, self.end_prototypes
+        )
         body_prototypes = ops.cast(self.body_prototypes, standardized.dtype)
         body_matches = ops.matmul(standardized, ops.transpose(body_prototypes))
         bodies = (
@@ -158,7 +143,7 @@ class PrototypeEvidence(ProposalLogits):
             + ops.cast(self._root_lengths, bodies.dtype) * bodies
         )
         # Classes without training instances (all-zero prototypes) get the
-        # video's lowest joint score: never the best, at most the second.
+        # proposal's lowest joint score: never the best, at most the second.
         present = ops.sum(ops.square(body_prototypes), axis=-1) > 0
         joint = ops.where(present, joint, ops.min(joint, axis=-1, keepdims=True))
         best_two = ops.top_k(joint, 2 if self.num_prototypes > 1 else 1)[0]
