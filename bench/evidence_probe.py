@@ -27,13 +27,13 @@ scores carry, and what a weighted sum of them (linear) misses.
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tal_keras import atomic
 
@@ -82,47 +82,32 @@ def fitted_auc(inputs, targets, eval_inputs, auc, hidden, layers, epochs, seed):
 
 def probe_rows(run_folder, hidden, epochs, seed):
     """{row name: AUC %} on the run's evaluation videos."""
-    from tal_keras import evaluation, experiment, inference, run
+    from pattern_ceiling import open_benchmark_run
+
+    from tal_keras import experiment
     from tal_keras.data import benchmarks
     from tal_keras.layers import PrototypeEvidence
 
-    folder = run.RunFolder(run_folder)
-    run_config = folder.read_config()
-    model = run_config.model
-    lattice = model.lattice
-    data_dir = os.path.dirname(os.path.abspath(run_config.data.annotations))
-    with open(os.path.join(data_dir, benchmarks.PARAMETERS_FILE)) as stream:
-        parameters = json.load(stream)
-    train_annotations, train_cache = run.open_subset(
-        run_config, run_config.data.train_subset
+    opened = open_benchmark_run(run_folder)
+    run_config, model, lattice = (
+        opened.run_config,
+        opened.run_config.model,
+        opened.lattice,
     )
-    annotations, cache = run.open_subset(run_config, run_config.data.eval_subset)
-    ground_truth = evaluation.ground_truth_of(annotations, run_config.data.blocklist)
-    log_prior = np.log(
-        np.clip(evaluation.length_prior(lattice, train_annotations), 1e-4, 1.0)
-    )
-
-    def auc(logits):
-        scores = np.exp(logits - logits.max(axis=1, keepdims=True))
-        results = inference.proposal_results(
-            run_config, lattice, cache, scores.astype(np.float32)
-        )
-        return (
-            100
-            * evaluation.proposal_summary(
-                evaluation.score_proposals(ground_truth, results)
-            )["AUC"]
-        )
+    train_cache, cache = opened.train_cache, opened.cache
+    log_prior, auc = opened.log_prior, opened.auc
 
     means = experiment.initial_prototypes(
         dataclasses.replace(
             run_config, model=dataclasses.replace(model, prototype_evidence=1)
         ),
-        train_annotations,
+        opened.train_annotations,
         train_cache,
     )["prototype_evidence"]
     patterns = benchmarks.class_patterns(
-        parameters["seed"], parameters["num_classes"], parameters["feature_dim"]
+        opened.parameters["seed"],
+        opened.parameters["num_classes"],
+        opened.parameters["feature_dim"],
     )
     zeros = np.zeros_like(patterns["onset"])
     generator = {

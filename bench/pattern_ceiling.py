@@ -99,15 +99,18 @@ def body_contrast(features, bodies, lattice, flank_fraction=0.0):
     return contrast.max(axis=-1)
 
 
-def ceiling_rows(run_folder):
-    """{scorer: (AUC %, best weight or None)} on the run's evaluation videos."""
-    from tal_keras import evaluation, experiment, inference, run
-    from tal_keras.clips import standardized_clips
-    from tal_keras.data import benchmarks
-    from tal_keras.layers.boundary_prototypes import numpy_clip_windows
+def open_benchmark_run(run_folder):
+    """A train.py run on a benchmark dataset, read back: its config and
+    lattice, the dataset's generator parameters, the training annotations
+    and both clip caches, the log length prior [P], and `auc(logits)`, the
+    official AUC (%) on the evaluation videos of proposals scored by
+    logits [V, P] (same NMS and count as train.py)."""
+    import types
 
-    folder = run.RunFolder(run_folder)
-    run_config = folder.read_config()
+    from tal_keras import evaluation, inference, run
+    from tal_keras.data import benchmarks
+
+    run_config = run.RunFolder(run_folder).read_config()
     lattice = run_config.model.lattice
     data_dir = os.path.dirname(os.path.abspath(run_config.data.annotations))
     with open(os.path.join(data_dir, benchmarks.PARAMETERS_FILE)) as stream:
@@ -132,6 +135,35 @@ def ceiling_rows(run_folder):
                 evaluation.score_proposals(ground_truth, results)
             )["AUC"]
         )
+
+    return types.SimpleNamespace(
+        run_config=run_config,
+        lattice=lattice,
+        parameters=parameters,
+        train_annotations=train_annotations,
+        train_cache=train_cache,
+        cache=cache,
+        log_prior=log_prior,
+        auc=auc,
+    )
+
+
+def ceiling_rows(run_folder):
+    """{scorer: (AUC %, best weight or None)} on the run's evaluation videos."""
+    from tal_keras import experiment
+    from tal_keras.clips import standardized_clips
+    from tal_keras.data import benchmarks
+    from tal_keras.layers.boundary_prototypes import numpy_clip_windows
+
+    opened = open_benchmark_run(run_folder)
+    run_config, lattice, parameters = (
+        opened.run_config,
+        opened.lattice,
+        opened.parameters,
+    )
+    train_annotations = opened.train_annotations
+    train_cache, cache = opened.train_cache, opened.cache
+    log_prior, auc = opened.log_prior, opened.auc
 
     def best(evidence, other=None):
         """(best AUC, its weight) over WEIGHTS (for `other`, a second weight

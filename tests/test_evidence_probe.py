@@ -6,10 +6,8 @@ import os
 import sys
 
 import pytest
-from python_process import run_python
 
-from tal_keras.data import benchmarks
-from tests.test_benchmarks import timing_file
+from tests.test_pattern_ceiling import tiny_boundary_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -19,31 +17,7 @@ import evidence_probe
 
 @pytest.mark.slow
 def test_table_on_a_tiny_noise_free_boundary_dataset(tmp_path):
-    timing = timing_file(tmp_path / "timing.json")
-    dataset = tmp_path / "tiny"
-    benchmarks.generate(
-        dataset, "boundary", noise=0.0, timing_path=timing, feature_dim=8
-    )
-    annotations, features, classes = benchmarks.dataset_paths(dataset)
-    workdir = tmp_path / "run"
-    run_python(
-        [
-            "train.py",
-            f"--workdir={workdir}",
-            f"--annotations={annotations}",
-            f"--features={features}",
-            f"--category_file={classes}",
-            "--feature_dim=8",
-            "--num_clips=16",
-            "--scale_layers=4,2,2",
-            "--hidden_size=8",
-            "--kernel_size=3",
-            "--num_conv_layers=1",
-            "--batch_size=4",
-            "--epochs=1",
-            "--networks=proposal",
-        ]
-    )
+    workdir = tiny_boundary_run(tmp_path)
     out = tmp_path / "probe.md"
     evidence_probe.main(
         [str(workdir), "--out", str(out), "--epochs", "100", "--hidden", "16"]

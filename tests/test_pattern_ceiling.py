@@ -65,8 +65,9 @@ def test_flank_contrast_is_inside_mean_minus_the_flanks_mean_of_the_best_class()
         np.testing.assert_allclose(found[:, cell], expected)
 
 
-@pytest.mark.slow
-def test_table_on_a_tiny_noise_free_boundary_dataset(tmp_path):
+def tiny_boundary_run(tmp_path):
+    """tmp_path/run: one epoch of the proposal network (N 16) on a tiny
+    noise-free boundary benchmark dataset in tmp_path/tiny."""
     timing = timing_file(tmp_path / "timing.json")
     dataset = tmp_path / "tiny"
     benchmarks.generate(
@@ -92,6 +93,12 @@ def test_table_on_a_tiny_noise_free_boundary_dataset(tmp_path):
             "--networks=proposal",
         ]
     )
+    return workdir
+
+
+@pytest.mark.slow
+def test_table_on_a_tiny_noise_free_boundary_dataset(tmp_path):
+    workdir = tiny_boundary_run(tmp_path)
     out = tmp_path / "ceiling.md"
     pattern_ceiling.main([str(workdir), "--out", str(out)])
     lines = out.read_text().splitlines()
