@@ -153,8 +153,11 @@ def _results(workdir):
     return result, config
 
 
-def oracle_proposals(annotations_path, subset, lattice, nms_threshold, top_k):
-    """Official proposal metrics when P_over is each cell's true max IoU."""
+def oracle_proposals(
+    annotations_path, subset, lattice, nms_threshold, top_k, soft_nms_sigma=0.0
+):
+    """Official proposal metrics when P_over is each cell's true max IoU (the
+    run's NMS or soft-NMS)."""
     annotations = load_annotations(annotations_path, subset=subset)
     results = {}
     for video in annotations:
@@ -162,7 +165,7 @@ def oracle_proposals(annotations_path, subset, lattice, nms_threshold, top_k):
             lattice, video.duration, video.segments, video.labels
         )
         results[video.video_id] = detections.video_proposals(
-            lattice, video.duration, max_iou, nms_threshold, top_k
+            lattice, video.duration, max_iou, nms_threshold, top_k, soft_nms_sigma
         )
     ground_truth = metrics.load_ground_truth(annotations_path, subset=subset)
     return metrics.evaluate_proposals(
@@ -293,6 +296,7 @@ def main(argv=None):
             lattice,
             evaluation.get("nms_threshold", 0.5),
             evaluation.get("proposals_per_video", 100),
+            evaluation.get("proposal_soft_nms_sigma", 0.0),
         )
         summary = {
             "proposals": {

@@ -305,6 +305,10 @@ class Postprocessing:
             (why 2000: `detections.DEFAULT_TOP_M`).
         soft_nms: Gaussian soft-NMS instead of hard NMS for detections.
         soft_nms_sigma: width of the soft-NMS penalty (`detections.soft_nms`).
+        proposal_soft_nms_sigma: 0 (the report): proposals through NMS at
+            `nms_threshold`; > 0: Gaussian soft-NMS of this width instead,
+            every overlap decayed (`detections.video_proposals`), for the
+            proposals and the content-blind baseline alike.
     """
 
     nms_threshold: float = 0.5
@@ -313,6 +317,7 @@ class Postprocessing:
     top_pairs: int = DEFAULT_TOP_M
     soft_nms: bool = False
     soft_nms_sigma: float = DEFAULT_SOFT_NMS_SIGMA
+    proposal_soft_nms_sigma: float = 0.0
 
     def __post_init__(self):
         if not 0 < self.nms_threshold <= 1:
@@ -325,6 +330,11 @@ class Postprocessing:
             raise TypeError(f"soft_nms must be true or false, got {self.soft_nms!r}.")
         if not self.soft_nms_sigma > 0:
             raise ValueError(f"soft_nms_sigma must be > 0, got {self.soft_nms_sigma}.")
+        if not 0 <= self.proposal_soft_nms_sigma < float("inf"):
+            raise ValueError(
+                "proposal_soft_nms_sigma must be a finite number >= 0, "
+                f"got {self.proposal_soft_nms_sigma!r}."
+            )
 
     @classmethod
     def from_eval_config(cls, eval_config):

@@ -116,15 +116,25 @@ def soft_nms(
 _soft_nms = soft_nms
 
 
-def video_proposals(lattice, duration, overlap_scores, nms_threshold=0.5, top_k=100):
+def video_proposals(
+    lattice, duration, overlap_scores, nms_threshold=0.5, top_k=100, soft_nms_sigma=0.0
+):
     """Class-agnostic proposals of one video: P_over, NMS, top_k.
+
+    With `soft_nms_sigma` > 0, Gaussian soft-NMS replaces NMS: every
+    overlapping proposal's score is multiplied by exp(-tIoU^2 / sigma) at
+    each selection (threshold 0, Bodla et al.'s original; `soft_nms`), and
+    the decayed scores are returned. Near-duplicates of a good proposal then
+    come back further down the list instead of never, which is what recall
+    at high tIoU needs (docs/benchmarks.md, "Session 7").
 
     Args:
         lattice: the `Lattice` the scores are in.
         duration: the video's duration in seconds.
         overlap_scores: float [P], P_over in lattice order.
-        nms_threshold: tIoU above which NMS suppresses.
+        nms_threshold: tIoU above which NMS suppresses (hard NMS only).
         top_k: proposals kept.
+        soft_nms_sigma: 0 for NMS, else the soft-NMS width.
 
     Returns:
         [{"score": float, "segment": [start, end]}], by decreasing score,
@@ -132,10 +142,14 @@ def video_proposals(lattice, duration, overlap_scores, nms_threshold=0.5, top_k=
     """
     overlap_scores = _lattice_scores(lattice, overlap_scores, "overlap_scores")
     seconds = lattice.seconds(duration)
-    kept = nms(seconds, overlap_scores, nms_threshold, top_k)
+    if soft_nms_sigma > 0:
+        kept, kept_scores = soft_nms(seconds, overlap_scores, 0.0, soft_nms_sigma, top_k)
+    else:
+        kept = nms(seconds, overlap_scores, nms_threshold, top_k)
+        kept_scores = overlap_scores[kept]
     return [
-        {"score": float(overlap_scores[index]), "segment": seconds[index].tolist()}
-        for index in kept
+        {"score": float(score), "segment": seconds[index].tolist()}
+        for index, score in zip(kept, kept_scores)
     ]
 
 
@@ -228,6 +242,7 @@ def proposals_with(settings, lattice, duration, overlap_scores):
         overlap_scores,
         nms_threshold=settings.nms_threshold,
         top_k=settings.proposals_per_video,
+        soft_nms_sigma=settings.proposal_soft_nms_sigma,
     )
 
 
@@ -258,7 +273,7 @@ def detections_with(
 
 
 def sliding_window_proposals(
-    lattice, duration, prior=None, nms_threshold=0.5, top_k=100
+    lattice, duration, prior=None, nms_threshold=0.5, top_k=100, soft_nms_sigma=0.0
 ):
     """A content-blind baseline: every lattice proposal, scored by a prior
     that ignores the video, through the same NMS and top_k as the network.
@@ -273,7 +288,7 @@ def sliding_window_proposals(
         lattice: a `Lattice`.
         duration: seconds.
         prior: None, a number, or float [P] in lattice order.
-        nms_threshold, top_k: as `video_proposals`.
+        nms_threshold, top_k, soft_nms_sigma: as `video_proposals`.
 
     Returns:
         as `video_proposals`.
@@ -283,7 +298,9 @@ def sliding_window_proposals(
     prior = np.asarray(prior, dtype=np.float64)
     if prior.ndim == 0:
         prior = np.full(lattice.num_proposals, float(prior))
-    return video_proposals(lattice, duration, prior, nms_threshold, top_k)
+    return video_proposals(
+        lattice, duration, prior, nms_threshold, top_k, soft_nms_sigma
+    )
 
 
 def submission(results, version=DEFAULT_VERSION, external_data=None):

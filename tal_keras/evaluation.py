@@ -96,6 +96,7 @@ def baseline_results(run_config, lattice, cache, prior=None):
             prior=prior,
             nms_threshold=run_config.eval.nms_threshold,
             top_k=run_config.eval.proposals_per_video,
+            soft_nms_sigma=run_config.eval.proposal_soft_nms_sigma,
         )
         for video_id, duration in zip(cache.video_ids, cache.durations)
     }

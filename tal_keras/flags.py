@@ -259,6 +259,12 @@ flags.DEFINE_float(
     EvalConfig.soft_nms_sigma,
     "Width of the soft-NMS penalty exp(-tIoU^2 / sigma).",
 )
+flags.DEFINE_float(
+    "proposal_soft_nms_sigma",
+    EvalConfig.proposal_soft_nms_sigma,
+    "0: proposals through NMS at --nms_threshold (the report); > 0: Gaussian "
+    "soft-NMS of this width instead, every overlap decayed (a departure).",
+)
 flags.DEFINE_integer(
     "eval_batch_size", EvalConfig.batch_size, "Videos per inference batch."
 )

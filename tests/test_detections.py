@@ -244,6 +244,31 @@ def test_video_detections_rejects_bad_input():
         detections.video_proposals(lattice, duration, np.full(10, np.nan))
 
 
+@pytest.mark.parametrize("sigma", [0.3, 2.0])
+def test_video_proposals_soft_nms_against_plain_loop(sigma):
+    lattice = Lattice(8, (2, 1, 1))
+    rng = np.random.default_rng(1)
+    overlap = rng.random(lattice.num_proposals)
+    seconds = lattice.seconds(16.0)
+    soft = detections.video_proposals(
+        lattice, 16.0, overlap, top_k=12, soft_nms_sigma=sigma
+    )
+    picked, picked_scores = loop_soft_nms(seconds, overlap, 0.0, sigma)
+    assert [p["segment"] for p in soft] == seconds[picked[:12]].tolist()
+    np.testing.assert_allclose([p["score"] for p in soft], picked_scores[:12])
+    # Every overlap decays (threshold 0); the list is not hard NMS's.
+    hard = detections.video_proposals(lattice, 16.0, overlap, 0.5, top_k=12)
+    assert soft[0] == hard[0]
+    assert np.any(np.asarray(picked_scores[:12]) < overlap[picked[:12]])
+    assert len(soft) == 12 and [p["segment"] for p in soft] != [
+        p["segment"] for p in hard
+    ]
+    baseline = detections.sliding_window_proposals(
+        lattice, 16.0, overlap, top_k=12, soft_nms_sigma=sigma
+    )
+    assert baseline == soft
+
+
 def test_sliding_window_proposals():
     lattice, duration = tiny()
     flat = detections.sliding_window_proposals(lattice, duration, top_k=2)

@@ -115,11 +115,16 @@ def test_metadata_holds_what_serving_needs(tiny_run):
     assert post["top_pairs"] == run_config.eval.top_pairs
     assert post["detections_per_video"] == run_config.eval.detections_per_video
     assert post["soft_nms"] is False
+    assert post["proposal_soft_nms_sigma"] == run_config.eval.proposal_soft_nms_sigma
     assert properties["parity"]["max_abs_diff"] == report.max_abs_diff
-    spec = metadata.parse_metadata(
-        {entry.key: entry.value for entry in onnx.load(path).metadata_props}, path
-    )
+    stored = {entry.key: entry.value for entry in onnx.load(path).metadata_props}
+    spec = metadata.parse_metadata(stored, path)
     assert spec.lattice.num_proposals == TINY_MODEL.lattice.num_proposals
+    # A file exported before proposal soft-NMS existed serves with NMS.
+    older = dict(post)
+    del older["proposal_soft_nms_sigma"]
+    spec = metadata.parse_metadata({**stored, "postprocessing": json.dumps(older)}, path)
+    assert spec.postprocessing.proposal_soft_nms_sigma == 0.0
 
 
 def test_float16_export_reports_its_own_tolerance(tiny_run, tmp_path):

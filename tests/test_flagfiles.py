@@ -23,6 +23,7 @@ flags.FLAGS(["train.py", "--flagfile=" + sys.argv[1]])
 config, classes_from_data = flags.run_config_from_flags()
 print(json.dumps({"model": dataclasses.asdict(config.model),
                   "train": dataclasses.asdict(config.train),
+                  "eval": dataclasses.asdict(config.eval),
                   "classes_from_data": classes_from_data}, default=str))
 """
 
@@ -52,10 +53,12 @@ def test_demo_flags_carry_the_benchmark_recipe():
     assert model["body_prototype_flank"] == 0.25
     assert model["prototype_evidence"] == 64
     assert config["train"]["overlap_positive_weight"] == 10
+    assert config["eval"]["proposal_soft_nms_sigma"] == 2
 
 
 def test_hacs_flags_keep_the_reports_method():
-    model = parsed("hacs.flags")["model"]
+    config = parsed("hacs.flags")
+    model = config["model"]
     assert (model["num_clips"], model["hidden_size"], model["num_classes"]) == (
         256,
         512,
@@ -66,3 +69,4 @@ def test_hacs_flags_keep_the_reports_method():
     assert model["clip_normalization"] == "none"
     assert model["body_prototype_flank"] == 0
     assert model["prototype_evidence"] == 0
+    assert config["eval"]["proposal_soft_nms_sigma"] == 0

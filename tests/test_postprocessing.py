@@ -5,10 +5,13 @@ function on both sides (detections.detections_with)."""
 
 import dataclasses
 
+import types
+
 import numpy as np
+import pytest
 
 from export import serve
-from tal_keras import detections
+from tal_keras import detections, evaluation
 from tal_keras.config import EvalConfig, Postprocessing
 from tal_keras.flags import FLAGS
 from tal_keras.lattice import Lattice
@@ -74,3 +77,29 @@ def test_detections_with_applies_every_setting_soft_nms_sigma_included():
         assert found == expected and len(found) == 30
         results[sigma] = [entry["score"] for entry in found]
     assert results[0.1] != results[0.9]
+
+
+def test_proposals_and_baseline_follow_proposal_soft_nms_sigma():
+    lattice = Lattice(16, (4, 2, 2))
+    overlap = np.random.default_rng(0).uniform(size=lattice.num_proposals)
+    prior = np.where(lattice.lengths == 3, 0.9, 0.2)
+    found = {}
+    for sigma in (0.0, 0.5, 2.0):
+        settings = EvalConfig(proposals_per_video=20, proposal_soft_nms_sigma=sigma)
+        found[sigma] = detections.proposals_with(settings, lattice, 30.0, overlap)
+        assert found[sigma] == detections.video_proposals(
+            lattice, 30.0, overlap, top_k=20, soft_nms_sigma=sigma
+        )
+        run_config = types.SimpleNamespace(eval=settings)
+        cache = types.SimpleNamespace(video_ids=["v"], durations=[30.0])
+        baseline = evaluation.baseline_results(run_config, lattice, cache, prior)
+        assert baseline["v"] == detections.sliding_window_proposals(
+            lattice, 30.0, prior, top_k=20, soft_nms_sigma=sigma
+        )
+    assert len({str(entries) for entries in found.values()}) == 3
+
+
+@pytest.mark.parametrize("sigma", [-0.1, float("inf"), float("nan")])
+def test_proposal_soft_nms_sigma_must_be_finite_and_not_negative(sigma):
+    with pytest.raises(ValueError, match="proposal_soft_nms_sigma"):
+        Postprocessing(proposal_soft_nms_sigma=sigma)
