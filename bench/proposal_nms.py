@@ -44,9 +44,7 @@ def sweep_rows(run_folder, sigmas, oracle=False):
         folder.require_best_model("proposal", "train the proposal network first.")
     )
     scores = {
-        "network": inference.predict_scores(
-            network, cache, run_config.eval.batch_size
-        )
+        "network": inference.predict_scores(network, cache, run_config.eval.batch_size)
     }
     if oracle:
         scores["oracle"] = np.asarray(cache.max_iou, np.float32)

@@ -143,7 +143,9 @@ def video_proposals(
     overlap_scores = _lattice_scores(lattice, overlap_scores, "overlap_scores")
     seconds = lattice.seconds(duration)
     if soft_nms_sigma > 0:
-        kept, kept_scores = soft_nms(seconds, overlap_scores, 0.0, soft_nms_sigma, top_k)
+        kept, kept_scores = soft_nms(
+            seconds, overlap_scores, 0.0, soft_nms_sigma, top_k
+        )
     else:
         kept = nms(seconds, overlap_scores, nms_threshold, top_k)
         kept_scores = overlap_scores[kept]

@@ -123,7 +123,9 @@ def test_metadata_holds_what_serving_needs(tiny_run):
     # A file exported before proposal soft-NMS existed serves with NMS.
     older = dict(post)
     del older["proposal_soft_nms_sigma"]
-    spec = metadata.parse_metadata({**stored, "postprocessing": json.dumps(older)}, path)
+    spec = metadata.parse_metadata(
+        {**stored, "postprocessing": json.dumps(older)}, path
+    )
     assert spec.postprocessing.proposal_soft_nms_sigma == 0.0
 
 

@@ -4,7 +4,6 @@ evaluate.py flags and in export.serve's arguments, and applied by one
 function on both sides (detections.detections_with)."""
 
 import dataclasses
-
 import types
 
 import numpy as np

@@ -41,7 +41,9 @@ def proposal_aucs(workdir):
 def test_sweep_matches_train_and_evaluate_on_a_tiny_run(tmp_path):
     workdir = tiny_boundary_run(tmp_path)
     out = tmp_path / "nms.md"
-    proposal_nms.main([str(workdir), "--sigmas", "0,0.3", "--oracle", "--out", str(out)])
+    proposal_nms.main(
+        [str(workdir), "--sigmas", "0,0.3", "--oracle", "--out", str(out)]
+    )
     assert out.read_text().splitlines()[0].split("|")[3:5] == [" NMS ", " sigma 0.3 "]
     rows = table(out)
     assert set(rows) == {"network", "content-blind baseline", "oracle"}
