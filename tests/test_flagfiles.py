@@ -54,6 +54,7 @@ def test_demo_flags_carry_the_benchmark_recipe():
     assert model["prototype_evidence"] == 64
     assert config["train"]["overlap_positive_weight"] == 10
     assert config["eval"]["proposal_soft_nms_sigma"] == 2
+    assert config["eval"]["soft_nms"] and config["eval"]["nms_threshold"] == 0.1
 
 
 def test_hacs_flags_keep_the_reports_method():
@@ -70,3 +71,4 @@ def test_hacs_flags_keep_the_reports_method():
     assert model["body_prototype_flank"] == 0
     assert model["prototype_evidence"] == 0
     assert config["eval"]["proposal_soft_nms_sigma"] == 0
+    assert not config["eval"]["soft_nms"] and config["eval"]["nms_threshold"] == 0.5
