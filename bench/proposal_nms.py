@@ -48,25 +48,29 @@ def sweep_rows(run_folder, sigmas, oracle=False):
     }
     if oracle:
         scores["oracle"] = np.asarray(cache.max_iou, np.float32)
-    rows = {name: [] for name in ("network", "content-blind baseline", *scores)}
+    # The length prior reads every training annotation: once, not per sigma.
+    prior = experiment.baseline_prior(run_config)
+
+    def auc(results):
+        summary = evaluation.proposal_summary(
+            evaluation.score_proposals(ground_truth, results)
+        )
+        return 100 * summary["AUC"]
+
+    rows = {"network": [], "content-blind baseline": []}
+    if oracle:
+        rows["oracle"] = []
     for sigma in sigmas:
         config = dataclasses.replace(
             run_config,
             eval=dataclasses.replace(run_config.eval, proposal_soft_nms_sigma=sigma),
         )
-
-        def auc(results):
-            summary = evaluation.proposal_summary(
-                evaluation.score_proposals(ground_truth, results)
-            )
-            return 100 * summary["AUC"]
-
         for name, values in scores.items():
             rows[name].append(
                 auc(inference.proposal_results(config, lattice, cache, values))
             )
         rows["content-blind baseline"].append(
-            auc(experiment.baseline_of(config, cache))
+            auc(evaluation.baseline_results(config, lattice, cache, prior))
         )
     return rows
 

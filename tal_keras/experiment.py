@@ -283,18 +283,26 @@ def write_results(
     )
 
 
-def baseline_of(run_config, eval_cache):
-    """The content-blind baseline's proposals on the evaluation videos, with
-    the length prior of the training annotations (no features needed)."""
-    lattice = run_config.model.lattice
-    prior = None
+def baseline_prior(run_config):
+    """float64 [P]: the length prior of the training annotations the
+    content-blind baseline scores proposals by (no features needed); None,
+    with a warning, without training data."""
     try:
-        prior = evaluation.length_prior(
-            lattice, run.open_annotations(run_config, run_config.data.train_subset)
+        return evaluation.length_prior(
+            run_config.model.lattice,
+            run.open_annotations(run_config, run_config.data.train_subset),
         )
     except DataError as error:
         logger.warning("baseline prior without training data (%s)", error)
-    return evaluation.baseline_results(run_config, lattice, eval_cache, prior)
+        return None
+
+
+def baseline_of(run_config, eval_cache):
+    """The content-blind baseline's proposals on the evaluation videos
+    (`baseline_prior`, the run's postprocessing)."""
+    return evaluation.baseline_results(
+        run_config, run_config.model.lattice, eval_cache, baseline_prior(run_config)
+    )
 
 
 def score_run(ground_truth, proposals, results, baseline):
