@@ -73,6 +73,58 @@ class ClipCache:
         self.classes = np.asarray(self.classes)
         return self
 
+    def subset(self, indices):
+        """A `CacheSubset` of the videos at `indices` (rows of this cache)."""
+        return CacheSubset(self, indices)
+
+
+class CacheSubset:
+    """Some videos of a `ClipCache`, without copying its arrays: `clips`,
+    `max_iou` and `classes` read the base cache's rows on indexing, so that
+    a held-out slice of a HACS-sized memory-mapped cache costs nothing.
+
+    Args:
+        cache: the `ClipCache`.
+        indices: int [V'] rows of `cache`, kept in ascending order (sorted
+            reads stay sequential in a memory map).
+    """
+
+    def __init__(self, cache, indices):
+        self.rows = np.unique(np.asarray(indices, np.int64))
+        if self.rows.size and not 0 <= self.rows[0] <= self.rows[-1] < len(cache):
+            raise IndexError(f"subset rows outside 0..{len(cache) - 1}")
+        self.video_ids = [cache.video_ids[row] for row in self.rows]
+        self.durations = cache.durations[self.rows]
+        self.skipped = []
+        self.length_warnings = []
+        self.clips = _Rows(cache.clips, self.rows)
+        self.max_iou = _Rows(cache.max_iou, self.rows)
+        self.classes = _Rows(cache.classes, self.rows)
+
+    def __len__(self):
+        return len(self.video_ids)
+
+
+class _Rows:
+    """Rows `rows` of `array`, read on indexing: [k] or [index array]."""
+
+    def __init__(self, array, rows):
+        self.array = array
+        self.rows = rows
+        self.shape = (len(rows), *array.shape[1:])
+        self.dtype = array.dtype
+        self.nbytes = int(np.prod(self.shape)) * array.dtype.itemsize
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        return self.array[self.rows[index]]
+
+    def __array__(self, dtype=None, copy=None):
+        rows = np.asarray(self.array[self.rows])
+        return rows if dtype is None else rows.astype(dtype)
+
 
 def cache_key(**fields):
     """A short hash of everything a cache's content depends on."""
