@@ -16,8 +16,6 @@ from tal_keras.layers import (
     SubMapNetwork,
 )
 
-LATTICES = [(16, (4, 2, 2)), (16, (16,)), (32, (8, 4, 4))]
-
 
 def random_array(*shape, seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype("float32")
@@ -98,61 +96,6 @@ def test_clip_encoder_matches_numpy():
         for clip in range(16):
             expected[video, clip] = relu(features[video, clip] @ kernel + bias)
     np.testing.assert_allclose(output, expected, atol=1e-5)
-
-
-@pytest.mark.parametrize("num_clips, scale_layers", LATTICES)
-def test_stacked_max_pool_is_max_over_each_proposal(num_clips, scale_layers):
-    lattice = Lattice(num_clips, scale_layers)
-    clips = random_array(2, num_clips, 3)
-    output = keras.ops.convert_to_numpy(StackedMaxPool(num_clips, scale_layers)(clips))
-    assert output.shape == (2, lattice.num_proposals, 3)
-    for proposal in range(lattice.num_proposals):
-        start, end = lattice.starts[proposal], lattice.ends[proposal]
-        np.testing.assert_allclose(
-            output[:, proposal], clips[:, start : end + 1].max(axis=1), atol=1e-6
-        )
-
-
-def test_stacked_max_pool_layer_outputs_follow_lattice_layers():
-    lattice = Lattice(16, (4, 2, 2))
-    # Clip index as feature: the max of x[i..j] is j, so every cell names its end.
-    clips = np.tile(np.arange(16, dtype="float32")[None, :, None], (1, 1, 2))
-    output = keras.ops.convert_to_numpy(StackedMaxPool(16, (4, 2, 2))(clips))
-    for layer in lattice.layers:
-        ends = output[0, layer.offset : layer.offset + layer.count, 0]
-        expected = np.arange(layer.count) * layer.start_stride + layer.length - 1
-        np.testing.assert_array_equal(ends, expected)
-
-
-def test_stacked_max_pool_conv_mode_matches_numpy():
-    lattice = Lattice(16, (4, 2, 2))
-    pool = StackedMaxPool(16, (4, 2, 2), mode="conv", hidden_size=3)
-    clips = random_array(2, 16, 3)
-    output = keras.ops.convert_to_numpy(pool(clips))
-    expected, sequence = [], clips
-    for conv, layer in zip(pool.convs, lattice.layers):
-        kernel, bias = (keras.ops.convert_to_numpy(w) for w in conv.weights)
-        assert kernel.shape == (layer.kernel, 3, 3)
-        steps = (sequence.shape[1] - layer.kernel) // layer.stride + 1
-        assert steps == layer.count
-        new_sequence = np.zeros((2, steps, 3), "float32")
-        for step in range(steps):
-            total = bias.astype("float64")
-            for tap in range(layer.kernel):
-                total = total + sequence[:, step * layer.stride + tap] @ kernel[tap]
-            new_sequence[:, step] = total
-        sequence = new_sequence
-        expected.append(sequence)
-    np.testing.assert_allclose(output, np.concatenate(expected, axis=1), atol=1e-5)
-
-
-def test_stacked_max_pool_rejects_bad_input():
-    with pytest.raises(ValueError, match="hidden_size"):
-        StackedMaxPool(16, (4, 2, 2), mode="conv")
-    with pytest.raises(ValueError, match="mode"):
-        StackedMaxPool(16, (4, 2, 2), mode="mean")
-    with pytest.raises(ValueError, match="16 clips"):
-        StackedMaxPool(16, (4, 2, 2))(random_array(1, 32, 3))
 
 
 @pytest.mark.parametrize("map_mode", ["s2dtan", "2dtan"])
