@@ -3,9 +3,17 @@
 Files get the permissions the umask gives an ordinary new file (mkstemp's
 private 0600 is widened to match). `check_writable` tells, before any work,
 whether an output can be written where the user asked.
+
+A temporary is held under an exclusive flock while it is written, so that
+what a killed writer left (an unlocked temporary) is told apart from the
+live temporary of a writer still running: `remove_stale` removes only the
+former, and every atomic write of a path first removes its stale
+temporaries.
 """
 
 import contextlib
+import fcntl
+import glob
 import json
 import os
 import tempfile
@@ -32,31 +40,75 @@ def new_file_mode():
     return 0o666 & ~umask()
 
 
+def temporary_pattern(path):
+    """The glob pattern of the temporaries `atomic_path(path)` makes."""
+    return os.path.join(
+        glob.escape(os.path.dirname(os.path.abspath(path))),
+        f".{glob.escape(os.path.basename(path))}.*.tmp",
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(path, prefix=None):
     """Yields a temporary path beside `path`; renames it onto `path` on success.
 
-    On an exception the temporary file is removed and `path` is left untouched.
-    The temporary name starts with `prefix` (default ".NAME.") so that
-    leftovers of a killed process can be recognised.
+    On an exception the temporary file is removed and `path` is left
+    untouched. The temporary name starts with `prefix` (default ".NAME.",
+    ending ".tmp") so that leftovers of a killed process can be recognised;
+    it stays flock-ed until renamed, and stale temporaries of `path` (default
+    prefix) are removed first.
+
+    Raises:
+        OutputError: an OSError of the write that names no other file (a
+            full disk, an I/O error), re-raised naming `path`.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    if prefix is None:
+        remove_stale(glob.glob(temporary_pattern(path)))
     handle, temporary = tempfile.mkstemp(
         dir=directory,
         prefix=prefix or f".{os.path.basename(path)}.",
         suffix=".tmp" if prefix is None else os.path.splitext(path)[1],
     )
-    os.fchmod(handle, new_file_mode())
-    os.close(handle)
     try:
-        yield temporary
-        os.replace(temporary, path)
-    except BaseException:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        os.fchmod(handle, new_file_mode())
+        try:
+            yield temporary
+            os.replace(temporary, path)
+        except BaseException as error:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+            unnamed = isinstance(error, OSError) and error.filename in (None, temporary)
+            if unnamed and not isinstance(error, OutputError):
+                reason = error.strerror or str(error)
+                raise OutputError(f"{path}: cannot write it: {reason}.") from error
+            raise
+    finally:
+        os.close(handle)
+
+
+def remove_stale(paths):
+    """Removes those of `paths` that no process holds an flock on (the
+    temporaries of killed writers); returns the paths removed."""
+    removed = []
+    for path in paths:
+        try:
+            handle = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live writer's
+        finally:
+            os.close(handle)
         with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
+            os.remove(path)
+            removed.append(path)
+    return removed
 
 
 def write_text_atomic(path, text):
@@ -82,9 +134,9 @@ def check_writable(path, what="output"):
     try:
         probe_folder(directory)
     except OSError as error:
-        reason = error.strerror or str(error)
         raise OutputError(
-            f"{path}: cannot write the {what} in {directory}: {reason}."
+            f"{path}: cannot write the {what} in {directory}: "
+            f"{folder_problem(directory, error)}."
         ) from None
 
 
@@ -95,3 +147,15 @@ def probe_folder(directory):
     handle, probe = tempfile.mkstemp(dir=directory, prefix=".write-check-")
     os.close(handle)
     os.remove(probe)
+
+
+def folder_problem(directory, error):
+    """Why `directory` cannot be made or written, from the `OSError` of
+    `probe_folder`; a part of the path that is a file is named (makedirs
+    says only "File exists" or "Not a directory")."""
+    existing = os.path.abspath(directory)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if os.path.lexists(existing) and not os.path.isdir(existing):
+        return f"{existing} is a file, not a folder"
+    return error.strerror or str(error)

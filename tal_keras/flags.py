@@ -8,7 +8,7 @@ field in `tal_keras/config.py` and a `DEFINE_*` here; `run_config_from_flags`
 and the test that every field has its flag need no edit.
 
 Only the entry points import this module: the library reads configs, never
-flags (STYLE.md).
+flags.
 """
 
 import contextlib
@@ -19,6 +19,7 @@ from absl import flags
 
 from tal_keras.config import (
     CONV_IMPLEMENTATIONS,
+    EPOCH_SELECTIONS,
     LR_SCHEDULES,
     MIXED_PRECISION_DTYPES,
     NETWORKS,
@@ -29,11 +30,19 @@ from tal_keras.config import (
     RunConfig,
     TrainConfig,
 )
+from tal_keras.errors import sigterm_as_interrupt
 from tal_keras.lattice import MAP_MODES
 
 # Run folder.
 flags.DEFINE_string(
     "workdir", "runs/hacs", "Run folder: config, checkpoints, logs, results."
+)
+flags.DEFINE_enum(
+    "recipe",
+    "paper",
+    sorted(RECIPES),
+    "Where every setting starts: paper (the report) or tuned (its measured "
+    "departures, tal_keras/recipes.py); a setting's own flag overrides it.",
 )
 # Data (docs/design.md section 1). Defaults: the HACS layout OpenTAD/TCANet distribute.
 flags.DEFINE_string(
@@ -131,54 +140,24 @@ flags.DEFINE_bool(
     "Add projections of each proposal's start and end clip to its pooled "
     "feature in the proposal network (a departure from the report).",
 )
-flags.DEFINE_bool(
-    "boundary_scores",
-    ModelConfig.boundary_scores,
-    "Add a start logit of each proposal's first clip and an end logit of its "
-    "last clip to its overlap logit (a departure from the report).",
+flags.DEFINE_integer(
+    "class_mean_evidence",
+    ModelConfig.class_mean_evidence,
+    "H > 0: add each proposal's class-mean evidence (a weighted sum and an "
+    "MLP of H units of its smooth best start, end and body matches with the "
+    "training classes' means) to its overlap logit (a departure; 0: off).",
 )
 flags.DEFINE_bool(
-    "boundary_prototypes",
-    ModelConfig.boundary_prototypes,
-    "Add start and end scores by one prototype per class, started at the "
-    "training classes' mean start and end clips, to the overlap logit (a "
-    "departure from the report).",
-)
-flags.DEFINE_list(
-    "boundary_prototype_scales",
-    [f"{scale:g}" for scale in ModelConfig.boundary_prototype_scales],
-    "a_s,a_e,a_b: where the boundary prototypes' learned scales start; the "
-    "overlap logit gets a_s start + a_e end + a_b min(start, end) "
-    "(0.5,0.5,0 is the additive first version).",
-)
-flags.DEFINE_bool(
-    "body_prototypes",
-    ModelConfig.body_prototypes,
-    "Add each proposal's inside-minus-outside match with one prototype per "
-    "class, started at the training classes' mean clip inside their "
-    "instances, to the overlap logit (a departure from the report).",
+    "class_mean_logits",
+    ModelConfig.class_mean_logits,
+    "Add per-class logits by the class-mean start, end and body matches to "
+    "the classifier's (a departure from the report).",
 )
 flags.DEFINE_float(
-    "body_prototype_flank",
-    ModelConfig.body_prototype_flank,
-    "f: 0 compares each proposal's body match with the rest of its video; "
-    "f > 0 with its flanks, ceil(f x L) clips on each side of a proposal of L "
-    "clips (--body_prototypes).",
-)
-flags.DEFINE_integer(
-    "prototype_evidence",
-    ModelConfig.prototype_evidence,
-    "H > 0: add a small MLP (H hidden units) of each proposal's best "
-    "class-mean start, end, body and joint scores and its position to the "
-    "overlap logit (a departure from the report; body scores use "
-    "--body_prototype_flank); 0: off.",
-)
-flags.DEFINE_bool(
-    "class_prototypes",
-    ModelConfig.class_prototypes,
-    "Add per-class logits by one start, end and body prototype per class, "
-    "started at the training classes' means, to the classifier's (a "
-    "departure from the report).",
+    "class_mean_flank",
+    ModelConfig.class_mean_flank,
+    "f: the class-mean body match of a proposal of L clips is against ceil(f "
+    "x L) clips on each side; 0: against the rest of the video.",
 )
 # Training.
 flags.DEFINE_list("networks", list(NETWORKS), "Networks to train, in order.")
@@ -226,6 +205,19 @@ flags.DEFINE_enum(
     "(GPUs from Ampere on).",
 )
 flags.DEFINE_integer("seed", TrainConfig.seed, "Seed of shuffling and initialisation.")
+flags.DEFINE_enum(
+    "select_epoch_on",
+    TrainConfig.select_epoch_on,
+    list(EPOCH_SELECTIONS),
+    "Where each network's kept epoch is chosen: held_out, on "
+    "--selection_fraction of the training videos (which then do not train), "
+    "or eval_subset (then the reported numbers are selected on themselves).",
+)
+flags.DEFINE_float(
+    "selection_fraction",
+    TrainConfig.selection_fraction,
+    "Share of the training videos held out to choose the kept epoch on.",
+)
 flags.DEFINE_enum(
     "cache_dtype",
     TrainConfig.cache_dtype,
@@ -314,12 +306,6 @@ flags.DEFINE_string("metrics_out", "", "Scoring mode: where to write the metrics
 
 FLAGS = flags.FLAGS
 
-SECTIONS = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "eval": EvalConfig,
-}
 # Flags whose name is not their field's: two sections have a batch_size.
 _FLAG_NAMES = {("eval", "batch_size"): "eval_batch_size"}
 
@@ -328,9 +314,11 @@ _FLAG_NAMES = {("eval", "batch_size"): "eval_batch_size"}
 def exit_on_user_error(interrupted):
     """The entry points' exits: one line `error: ...` (status 1) for what a
     user can cause (bad data, flags, paths, a full disk, a run folder in use:
-    ValueError or OSError); on Ctrl-C, `interrupted: INTERRUPTED` (status 130)."""
+    ValueError or OSError); on Ctrl-C or SIGTERM, `interrupted: INTERRUPTED`
+    (status 130)."""
     try:
-        yield
+        with sigterm_as_interrupt():
+            yield
     except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}") from None
     except KeyboardInterrupt:
@@ -344,7 +332,9 @@ def flag_name(section, field):
 
 
 def run_config_from_flags(flag_values=FLAGS):
-    """(RunConfig, classes_from_data) of the parsed flags.
+    """(RunConfig, classes_from_data) of the parsed flags: each field the
+    value of its flag where the flag is given, else its --recipe's value,
+    else the flag's default.
 
     classes_from_data is True when --num_classes=0 asks for the number of
     classes of the annotations (model.num_classes is 1 until
@@ -353,17 +343,20 @@ def run_config_from_flags(flag_values=FLAGS):
     Raises:
         ValueError: a flag value the configs reject, naming it.
     """
+    recipe = flag_values["recipe"].value
+    starts = recipe_values(recipe)
     sections = {}
     for section, config_class in SECTIONS.items():
-        values = {
-            field.name: flag_values[flag_name(section, field.name)].value
-            for field in dataclasses.fields(config_class)
-        }
+        values = {}
+        for field in dataclasses.fields(config_class):
+            flag = flag_values[flag_name(section, field.name)]
+            values[field.name] = (
+                flag.value
+                if flag.present or (section, field.name) not in starts
+                else starts[section, field.name]
+            )
         if section == "model":
             values["scale_layers"] = _int_list(values["scale_layers"], "scale_layers")
-            values["boundary_prototype_scales"] = _float_list(
-                values["boundary_prototype_scales"], "boundary_prototype_scales"
-            )
             if values["num_classes"] < 0:
                 raise ValueError(
                     f"--num_classes must be >= 0, got {values['num_classes']}."
@@ -372,22 +365,14 @@ def run_config_from_flags(flag_values=FLAGS):
         sections[section] = config_class(**values)
     classes_from_data = flag_values["num_classes"].value == 0
     return RunConfig(
-        workdir=flag_values["workdir"].value, **sections
+        workdir=flag_values["workdir"].value, recipe=recipe, **sections
     ), classes_from_data
 
 
 def _int_list(values, name):
-    return _number_list(values, name, int, "integers")
-
-
-def _float_list(values, name):
-    return _number_list(values, name, float, "numbers")
-
-
-def _number_list(values, name, number, what):
     try:
-        return tuple(number(value) for value in values)
+        return tuple(int(value) for value in values)
     except ValueError:
         raise ValueError(
-            f"--{name} must be a comma-separated list of {what}, got {values}."
+            f"--{name} must be a comma-separated list of integers, got {values}."
         ) from None

@@ -167,8 +167,10 @@ def test_outputs_follow_the_umask(tmp_path, mask, mode):
 def test_check_writable_names_the_path_and_the_reason(tmp_path, under_a_file):
     check_writable(tmp_path / "new" / "file.json")
     assert (tmp_path / "new").is_dir() and os.listdir(tmp_path / "new") == []
-    with pytest.raises(OutputError, match="Not a directory"):
+    with pytest.raises(OutputError) as error:
         check_writable(under_a_file)
+    blocker = under_a_file.parents[1]
+    assert str(error.value).endswith(f": {blocker} is a file, not a folder.")
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     if os.access(locked, os.W_OK):
