@@ -23,7 +23,6 @@ import numpy as np
 
 from tal_keras.atomic import umask, write_json_atomic
 from tal_keras.clips import resample_to_clips
-from tal_keras.data.features import check_feature_length
 from tal_keras.errors import DataError
 from tal_keras.targets import proposal_targets
 
@@ -274,8 +273,8 @@ def _build(
         except DataError as error:
             return video, None, str(error), None
         where = f"{store.path_of(video.video_id)}: video {video.video_id}"
-        length_warning = check_feature_length(
-            where, features.shape[0], video.duration, timing
+        length_warning = store.length_warning(
+            video.video_id, features.shape[0], video.duration, timing
         )
         clips = resample_to_clips(features, video.duration, lattice.num_clips, timing)
         with np.errstate(over="ignore"):  # values float16 cannot hold become inf

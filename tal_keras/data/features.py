@@ -8,9 +8,16 @@ per video (2D-TAN style). `load` validates what it reads and raises
 videos with one log line each. `check_feature_length` compares the seconds
 the steps cover with the annotated duration. numpy only (h5py is imported
 when an HDF5 store is opened).
+
+A video id names an array inside the store and is never a path: an id with a
+path separator, "..", a control character (NUL included) or an absolute or
+drive form is refused (`video_id_problem`) by every store before anything is
+looked up, so training, evaluation and serving skip it with one line and
+count it as they do any unusable video, and nothing outside the store is read.
 """
 
 import logging
+import ntpath
 import os
 
 import numpy as np
@@ -32,17 +39,53 @@ LENGTH_SKIP_FACTOR = 2.0
 LENGTH_SLACK_STEPS = 2
 
 
+def video_id_problem(video_id):
+    """Why `video_id` cannot name a file inside a folder, or None when it can.
+
+    Refused: the empty id, a control character (NUL, newline, ...), a path
+    separator ("/", "\\", os.sep), "..", "." alone, and absolute or drive
+    forms ("C:x"); "v_abc", "Zumba-03" or "a.b" pass.
+    """
+    video_id = str(video_id)
+    if not video_id:
+        return "is empty"
+    control = next((char for char in video_id if ord(char) < 32), None)
+    if control is not None:
+        return f"holds the control character {control!r}"
+    if os.path.isabs(video_id) or ntpath.isabs(video_id):
+        return "is an absolute path"
+    drive = ntpath.splitdrive(video_id)[0]
+    if drive:
+        return f"starts with the drive {drive!r}"
+    if ".." in video_id:
+        return "holds '..'"
+    separators = {"/", "\\", os.sep, os.altsep} - {None}
+    separator = next((char for char in video_id if char in separators), None)
+    if separator is not None:
+        return f"holds the path separator {separator!r}"
+    if video_id == ".":
+        return "is '.'"
+    return None
+
+
 class FeatureStore:
     """Interface of the feature stores: per-video arrays by video id.
 
-    Subclasses implement `path_of` (where a video's array lives, or None) and
-    `_read` (the raw array); `load` validates.
+    Subclasses implement `_find` (where a video's array lives, or None) and
+    `_read` (the raw array); `load` validates. Ids that are not plain names
+    (`video_id_problem`) never reach `_find`.
     """
 
     description = "feature store"
 
     def path_of(self, video_id):
-        """A printable location of the video's array, or None if absent."""
+        """A printable location of the video's array, or None if absent or
+        its id is refused (`video_id_problem`)."""
+        if video_id_problem(video_id) is not None:
+            return None
+        return self._find(video_id)
+
+    def _find(self, video_id):
         raise NotImplementedError
 
     def _read(self, video_id, location):
@@ -103,20 +146,43 @@ class FeatureStore:
             )
         return features
 
-    def check(self, video_id, feature_dim=None, check_values=True):
+    def check(
+        self, video_id, feature_dim=None, check_values=True, duration=None, timing=None
+    ):
         """Validates the video's features without keeping them.
 
         With `check_values=False` only the shape is read (no NaN/inf check),
-        which is fast for large stores. Returns (T, D); raises `DataError`.
+        which is fast for large stores. With `duration` and `timing`, T is
+        checked against the duration as `load` does. Returns (T, D); raises
+        `DataError`.
         """
         if check_values:
-            return self.load(video_id, feature_dim).shape
+            return self.load(video_id, feature_dim, duration, timing).shape
         location = self._locate(video_id)
         shape, dtype = self._shape(video_id, location)
         self._check_shape(video_id, location, shape, dtype, feature_dim)
+        if duration is not None:
+            check_feature_length(
+                f"{location}: video {video_id}", shape[0], duration, timing
+            )
         return tuple(shape)
 
+    def length_warning(self, video_id, num_steps, duration, timing=None):
+        """The one-line warning of `check_feature_length` for `num_steps`
+        steps of this video against `duration` seconds, or None when they fit.
+        Call it after `load` or `check` with the duration, which raise when T
+        is beyond the hard limit."""
+        return check_feature_length(
+            f"{self.path_of(video_id)}: video {video_id}", num_steps, duration, timing
+        )
+
     def _locate(self, video_id):
+        problem = video_id_problem(video_id)
+        if problem is not None:
+            raise DataError(
+                f"{self.description}: video {video_id!r}: refused: the id {problem}; "
+                "an id names a file inside the features and is never a path."
+            )
         location = self.path_of(video_id)
         if location is None:
             names = " or ".join(feature_key_candidates(video_id))
@@ -159,7 +225,7 @@ class NpyFeatureStore(FeatureStore):
             raise DataError(f"{self.directory}: feature directory not found.")
         self.description = self.directory
 
-    def path_of(self, video_id):
+    def _find(self, video_id):
         for key in feature_key_candidates(video_id):
             path = os.path.join(self.directory, key + ".npy")
             if os.path.isfile(path):
@@ -241,7 +307,7 @@ class Hdf5FeatureStore(FeatureStore):
             self._pid = os.getpid()
         return self._handle
 
-    def path_of(self, video_id):
+    def _find(self, video_id):
         for key in feature_key_candidates(video_id):
             if key in self._keys:
                 return f"{self.path}:/{key}"
