@@ -238,9 +238,11 @@ class NpyFeatureStore(FeatureStore):
         try:
             return np.load(location, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as error:
-            raise DataError(
-                f"{location}: video {video_id}: cannot read the feature file "
+            reason = _not_npy_problem(location) or (
                 f"(expected a .npy array){_npy_size_problem(location)}: {error}"
+            )
+            raise DataError(
+                f"{location}: video {video_id}: cannot read the feature file {reason}"
             ) from error
 
     def _shape(self, video_id, location):
@@ -249,6 +251,23 @@ class NpyFeatureStore(FeatureStore):
 
     def __repr__(self):
         return f"NpyFeatureStore({self.directory!r})"
+
+
+def _not_npy_problem(path):
+    """ "(not a .npy file: ...)" when the file does not start as one (numpy
+    would call it pickled data), else ""."""
+    magic = np.lib.format.MAGIC_PREFIX
+    try:
+        with open(path, "rb") as stream:
+            start = stream.read(len(magic))
+    except OSError:
+        return ""
+    if start == magic:
+        return ""
+    return (
+        f"(not a .npy file: it starts with {start!r}, a .npy file with {magic!r}; "
+        "corrupt or of another format)"
+    )
 
 
 def _npy_size_problem(path):
