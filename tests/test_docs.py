@@ -225,3 +225,49 @@ def test_readme_is_a_short_door_with_the_two_commands_after_its_intro():
     assert all(position > 0 for position in positions), positions
     # The commands come right after the intro paragraph, before any section.
     assert text.find("\n## ") > max(positions)
+
+
+def test_the_departures_table_in_design_md_is_the_recipe_tables():
+    from tal_keras import recipes
+
+    text = (ROOT / "docs" / "design.md").read_text()
+    begin = text.index("<!-- departures:begin")
+    begin = text.index("\n", begin) + 1
+    end = text.index("<!-- departures:end -->")
+    assert text[begin:end] == recipes.departures_markdown(), (
+        "docs/design.md's departures table differs from tal_keras/recipes.py: "
+        "paste `python -m tal_keras.recipes` between its markers"
+    )
+
+
+# Pages that describe the software as it is (docs/benchmarks.md names the
+# flags of the commit each measurement ran at). Flags of other programs than
+# train.py and evaluate.py are found in their argparse definitions; these
+# are neither.
+CURRENT_PAGES = ("README.md", "docs/design.md", "docs/faults.md", "docs/performance.md")
+OTHER_FLAGS = {"flagfile", "helpfull", "xla_gpu_autotune_level"}
+
+
+def test_every_flag_the_pages_name_is_defined():
+    from absl import flags
+
+    import tal_keras.flags  # noqa: F401
+
+    defined = {
+        flag.name for flag in flags.FLAGS.get_flags_for_module("tal_keras.flags")
+    }
+    sources = "\n".join(
+        (ROOT / path).read_text(errors="replace")
+        for path in tracked_text_files()
+        if path.endswith(".py") and not path.startswith("tests/")
+    )
+    unknown = []
+    for page in CURRENT_PAGES:
+        named = re.findall(r"(?<![\w-])--([a-z][a-z0-9_-]*)", (ROOT / page).read_text())
+        for name in sorted(set(named)):
+            absl_name = name.removeprefix("no-")
+            if absl_name in defined or name in OTHER_FLAGS:
+                continue
+            if f'"--{name}"' not in sources and f"'--{name}'" not in sources:
+                unknown.append(f"{page}: --{name}")
+    assert not unknown, "flags named but defined nowhere:\n" + "\n".join(unknown)
