@@ -98,3 +98,32 @@ def _save(figure, path):
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=110)
     plt.close(figure)
+
+
+def histograms(panels, path, title=None):
+    """One PNG of histograms in a row (tal-check's report).
+
+    Args:
+        panels: [(title, values, x label, marked x values)]: values 1-D
+            (an empty panel says "no values"); each marked value is drawn as
+            a dashed vertical line.
+        path: PNG to write.
+        title: optional title above the row.
+    """
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False
+    )
+    for axis, (panel_title, values, x_label, marks) in zip(axes[0], panels):
+        values = np.asarray(values, np.float64)
+        if values.size:
+            axis.hist(values, bins=40, color="tab:blue")
+        else:
+            axis.text(0.5, 0.5, "no values", ha="center", transform=axis.transAxes)
+        for mark in marks:
+            axis.axvline(mark, color="tab:red", linestyle="--", linewidth=1)
+        axis.set_title(panel_title, fontsize=10)
+        axis.set_xlabel(x_label)
+        axis.set_ylabel("count")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    _save(figure, path)
