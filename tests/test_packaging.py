@@ -22,7 +22,7 @@ def project():
 
 def test_console_scripts_resolve_to_main_functions():
     scripts = project()["scripts"]
-    assert set(scripts) == {"tal-export", "tal-serve", "tal-score"}
+    assert set(scripts) == {"tal-export", "tal-serve", "tal-score", "tal-check"}
     for target in scripts.values():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function))

@@ -138,6 +138,7 @@ def test_numpy_only_modules_import_no_tensorflow():
         "tal_keras.inference",
         # What the serving extra installs runs without TensorFlow.
         "tal_keras.scoring",
+        "tal_keras.check",
         "export.detector",
         "export.serve",
         "export.compare",
