@@ -1,20 +1,74 @@
-"""tf.data input pipelines over a `ClipCache`: shuffle, batch, parallel
-loading, prefetch."""
+"""tf.data input pipelines over a `ClipCache` (or a `CacheSubset` view):
+shuffle, batch, parallel loading, prefetch.
 
+A shuffled dataset visits the videos of epoch e in `epoch_order(V, seed, e)`,
+a pure function of (seed, e): a run resumed at epoch e sees the same batches
+as one that never stopped. Keras `fit` tells the dataset its epoch through
+`epoch_callbacks(dataset)`; iterated without them, successive passes are
+epochs 0, 1, 2, ...
+"""
+
+import keras
 import numpy as np
 import tensorflow as tf
 
 TARGETS = ("max_iou", "classes")
 
 
+def epoch_order(num_videos, seed, epoch):
+    """int64 [V]: the order of the videos in epoch `epoch` (from 0), a
+    permutation that depends on (seed, epoch) alone."""
+    return np.random.default_rng((seed, epoch)).permutation(num_videos)
+
+
+class EpochOrder(keras.callbacks.Callback):
+    """The epoch whose order a shuffled dataset serves next.
+
+    As a Keras callback it takes the epoch from `fit` (`on_epoch_begin`, which
+    runs before `fit` starts that epoch's pass over the dataset), so passes
+    `fit` makes for other reasons (a peek to build the model, an iterator made
+    ahead at an epoch's end) do not shift it. Without `fit`, each pass serves
+    the next epoch.
+
+    Args:
+        num_videos: V.
+        seed: the shuffling seed.
+    """
+
+    def __init__(self, num_videos, seed):
+        super().__init__()
+        self.num_videos = num_videos
+        self.seed = seed
+        self.next_epoch = 0
+        self.epoch_from_fit = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_from_fit = epoch
+
+    def on_train_end(self, logs=None):
+        if self.epoch_from_fit is not None:
+            self.next_epoch = self.epoch_from_fit + 1
+        self.epoch_from_fit = None
+
+    def order_of_this_pass(self):
+        """int64 [V]: the order of the pass starting now."""
+        if self.epoch_from_fit is not None:
+            epoch = self.epoch_from_fit
+        else:
+            epoch = self.next_epoch
+            self.next_epoch += 1
+        return epoch_order(self.num_videos, self.seed, epoch)
+
+
 def make_dataset(cache, target, batch_size, shuffle=False, seed=0):
     """Batches of (clip_features [B, N, D] float32, target [B, P]).
 
     Args:
-        cache: a `ClipCache`.
+        cache: a `ClipCache` or a `CacheSubset` of one.
         target: "max_iou" (proposal network) or "classes" (classifier).
         batch_size: videos per batch; the last batch may be smaller.
-        shuffle: reshuffle the videos every epoch.
+        shuffle: a new order every epoch, `epoch_order(V, seed, epoch)`; pass
+            `epoch_callbacks(dataset)` to Keras `fit`.
         seed: shuffling seed.
     """
     if target not in TARGETS:
@@ -39,12 +93,35 @@ def make_dataset(cache, target, batch_size, shuffle=False, seed=0):
         batch_targets.set_shape([None, targets.shape[1]])
         return batch_clips, batch_targets
 
-    dataset = tf.data.Dataset.range(num_videos)
+    order = None
     if shuffle:
-        dataset = dataset.shuffle(num_videos, seed=seed, reshuffle_each_iteration=True)
+        order = EpochOrder(num_videos, seed)
+
+        def order_of_pass(_):
+            videos = tf.numpy_function(
+                order.order_of_this_pass, [], tf.int64, stateful=True
+            )
+            videos.set_shape([num_videos])
+            return videos
+
+        dataset = tf.data.Dataset.from_tensors(0).map(order_of_pass).unbatch()
+    else:
+        dataset = tf.data.Dataset.range(num_videos)
     dataset = dataset.batch(batch_size)
+    if shuffle:
+        num_batches = -(-num_videos // batch_size)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
     dataset = dataset.map(load_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    dataset.epoch_order = order
+    return dataset
+
+
+def epoch_callbacks(dataset):
+    """The Keras callbacks `fit` needs to give `dataset` its epoch: [] unless
+    it is a shuffled `make_dataset`."""
+    order = getattr(dataset, "epoch_order", None)
+    return [] if order is None else [order]
 
 
 def make_inference_dataset(cache, batch_size):

@@ -2,21 +2,27 @@
 
 numpy only. The cache is a folder of .npy arrays (memory-mapped when read, so
 HACS-sized caches need not fit in memory) plus `index.json`; it is built in a
-temporary folder and renamed into place, so an interrupted build is never
-mistaken for a finished one. The builder holds an flock on a file inside the
-temporary folder; the next build removes temporary folders whose lock nobody
-holds (their builder was killed).
+folder `.NAME-KEY.building` and renamed into place, so an interrupted build is
+never mistaken for a finished one. The builder holds an flock on a file inside
+that folder (a second process building the same cache waits for it) and
+writes the arrays in blocks of videos, recording after each block how far it
+got: a killed build resumes from its last block, and the builder's memory
+does not grow with the number of videos. Build folders that cannot resume
+(no progress record, or made for a configuration since changed) are removed
+once their lock is free.
 """
 
+import collections
 import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
+import io
+import itertools
 import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -29,7 +35,10 @@ from tal_keras.targets import proposal_targets
 logger = logging.getLogger("tal_keras")
 
 _CACHE_VERSION = 2  # 2: features checked against durations and magnitude
-_BUILD_LOCK = ".building"  # flock-ed by the builder inside its temporary folder
+_BUILD_LOCK = ".building"  # flock-ed by the builder inside its build folder
+_BUILDING_SUFFIX = ".building"  # of the build folder, .NAME-KEY.building
+_PROGRESS = "progress.json"  # in the build folder: how far the build got
+_BLOCK_VIDEOS = 64  # videos per written block: what a killed build redoes at most
 _LOCKLESS_GRACE_SECONDS = 60  # a folder made but not yet locked is this young
 
 
@@ -185,39 +194,56 @@ def build_or_open_cache(
     if os.path.exists(os.path.join(folder, "index.json")):
         return ClipCache(folder)
     os.makedirs(root, exist_ok=True)
-    remove_abandoned_builds(root)
-    building = tempfile.mkdtemp(dir=root, prefix=f".{name}-{key}.")
-    os.chmod(building, 0o777 & ~umask())  # mkdtemp's 0700 would stay after rename
-    with open(os.path.join(building, _BUILD_LOCK), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            _build(
-                building,
-                annotations,
-                store,
-                lattice,
-                timing,
-                feature_dim,
-                dtype,
-                num_workers,
-            )
+    building = os.path.join(root, f".{name}-{key}{_BUILDING_SUFFIX}")
+    lock_path = os.path.join(building, _BUILD_LOCK)
+    while True:
+        os.makedirs(building, exist_ok=True)
+        os.chmod(building, 0o777 & ~umask())  # the finished folder keeps this mode
+        with open(lock_path, "a") as lock:
+            # Waits while another process builds the same cache.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if os.path.exists(os.path.join(folder, "index.json")):
+                return ClipCache(folder)  # built by the process waited for
+            if not _is_same_file(lock, lock_path):
+                continue  # renamed into place or removed while this one waited
+            remove_abandoned_builds(root, obsolete_of=(name, key))
             try:
-                os.rename(building, folder)
-            except OSError:
-                # Another process finished the same cache first; theirs is identical.
+                _build(
+                    building,
+                    annotations,
+                    store,
+                    lattice,
+                    timing,
+                    feature_dim,
+                    dtype,
+                    num_workers,
+                )
+            except DataError:
                 shutil.rmtree(building, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(building, ignore_errors=True)
-            raise
-    return ClipCache(folder)
+                raise
+            # Anything else (a signal, a full disk) leaves the build to resume.
+            os.rename(building, folder)  # still locked: waiters then find it done
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, _BUILD_LOCK))
+        return ClipCache(folder)
 
 
-def remove_abandoned_builds(root):
-    """Removes the temporary folders of builds that were killed under `root`.
+def _is_same_file(stream, path):
+    try:
+        return os.path.samestat(os.fstat(stream.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def remove_abandoned_builds(root, obsolete_of=None):
+    """Removes the folders of killed builds under `root` that cannot resume.
 
     A build in progress holds an flock on its `.building` file, which the
-    kernel releases when the process dies; a folder whose lock can be taken
-    is abandoned. Returns the removed folders.
+    kernel releases when the process dies. An unlocked build folder with a
+    progress record is kept for the next build of the same cache to resume;
+    one without is removed, and so is, with `obsolete_of=(name, key)`, one of
+    cache `name` under another key (its configuration changed). Returns the
+    removed folders.
     """
     removed = []
     for entry in os.scandir(root):
@@ -237,6 +263,8 @@ def remove_abandoned_builds(root):
                     fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a live build
+                if _is_resumable(entry, obsolete_of):
+                    continue
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.path)
         except OSError:
@@ -250,6 +278,84 @@ def remove_abandoned_builds(root):
     return removed
 
 
+def _is_resumable(entry, obsolete_of):
+    """Whether the unlocked build folder `entry` is worth resuming."""
+    if not os.path.exists(os.path.join(entry.path, _PROGRESS)):
+        return False
+    if obsolete_of is None or not entry.name.endswith(_BUILDING_SUFFIX):
+        return True
+    name, key = obsolete_of
+    this_cache = entry.name[1 : -len(_BUILDING_SUFFIX)]
+    return not this_cache.startswith(f"{name}-") or this_cache == f"{name}-{key}"
+
+
+class _RowFile:
+    """A [V, ...] .npy array written row block by row block in place (no
+    memory map: what is written goes to the page cache, not to the builder's
+    memory), reopened as it is when a build resumes.
+
+    Args:
+        path: the .npy file.
+        dtype: its dtype.
+        row_shape: shape of one row.
+        num_rows: V.
+        resume: open an existing file of that shape (raises `ValueError`
+            when it is not one) instead of making a new one.
+    """
+
+    def __init__(self, path, dtype, row_shape, num_rows, resume):
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(row_shape)
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        header = self._header(num_rows)
+        if resume:
+            with open(path, "rb") as stream:
+                if stream.read(len(header)) != header:
+                    raise ValueError(f"{path}: not the array this build writes")
+            self.handle = os.open(path, os.O_RDWR)
+        else:
+            self.handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+            os.write(self.handle, header)
+        self.offset = len(header)
+        os.ftruncate(self.handle, self.offset + num_rows * self.row_bytes)
+
+    def _header(self, num_rows):
+        # numpy leaves room in the header for the first axis to grow, so its
+        # length does not depend on num_rows and `trim` rewrites it in place.
+        stream = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            stream,
+            {
+                "descr": np.lib.format.dtype_to_descr(self.dtype),
+                "fortran_order": False,
+                "shape": (num_rows, *self.row_shape),
+            },
+        )
+        return stream.getvalue()
+
+    def write(self, first_row, rows):
+        """Writes `rows` [k, ...] at rows first_row .. first_row + k - 1."""
+        data = np.ascontiguousarray(rows, dtype=self.dtype)
+        os.pwrite(self.handle, data, self.offset + first_row * self.row_bytes)
+
+    def sync(self):
+        os.fdatasync(self.handle)
+
+    def trim(self, num_rows):
+        """Keeps the first `num_rows` rows and closes the file."""
+        header = self._header(num_rows)
+        if len(header) != self.offset:
+            raise ValueError(f"{self.path}: the header of {num_rows} rows differs")
+        os.pwrite(self.handle, header, 0)
+        os.ftruncate(self.handle, self.offset + num_rows * self.row_bytes)
+        os.fsync(self.handle)
+        os.close(self.handle)
+
+    def close(self):
+        os.close(self.handle)
+
+
 def _build(
     folder,
     annotations,
@@ -260,7 +366,16 @@ def _build(
     dtype,
     num_workers,
 ):
+    """Builds (or resumes building) the cache's arrays and index in `folder`.
+
+    Videos are read by `num_workers` threads, at most a few ahead of the one
+    written, and written in blocks of `_BLOCK_VIDEOS`; after each block the
+    arrays are synced and `progress.json` records how far the build got, so
+    a killed build resumes from its last block and memory stays bounded
+    whatever the number of videos.
+    """
     videos = list(annotations.videos.values())
+    num_proposals = lattice.num_proposals
 
     def prepare(video):
         try:
@@ -271,49 +386,86 @@ def _build(
                 timing=timing,
             )
         except DataError as error:
-            return video, None, str(error), None
+            return video, str(error), None, None
         where = f"{store.path_of(video.video_id)}: video {video.video_id}"
         length_warning = store.length_warning(
             video.video_id, features.shape[0], video.duration, timing
         )
         clips = resample_to_clips(features, video.duration, lattice.num_clips, timing)
         with np.errstate(over="ignore"):  # values float16 cannot hold become inf
-            representable = np.isfinite(clips.astype(dtype)).all()
-        if not representable:
+            clips = clips.astype(dtype, copy=False)
+        if not np.isfinite(clips).all():
             limit = float(np.finfo(dtype).max)
             return (
                 video,
-                None,
                 f"{where}: clip values beyond {dtype}'s +-{limit:g}; use --cache_dtype=float32.",
                 None,
+                None,
             )
-        return video, clips, None, length_warning
+        targets = proposal_targets(
+            lattice, video.duration, video.segments, video.labels
+        )
+        return video, None, length_warning, (clips, *targets)
 
-    usable, skipped, length_warnings = [], [], []
-    clips_path = os.path.join(folder, "clips.partial.npy")
-    clips_array = np.lib.format.open_memmap(
-        clips_path,
-        mode="w+",
-        dtype=dtype,
-        shape=(len(videos), lattice.num_clips, feature_dim),
-    )
-    max_iou = np.zeros((len(videos), lattice.num_proposals), dtype=np.float32)
-    classes = np.full((len(videos), lattice.num_proposals), -1, dtype=np.int16)
+    progress = _read_progress(folder, len(videos))
+    arrays = None
+    if progress is not None:
+        try:
+            arrays = _open_arrays(folder, videos, lattice, feature_dim, dtype, True)
+        except (OSError, ValueError):
+            progress = None  # arrays of another shape: start afresh
+    if progress is None:
+        arrays = _open_arrays(folder, videos, lattice, feature_dim, dtype, False)
+        progress = {
+            "num_videos": len(videos),
+            "videos_done": 0,
+            "rows": 0,
+            "skipped": [],
+            "length_warnings": [],
+        }
+        _write_progress(folder, progress, arrays)
+    elif progress["videos_done"]:
+        logger.info(
+            "resuming the cache build in %s at video %d of %d",
+            folder,
+            progress["videos_done"],
+            len(videos),
+        )
+    block = {
+        "clips": np.empty((_BLOCK_VIDEOS, lattice.num_clips, feature_dim), dtype),
+        "max_iou": np.empty((_BLOCK_VIDEOS, num_proposals), np.float32),
+        "classes": np.empty((_BLOCK_VIDEOS, num_proposals), np.int16),
+    }
+    filled = since_record = 0
+
+    def write_block():
+        first_row = progress["rows"]
+        for name, rows in block.items():
+            arrays[name].write(first_row, rows[:filled])
+        progress["rows"] += filled
+
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-        for video, clips, reason, length_warning in pool.map(prepare, videos):
+        for video, reason, length_warning, values in _ordered(
+            pool, prepare, videos[progress["videos_done"] :], 2 * num_workers
+        ):
             if reason is not None:
                 logger.warning("skipping video %s: %s", video.video_id, reason)
-                skipped.append((video.video_id, reason))
-                continue
-            if length_warning is not None:
-                logger.warning("%s", length_warning)
-                length_warnings.append((video.video_id, length_warning))
-            row = len(usable)
-            clips_array[row] = clips
-            max_iou[row], classes[row] = proposal_targets(
-                lattice, video.duration, video.segments, video.labels
-            )
-            usable.append(video)
+                progress["skipped"].append((video.video_id, reason))
+            else:
+                if length_warning is not None:
+                    logger.warning("%s", length_warning)
+                    progress["length_warnings"].append((video.video_id, length_warning))
+                for name, value in zip(block, values):
+                    block[name][filled] = value
+                filled += 1
+            progress["videos_done"] += 1
+            since_record += 1
+            if since_record == _BLOCK_VIDEOS:
+                write_block()
+                filled = since_record = 0
+                _write_progress(folder, progress, arrays)
+    write_block()
+    skipped, length_warnings = progress["skipped"], progress["length_warnings"]
     if skipped:
         logger.warning(
             "skipped %d of %d videos (reasons above)", len(skipped), len(videos)
@@ -325,29 +477,19 @@ def _build(
             len(length_warnings),
             len(videos),
         )
-    if not usable:
+    count = progress["rows"]
+    if not count:
+        for array in arrays.values():
+            array.close()
         raise DataError(
             f"{getattr(store, 'description', store)}: every one of the "
             f"{len(videos)} videos was skipped; first reason: "
             f"{skipped[0][1] if skipped else 'no videos in the subset'}"
         )
-    clips_array.flush()
-    count = len(usable)
-    # Trim to the usable rows: copy into the final file (cheap next to loading).
-    final = np.lib.format.open_memmap(
-        os.path.join(folder, "clips.npy"),
-        mode="w+",
-        dtype=dtype,
-        shape=(count, lattice.num_clips, feature_dim),
-    )
-    for begin in range(0, count, 256):
-        end = min(begin + 256, count)  # the partial file has a row per video
-        final[begin:end] = clips_array[begin:end]
-    final.flush()
-    del clips_array, final
-    os.remove(clips_path)
-    np.save(os.path.join(folder, "max_iou.npy"), max_iou[:count])
-    np.save(os.path.join(folder, "classes.npy"), classes[:count])
+    for array in arrays.values():
+        array.trim(count)
+    skipped_ids = {video_id for video_id, _ in skipped}
+    usable = [video for video in videos if video.video_id not in skipped_ids]
     write_json_atomic(
         os.path.join(folder, "index.json"),
         {
@@ -357,3 +499,63 @@ def _build(
             "length_warnings": length_warnings,
         },
     )
+    os.remove(os.path.join(folder, _PROGRESS))
+
+
+def _ordered(pool, function, items, ahead):
+    """function(item) for each of `items`, in order, computed by `pool` at
+    most `ahead` items ahead of the one yielded (bounded memory)."""
+    pending = collections.deque()
+    items = iter(items)
+    for item in itertools.islice(items, ahead):
+        pending.append(pool.submit(function, item))
+    while pending:
+        result = pending.popleft().result()
+        for item in itertools.islice(items, 1):
+            pending.append(pool.submit(function, item))
+        yield result
+
+
+def _open_arrays(folder, videos, lattice, feature_dim, dtype, resume):
+    """{name: _RowFile} of the cache's arrays, one row per video (trimmed to
+    the usable ones at the end)."""
+    shapes = {
+        "clips": (dtype, (lattice.num_clips, feature_dim)),
+        "max_iou": (np.float32, (lattice.num_proposals,)),
+        "classes": (np.int16, (lattice.num_proposals,)),
+    }
+    return {
+        name: _RowFile(
+            os.path.join(folder, f"{name}.npy"),
+            array_dtype,
+            row_shape,
+            len(videos),
+            resume,
+        )
+        for name, (array_dtype, row_shape) in shapes.items()
+    }
+
+
+def _read_progress(folder, num_videos):
+    """The progress record of a build to resume in `folder`, or None to start
+    afresh (none, unreadable, or of another number of videos)."""
+    try:
+        with open(os.path.join(folder, _PROGRESS)) as stream:
+            progress = json.load(stream)
+        if progress["num_videos"] != num_videos:
+            return None
+        for name in ("clips", "max_iou", "classes"):
+            if not os.path.exists(os.path.join(folder, f"{name}.npy")):
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    progress["skipped"] = [tuple(item) for item in progress["skipped"]]
+    progress["length_warnings"] = [tuple(item) for item in progress["length_warnings"]]
+    return progress
+
+
+def _write_progress(folder, progress, arrays):
+    """Syncs the arrays, then records `progress` (rows written, videos done)."""
+    for array in arrays.values():
+        array.sync()
+    write_json_atomic(os.path.join(folder, _PROGRESS), progress)
