@@ -19,6 +19,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from export import metadata
 from tal_keras import detections
 from tal_keras.clips import resample_to_clips
+from tal_keras.data.annotations import finite_number
 from tal_keras.data.features import MAX_ABS_FEATURE, check_feature_length
 from tal_keras.errors import DataError
 
@@ -117,6 +118,22 @@ class Detector:
                 f"{self.model_path}: graph inputs {inputs} and outputs {outputs}; "
                 f"expected [{metadata.INPUT_NAME!r}] and {expected}."
             )
+        # Fixed sizes of the graph's input against the metadata (a symbolic
+        # or missing size is not checked).
+        shape = self.session.get_inputs()[0].shape
+        expected_shape = ["batch", self.spec.num_clips, self.spec.feature_dim]
+        fixed = [
+            (found, wanted)
+            for found, wanted in zip(shape[1:], expected_shape[1:])
+            if isinstance(found, int)
+        ]
+        if len(shape) != 3 or any(found != wanted for found, wanted in fixed):
+            raise ValueError(
+                f"{self.model_path}: the graph's input {metadata.INPUT_NAME!r} has "
+                f"shape {shape}, its metadata says {expected_shape} (num_clips, "
+                "feature_dim); the file was changed after the export: export the "
+                "run again."
+            )
 
     def clip_features(self, features, duration, video_id="video", length_warnings=None):
         """float32 [N, D]: a video's feature steps [T, D] resampled to N clips.
@@ -133,6 +150,11 @@ class Detector:
                 apart.
         """
         features = np.asarray(features)
+        if features.dtype.kind not in "iuf":
+            raise DataError(
+                f"video {video_id}: expected numeric features, found dtype "
+                f"{features.dtype} (shape {features.shape})."
+            )
         if features.ndim != 2 or features.shape[0] == 0:
             raise DataError(
                 f"video {video_id}: expected features [T >= 1, "
@@ -182,13 +204,28 @@ class Detector:
         Returns:
             {"overlap_scores": float32 [B, P], "class_scores": float32
             [B, P, C]}, lattice order.
+
+        Raises:
+            DataError: not numbers, not [B, N, D], or NaN/inf (naming the
+                rows), which would give NaN scores.
         """
+        clip_features = np.asarray(clip_features)
+        if clip_features.dtype.kind not in "iuf":
+            raise DataError(
+                f"clip_features: expected numbers, found dtype {clip_features.dtype}."
+            )
         clip_features = np.ascontiguousarray(clip_features, dtype=np.float32)
         expected = (self.spec.num_clips, self.spec.feature_dim)
         if clip_features.ndim != 3 or clip_features.shape[1:] != expected:
-            raise ValueError(
+            raise DataError(
                 f"clip_features must be [batch, {expected[0]}, {expected[1]}], "
                 f"got {clip_features.shape}."
+            )
+        finite = np.isfinite(clip_features).all(axis=(1, 2))
+        if not finite.all():
+            raise DataError(
+                f"clip_features: rows {np.flatnonzero(~finite).tolist()} of "
+                f"{len(finite)} hold NaN or inf values (their scores would be NaN)."
             )
         names = [metadata.OVERLAP_SCORES, metadata.CLASS_SCORES]
         values = self.session.run(names, {metadata.INPUT_NAME: clip_features})
@@ -200,15 +237,27 @@ class Detector:
             self.postprocessing, self.lattice, duration, overlap_scores
         )
 
-    def detections(self, overlap_scores, class_scores, duration, video_labels=None):
+    def detections(
+        self,
+        overlap_scores,
+        class_scores,
+        duration,
+        video_labels=None,
+        video_id="video",
+    ):
         """Detections of one video: [{"label", "score", "segment"}], seconds.
 
         Args:
             overlap_scores: float [P].
             class_scores: float [P, C].
             duration: seconds.
-            video_labels: optional [(label, score)] of an external video-level
-                classifier, fused as in evaluate.py.
+            video_labels: optional [(label, score)] (or {label: score}) of an
+                external video-level classifier, fused as in evaluate.py.
+            video_id: the video, named in errors.
+
+        Raises:
+            DataError: a video-label score that is not a finite number, or a
+                label that is not a class of the model.
         """
         return detections.detections_with(
             self.postprocessing,
@@ -217,18 +266,54 @@ class Detector:
             overlap_scores,
             class_scores,
             self.class_names,
-            video_labels,
+            self._checked_video_labels(video_labels, video_id),
         )
 
-    def __call__(self, features, duration, video_labels=None):
+    def _checked_video_labels(self, video_labels, video_id):
+        """[(label, float score)] of `video_labels`, or None."""
+        if video_labels is None:
+            return None
+        pairs = (
+            list(video_labels.items())
+            if isinstance(video_labels, dict)
+            else list(video_labels)
+        )
+        checked = []
+        for pair in pairs:
+            try:
+                label, score = pair
+            except (TypeError, ValueError):
+                raise DataError(
+                    f"video {video_id}: expected video labels [(label, score), ...], "
+                    f"found {pair!r}."
+                ) from None
+            number = finite_number(
+                score.item() if isinstance(score, np.generic) else score,
+                allow_string=False,
+            )
+            if number is None:
+                raise DataError(
+                    f"video {video_id}: video label {label!r} has score {score!r}; "
+                    "expected a finite number."
+                )
+            if label not in self.class_names:
+                raise DataError(
+                    f"video {video_id}: video label {label!r} is not one of the "
+                    f"{len(self.class_names)} classes (e.g. {self.class_names[:3]})."
+                )
+            checked.append((label, number))
+        return checked
+
+    def __call__(self, features, duration, video_labels=None, video_id="video"):
         """Detections of one video from its raw features [T, D]."""
-        clips = self.clip_features(features, duration)
+        clips = self.clip_features(features, duration, video_id)
         scores = self.predict(clips[None])
         return self.detections(
             scores[metadata.OVERLAP_SCORES][0],
             scores[metadata.CLASS_SCORES][0],
             duration,
             video_labels,
+            video_id,
         )
 
     def __repr__(self):

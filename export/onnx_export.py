@@ -102,24 +102,19 @@ def load_run(workdir):
 def run_class_names(run_config, category_file=None):
     """The C class names of the run, in class_scores column order: those the
     run folder carries (classes.txt, written by train.py); a `category_file`
-    must list the same names in the same order. Runs without classes.txt
-    take the category file's, else the data's."""
+    must list the same names in the same order
+    (`RunFolder.checked_class_names`). Runs without classes.txt take the
+    category file's, else the data's."""
     from tal_keras import run
     from tal_keras.data.annotations import read_class_names
 
-    trained_with = run.folder_of(run_config).read_class_names()
-    names = read_class_names(category_file) if category_file else None
-    if trained_with is not None:
-        if names is not None and names != trained_with:
-            raise ValueError(
-                f"{category_file}: the class names differ from those the run was "
-                f"trained with ({run.folder_of(run_config).class_names_file}: "
-                f"{trained_with[:3]}... vs {names[:3]}...); leave --category_file "
-                "out, the run folder carries its class names."
-            )
-        names = trained_with
-    elif names is None:
-        names = run.class_names_of(run_config.data)
+    folder = run.folder_of(run_config)
+    if category_file:
+        names = folder.checked_class_names(
+            read_class_names(category_file), category_file
+        )
+    else:
+        names = folder.read_class_names() or run.class_names_of(run_config.data)
     if len(names) != run_config.model.num_classes:
         raise ValueError(
             f"{len(names)} class names (from {category_file or run_config.data.annotations}) "
@@ -432,18 +427,26 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 2
-    from tal_keras.errors import DataError
+    from tal_keras import run
+    from tal_keras.errors import DataError, sigterm_as_interrupt
 
+    # Held shared: no train.py or evaluate.py starts in the run folder (or
+    # the output's) meanwhile and removes the export's temporary.
+    folders = [
+        run.RunFolder(args.workdir),
+        run.enclosing_run_folder(args.out) if args.out else None,
+    ]
     try:
-        report = export_run(
-            args.workdir,
-            out=args.out,
-            opset=args.opset,
-            fp16=args.fp16,
-            check_videos=args.check_videos,
-            tolerance=args.tolerance,
-            category_file=args.category_file,
-        )
+        with sigterm_as_interrupt(), run.shared_locks(folders):
+            report = export_run(
+                args.workdir,
+                out=args.out,
+                opset=args.opset,
+                fp16=args.fp16,
+                check_videos=args.check_videos,
+                tolerance=args.tolerance,
+                category_file=args.category_file,
+            )
     except KeyboardInterrupt:
         print("interrupted: nothing written.", file=sys.stderr)
         return 130

@@ -7,20 +7,30 @@ detection file, with numpy and onnxruntime only (no TensorFlow).
         --out detections.json [--proposals_out proposals.json] [--batch_size 32]
 
 The videos are those of `--subset` in `--annotations` ("all" for every
-subset), or the rows of `--durations` (a CSV of video_id,duration) alone.
-Durations come from the annotations, or from the CSV where it lists the
-video. A video that cannot be served (no duration, features missing,
-unreadable, empty, of the wrong width or not finite) is skipped with one line
-giving its reason; the others are served, and the output files are written
-atomically (and checked to be writable before any work). Exit status: 0 when at least one video was served, 1 when none
-was, 2 on a usage error (bad model, annotation or feature path).
+subset), or the rows of `--durations` (a CSV of video_id,duration; its first
+row is a header only when it reads `video_id,duration`) alone. Durations
+come from the annotations, or from the CSV where it lists the video. A video
+that cannot be served (no duration, features missing, unreadable, empty, of
+the wrong width or not finite) is skipped with one line giving its reason;
+the others are served. Results go to the output files as each batch is
+done, so memory does not grow with the number of videos; the files are
+temporaries renamed into place only when every video is through, all or
+none (and checked to be writable before any work). An output inside a run
+folder holds that folder's lock shared (`tal_keras.run.RunFolder.lock`), so
+that no train.py or evaluate.py starts there meanwhile. Exit status: 0 when
+at least one video was served, 1 when none was, 2 on a usage error (bad
+model, annotation or feature path, an output that cannot be written), 130
+on Ctrl-C or SIGTERM (nothing written).
 """
 
 import argparse
 import concurrent.futures
+import contextlib
 import csv
 import dataclasses
+import json
 import logging
+import os
 import sys
 import time
 
@@ -30,7 +40,7 @@ from export import metadata
 from export.detector import Detector
 from tal_keras import detections
 from tal_keras.data.annotations import finite_number, read_database
-from tal_keras.errors import DataError
+from tal_keras.errors import DataError, OutputError
 
 logger = logging.getLogger("tal_keras")
 
@@ -51,13 +61,15 @@ class ServeResult:
     """What `serve` produced.
 
     Attributes:
-        detections: {video_id: [{"label", "score", "segment"}]}.
-        proposals: {video_id: [{"score", "segment"}]}.
+        detections: {video_id: [{"label", "score", "segment"}]}, empty when
+            the results went to a `sink`.
+        proposals: {video_id: [{"score", "segment"}]}, the same.
         skipped: [(video_id, reason)], in input order.
-        length_warnings: [(video_id, message)] of served videos whose feature
-            length does not quite fit their duration.
         seconds: {"loading", "inference", "postprocessing", "total"}; loading
             counts only the time spent waiting for features.
+        length_warnings: [(video_id, message)] of served videos whose feature
+            length does not quite fit their duration.
+        num_served: videos served.
     """
 
     detections: dict
@@ -65,10 +77,50 @@ class ServeResult:
     skipped: list
     seconds: dict
     length_warnings: list = dataclasses.field(default_factory=list)
+    num_served: int = 0
 
-    @property
-    def num_served(self):
-        return len(self.detections)
+
+class SubmissionStream:
+    """An ActivityNet submission file written one video at a time, so that
+    nothing of the earlier videos stays in memory: the same text as
+    `json.dumps(detections.submission(results))`.
+
+    Args:
+        stream: a text file open for writing (a temporary of `path`).
+        path: the file the stream will become, named in errors.
+    """
+
+    def __init__(self, stream, path):
+        self.stream = stream
+        self.path = path
+        self.num_videos = 0
+        self._write(
+            f'{{"version": {json.dumps(detections.DEFAULT_VERSION)}, "results": {{'
+        )
+
+    def add(self, video_id, entries):
+        """Appends one video's entries (`detections.submission` checks them)."""
+        video = json.dumps(detections.submission({video_id: entries})["results"])
+        self._write((", " if self.num_videos else "") + video[1:-1])
+        self.num_videos += 1
+
+    def finish(self):
+        """Ends the JSON and puts the text on disk (before the rename)."""
+        self._write('}, "external_data": {}}')
+        try:
+            self.stream.flush()
+            os.fsync(self.stream.fileno())
+        except OSError as error:
+            raise self._error(error) from error
+
+    def _write(self, text):
+        try:
+            self.stream.write(text)
+        except OSError as error:
+            raise self._error(error) from error
+
+    def _error(self, error):
+        return OutputError(f"{self.path}: cannot write it: {error.strerror or error}")
 
 
 def _positive_seconds(value):
@@ -117,15 +169,21 @@ def read_annotation_videos(path, subset):
     return videos
 
 
+# The one first row of a durations CSV that is a header, not a video.
+DURATIONS_HEADER = ("video_id", "duration")
+
+
 def read_durations_csv(path):
-    """{video_id: seconds or None} of a CSV of `video_id,duration` rows (a
-    header row is allowed); a row whose duration is not a positive number
-    maps to None.
+    """{video_id: Video} of a CSV of `video_id,duration` rows, in file
+    order. The first row is a header only when it reads `video_id,duration`
+    (any case); any other row is a video, and one whose duration is not a
+    positive number of seconds gets a problem naming the line (it is
+    skipped and counted, wherever it is).
 
     Raises:
         DataError: unreadable file or a row without two fields.
     """
-    durations = {}
+    videos = {}
     try:
         with open(path, newline="", encoding="utf-8") as stream:
             for line, row in enumerate(csv.reader(stream), start=1):
@@ -136,12 +194,21 @@ def read_durations_csv(path):
                         f"{path}: line {line}: expected video_id,duration, got {row!r}."
                     )
                 video_id, value = row[0].strip(), row[1].strip()
-                if line == 1 and _positive_seconds(value) is None and value.isalpha():
-                    continue  # header
-                durations[video_id] = _positive_seconds(value)
+                if line == 1 and (video_id.lower(), value.lower()) == DURATIONS_HEADER:
+                    continue
+                seconds = _positive_seconds(value)
+                videos[video_id] = (
+                    Video(video_id, seconds)
+                    if seconds is not None
+                    else Video(
+                        video_id,
+                        problem=f"no duration: {path}: line {line}: duration "
+                        f"{value!r} is not a positive number of seconds",
+                    )
+                )
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: cannot read the durations: {error}") from None
-    return durations
+    return videos
 
 
 def videos_to_serve(annotations=None, subset="validation", durations_csv=None):
@@ -151,23 +218,11 @@ def videos_to_serve(annotations=None, subset="validation", durations_csv=None):
         raise ValueError("need --annotations or --durations to know the videos.")
     durations = read_durations_csv(durations_csv) if durations_csv else {}
     if annotations is None:
-        videos = [Video(video_id, duration) for video_id, duration in durations.items()]
-    else:
-        videos = read_annotation_videos(annotations, subset)
-    resolved = []
-    for video in videos:
-        if video.video_id in durations:
-            seconds = durations[video.video_id]
-            if seconds is None:
-                video = Video(
-                    video.video_id,
-                    problem=f"no duration: {durations_csv} does not give a positive "
-                    "number of seconds",
-                )
-            else:
-                video = Video(video.video_id, seconds)
-        resolved.append(video)
-    return resolved
+        return list(durations.values())
+    return [
+        durations.get(video.video_id, video)
+        for video in read_annotation_videos(annotations, subset)
+    ]
 
 
 def serve(
@@ -178,6 +233,7 @@ def serve(
     video_labels=None,
     num_workers=2,
     progress=True,
+    sink=None,
 ):
     """Detections and proposals of `videos`, in batches.
 
@@ -189,6 +245,9 @@ def serve(
         video_labels: optional {video_id: [(label, score)]} fused into detections.
         num_workers: threads loading and resampling features while the model runs.
         progress: show a progress bar on stderr.
+        sink: optional function(video_id, detections, proposals) called for
+            each served video as its batch is done (e.g. writing it out);
+            None: the results are kept in the `ServeResult`.
 
     Returns:
         `ServeResult`. Each skipped video is logged with its reason.
@@ -254,26 +313,33 @@ def serve(
                     logger.warning("skipping video %s: %s", video.video_id, reason)
                     result.skipped.append((video.video_id, reason))
             if ready:
-                _serve_batch(detector, ready, video_labels, result)
+                _serve_batch(detector, ready, video_labels, result, sink)
             bar.update(len(prepared))
     result.seconds["total"] = time.perf_counter() - started
     return result
 
 
-def _serve_batch(detector, ready, video_labels, result):
+def _serve_batch(detector, ready, video_labels, result, sink):
     begin = time.perf_counter()
     scores = detector.predict(np.stack([clips for _, clips in ready]))
     result.seconds["inference"] += time.perf_counter() - begin
     begin = time.perf_counter()
     for row, (video, _) in enumerate(ready):
         overlap = scores[metadata.OVERLAP_SCORES][row]
-        result.proposals[video.video_id] = detector.proposals(overlap, video.duration)
-        result.detections[video.video_id] = detector.detections(
+        proposals = detector.proposals(overlap, video.duration)
+        found = detector.detections(
             overlap,
             scores[metadata.CLASS_SCORES][row],
             video.duration,
             video_labels.get(video.video_id),
+            video.video_id,
         )
+        if sink is None:
+            result.proposals[video.video_id] = proposals
+            result.detections[video.video_id] = found
+        else:
+            sink(video.video_id, found, proposals)
+        result.num_served += 1
     result.seconds["postprocessing"] += time.perf_counter() - begin
 
 
@@ -317,8 +383,10 @@ def parse_args(argv):
     parser.add_argument(
         "--durations",
         default=None,
-        help="CSV of video_id,duration (seconds); overrides the annotations' "
-        "durations, or lists the videos without --annotations.",
+        help="CSV of video_id,duration rows (seconds); overrides the "
+        "annotations' durations, or lists the videos without --annotations. "
+        "The first row is a header only if it reads video_id,duration; a row "
+        "without a positive duration is a video skipped with its line.",
     )
     parser.add_argument(
         "--out", required=True, help="Detection submission JSON to write."
@@ -366,8 +434,10 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     import tal_keras
+    from tal_keras import run
     from tal_keras.atomic import check_writable
     from tal_keras.data.features import open_feature_store
+    from tal_keras.errors import sigterm_as_interrupt
     from tal_keras.inference import read_video_labels
 
     tal_keras.configure_logging()
@@ -377,11 +447,13 @@ def main(argv=None):
         if getattr(args, field.name) is not None
     }
     providers = args.providers.split(",") if args.providers else None
+    outputs = {args.out: "detections"}
+    if args.proposals_out:
+        outputs[args.proposals_out] = "proposals"
     try:
         # Outputs first: a path that cannot be written fails before any work.
-        check_writable(args.out, "detections")
-        if args.proposals_out:
-            check_writable(args.proposals_out, "proposals")
+        for path, what in outputs.items():
+            check_writable(path, what)
         detector = Detector(args.model, providers=providers, postprocessing=overrides)
         store = open_feature_store(args.features)
         videos = videos_to_serve(args.annotations, args.subset, args.durations)
@@ -395,50 +467,81 @@ def main(argv=None):
         return 2
     logger.info("%r; %d videos to serve", detector, len(videos))
     try:
-        result = serve(
-            detector,
-            store,
-            videos,
-            batch_size=args.batch_size,
-            video_labels=video_labels,
-            num_workers=args.num_workers,
-            progress=not args.no_progress,
-        )
+        with (
+            sigterm_as_interrupt(),
+            run.shared_locks(run.enclosing_run_folder(path) for path in outputs),
+            open_submissions(outputs) as streams,
+        ):
+            result = serve(
+                detector,
+                store,
+                videos,
+                batch_size=args.batch_size,
+                video_labels=video_labels,
+                num_workers=args.num_workers,
+                progress=not args.no_progress,
+                sink=lambda video_id, found, proposals: streams.add(
+                    video_id, {"detections": found, "proposals": proposals}
+                ),
+            )
+            if not result.num_served:
+                raise NothingServed
     except KeyboardInterrupt:
         print("interrupted: nothing written.", file=sys.stderr)
         return 130
-    if not result.num_served:
+    except NothingServed:
         print(
             f"error: none of the {len(videos)} videos could be served; nothing "
             "written (reasons above).",
             file=sys.stderr,
         )
         return 1
-    outputs = {args.out: result.detections}
-    if args.proposals_out:
-        outputs[args.proposals_out] = result.proposals
-    try:
-        write_outputs(outputs)
-    except OSError as error:
-        print(f"error: {error}; nothing written.", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        print(f"error: {str(error).rstrip('.')}; nothing written.", file=sys.stderr)
         return 2
     print(summary_line(result, len(videos), detector.provider))
     print(f"written: {', '.join(outputs)}")
     return 0
 
 
-def write_outputs(outputs):
-    """Writes {path: results} as submission files, all or none: each to a
-    temporary first, renamed only when every one is written (a full disk
-    leaves the previous files)."""
-    import contextlib
+class NothingServed(Exception):
+    """No video could be served: the output files are not written."""
 
+
+class SubmissionStreams:
+    """The submission files of one serve run, each fed per video.
+
+    Attributes:
+        streams: {kind ("detections", "proposals"): `SubmissionStream`}.
+    """
+
+    def __init__(self, streams):
+        self.streams = streams
+
+    def add(self, video_id, results):
+        """results: {kind: the video's entries of that file}."""
+        for kind, stream in self.streams.items():
+            stream.add(video_id, results[kind])
+
+
+@contextlib.contextmanager
+def open_submissions(outputs):
+    """Yields `SubmissionStreams` writing {path: kind} to temporaries beside
+    the paths; when the block ends without an exception, every file is ended
+    and put on disk first, then each is renamed into place (all or none: a
+    full disk or an interruption leaves the previous files and no
+    temporary)."""
     from tal_keras.atomic import atomic_path
 
     with contextlib.ExitStack() as stack:
-        for path, results in outputs.items():
+        streams = {}
+        for path, kind in outputs.items():
             temporary = stack.enter_context(atomic_path(path))
-            detections.write_submission(temporary, results)
+            text = stack.enter_context(open(temporary, "w", encoding="utf-8"))
+            streams[kind] = SubmissionStream(text, path)
+        yield SubmissionStreams(streams)
+        for stream in streams.values():
+            stream.finish()
 
 
 if __name__ == "__main__":

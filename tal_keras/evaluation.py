@@ -7,6 +7,9 @@ evaluator reads it), so videos whose features were unusable count as missed.
 numpy only.
 """
 
+import functools
+import os
+
 import numpy as np
 
 from tal_keras import detections, metrics
@@ -23,11 +26,19 @@ PROPOSAL_SUMMARY = ("AR@1", "AR@5", "AR@10", "AR@100", "AUC")
 
 def ground_truth_of(annotations, blocklist=()):
     """The official evaluator's view of the annotation file's evaluation subset
-    (raw segments, as the official code reads them), loaded once."""
+    (raw segments, as the official code reads them), read once per process
+    while the file is unchanged (so its warnings are said once)."""
     subset = annotations.subsets[0] if annotations.subsets else "validation"
-    return metrics.load_ground_truth(
-        annotations.path, subset=subset, blocked_videos=blocklist
+    stat = os.stat(annotations.path)
+    return _read_ground_truth(
+        annotations.path, subset, tuple(blocklist), stat.st_mtime_ns, stat.st_size
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _read_ground_truth(path, subset, blocklist, mtime_ns, size):
+    del mtime_ns, size  # in the cache key only: a changed file is read again
+    return metrics.load_ground_truth(path, subset=subset, blocked_videos=blocklist)
 
 
 def score_proposals(ground_truth, results):

@@ -10,7 +10,9 @@ Reading the files (as the official `_import_ground_truth`/`_import_prediction`):
       [{"label": ..., "segment": [start, end]}]}}}`. Only videos of `subset`
       count. Classes are the labels of that subset's segments, indexed in
       order of first appearance (videos in JSON order, annotations in list
-      order). Videos of the subset with no segment play no part.
+      order). Videos of the subset with no segment play no part. A segment
+      with end < start is kept as given, as officially (one warning line
+      counts them).
     - Predictions: `{"results": {VIDEO_ID: [{"label": ..., "score": ...,
       "segment": [start, end]}]}}`; proposals need no label. Segment times go
       through `float()` (strings such as "3.2" are accepted, as officially);
@@ -286,6 +288,9 @@ def load_ground_truth(ground_truth, subset="validation", blocked_videos=()):
             f"{source}: no ground-truth segment in subset {subset!r} "
             f"(subsets present: {sorted(subsets)})."
         )
+    _warn_about_reversed_ground_truth(
+        source, subset, video_ids, segment_videos, segments
+    )
     return GroundTruth(
         source=source,
         subset=subset,
@@ -772,6 +777,27 @@ def warn_about_silent_cases(ground_truth, predictions):
             counts["out_of_range_segment"],
         )
     return counts
+
+
+def _warn_about_reversed_ground_truth(
+    source, subset, video_ids, segment_videos, segments
+):
+    """One warning line counting the ground-truth segments that end before
+    they start; they are kept as given, as the official code keeps them (no
+    prediction overlaps them: they count as missed)."""
+    reversed_rows = [row for row, (start, end) in enumerate(segments) if end < start]
+    if reversed_rows:
+        first = reversed_rows[0]
+        logger.warning(
+            "%s: %d ground-truth segments of subset %r end before they start "
+            "(first: video %r, %s); scored as given, as the official code "
+            "does: no prediction overlaps them, they count as missed",
+            source,
+            len(reversed_rows),
+            subset,
+            video_ids[segment_videos[first]],
+            list(segments[first]),
+        )
 
 
 def _thresholds(tiou_thresholds):

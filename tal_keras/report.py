@@ -44,7 +44,9 @@ def print_run_summary(run_config, summary, eval_cache):
             {"S-2D-TAN": summary, "baseline (content-blind)": summary["baseline"]}
         )
     )
-    names = (run.PROPOSALS, run.DETECTIONS, run.METRICS, run.AR_AN_PLOT)
+    # detections.json only where the classifier was scored (written).
+    detections = (run.DETECTIONS,) if "detection" in summary else ()
+    names = (run.PROPOSALS, *detections, run.METRICS, run.AR_AN_PLOT)
     print(f"results in {run_config.workdir}: {', '.join(names)}")
 
 

@@ -17,12 +17,16 @@ A run folder (WORKDIR) holds:
 Everything that reads or writes those paths asks `RunFolder` for them; the
 run's data (annotations, class names, clip caches) is opened here too.
 
-One process at a time: train.py and evaluate.py hold `RunFolder.lock()`, an
-flock on `.lock` that the kernel releases when the process ends however it
-ends (kill -9 included), so a killed run never leaves the folder stuck. On
-taking the lock, what a killed process left half written (`.saving-*.keras`,
-`.NAME.*.tmp`, cache builds) is removed. Results are replaced as a set
-(`replace_results`): all written to temporaries first, then renamed.
+One writer at a time: train.py and evaluate.py hold `RunFolder.lock()`, an
+exclusive flock on `.lock` that the kernel releases when the process ends
+however it ends (kill -9 included), so a killed run never leaves the folder
+stuck. The export and serve, which only add files, hold it shared
+(`lock(shared=True)`): any number of them at once, never beside train.py or
+evaluate.py. On taking the exclusive lock, what a killed process left half
+written (`.saving-*.keras`, `.NAME.*.tmp`, cache builds) is removed; a
+temporary still flock-ed by its writer is kept (`atomic.remove_stale`).
+Results are replaced as a set (`replace_results`): all written to
+temporaries first, then renamed.
 numpy only: training, evaluation, the experiment driver and the export all
 import this module, and it imports none of them.
 """
@@ -38,13 +42,19 @@ import os
 import socket
 import time
 
-from tal_keras.atomic import atomic_path, probe_folder, write_json_atomic
+from tal_keras.atomic import (
+    atomic_path,
+    folder_problem,
+    probe_folder,
+    remove_stale,
+    write_json_atomic,
+)
 from tal_keras.clips import FeatureTiming
 from tal_keras.config import RunConfig
-from tal_keras.data.annotations import load_annotations, read_class_names
+from tal_keras.data.annotations import load_annotations
 from tal_keras.data.cache import build_or_open_cache, remove_abandoned_builds
 from tal_keras.data.features import open_feature_store
-from tal_keras.errors import OutputError, RunFolderError
+from tal_keras.errors import DataError, OutputError, RunFolderError
 
 logger = logging.getLogger("tal_keras")
 
@@ -126,57 +136,75 @@ class RunFolder:
         try:
             probe_folder(self.path)
         except OSError as error:
-            reason = error.strerror or str(error)
             raise OutputError(
-                f"{self.path}: cannot use it as the run folder: {reason}."
+                f"{self.path}: cannot use it as the run folder: "
+                f"{folder_problem(self.path, error)}."
             ) from None
 
     @contextlib.contextmanager
-    def lock(self):
+    def lock(self, shared=False):
         """Holds the run folder for this process (an flock on WORKDIR/.lock,
-        released when the process ends, killed or not); removes what killed
-        processes left half written.
+        released when the process ends, killed or not). Exclusive (train.py,
+        evaluate.py): removes what killed processes left half written.
+        Shared (export, serve): taken beside other shared holders, so that no
+        exclusive holder starts and removes their temporaries meanwhile; a
+        folder that does not exist or cannot be written is not locked (nor
+        made): no process of this user could remove files there.
 
         Raises:
-            OutputError: the folder cannot be made or written.
-            RunFolderError: another process holds the run folder.
+            OutputError: the folder cannot be made or written (exclusive).
+            RunFolderError: another process holds the run folder (any holder
+                when exclusive, an exclusive one when shared).
         """
-        self.check_writable()
+        if not shared:
+            self.check_writable()
+        elif not os.access(self.path, os.W_OK):  # False where it does not exist
+            yield self
+            return
         with open(os.path.join(self.path, LOCK), "a+") as stream:
             try:
-                fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(
+                    stream, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+                )
+            except BlockingIOError:
+                raise RunFolderError(
+                    f"{self.path} is in use by {self._holder(stream)}; wait for it "
+                    "to end or choose another folder."
+                ) from None
+            if not shared:
+                stream.seek(0)
+                stream.truncate()
+                stream.write(
+                    f"pid {os.getpid()} on {socket.gethostname()} since "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                )
+                stream.flush()
+                self.remove_leftovers()
+            yield self
+
+    def _holder(self, stream):
+        """Who holds the lock `stream` could not take: the exclusive holder
+        as it wrote itself into .lock, or the shared holders."""
+        with open(stream.name) as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 stream.seek(0)
-                holder = stream.read().strip() or "another process"
-                raise RunFolderError(
-                    f"{self.path} is in use by {holder}; wait for it to end or "
-                    "choose another --workdir."
-                ) from None
-            stream.seek(0)
-            stream.truncate()
-            stream.write(
-                f"pid {os.getpid()} on {socket.gethostname()} since "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-            )
-            stream.flush()
-            self.remove_leftovers()
-            yield self
+                return stream.read().strip() or "another process"
+        return "an export or serve writing into it (shared lock)"
 
     def remove_leftovers(self):
         """Removes the temporaries of killed processes (call under `lock`).
         Returns the paths removed."""
         folders = [self.path, *glob.glob(os.path.join(self.path, "*", ""))]
         folders += glob.glob(os.path.join(self.path, "*", "checkpoints", ""))
-        removed = [
+        removed = remove_stale(
             path
             for folder in folders
             for pattern in _LEFTOVER_PATTERNS
             for path in glob.glob(os.path.join(folder, pattern))
             if os.path.isfile(path)
-        ]
-        for path in removed:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+        )
         if removed:
             logger.warning(
                 "%s: removed %d half-written files left by a killed run",
@@ -192,17 +220,59 @@ class RunFolder:
         return os.path.join(self.path, CLASSES)
 
     def write_class_names(self, class_names):
+        """Writes the class names, one per line, exactly as given (spaces
+        included: they are the labels detections carry and scoring matches).
+
+        Raises:
+            DataError: a name holding a line break.
+        """
+        for name in class_names:
+            if "\n" in name or "\r" in name:
+                raise DataError(
+                    f"class name {name!r} holds a line break; rename the label."
+                )
         with (
             atomic_path(self.class_names_file) as temporary,
-            open(temporary, "w", encoding="utf-8") as stream,
+            open(temporary, "w", encoding="utf-8", newline="\n") as stream,
         ):
             stream.write("".join(f"{name}\n" for name in class_names))
 
     def read_class_names(self):
-        """The class names the run was trained with, or None (older runs)."""
+        """The class names the run was trained with, exactly as written
+        (`write_class_names`), or None (older runs)."""
         if not os.path.exists(self.class_names_file):
             return None
-        return read_class_names(self.class_names_file)
+        try:
+            with open(self.class_names_file, encoding="utf-8", newline="") as stream:
+                return stream.read().removesuffix("\n").split("\n")
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(
+                f"{self.class_names_file}: cannot read the run's class names: {error}"
+            ) from None
+
+    def checked_class_names(self, class_names, source):
+        """The class names the run was trained with (classes.txt), which
+        `class_names` (from `source`, a category file or the annotations) must
+        equal, in order; each compared as a category file is read, without
+        surrounding spaces. `class_names` for runs without classes.txt.
+
+        Raises:
+            DataError: the names or their order differ.
+        """
+        trained_with = self.read_class_names()
+        if trained_with is None:
+            return list(class_names)
+        if [name.strip() for name in trained_with] != [
+            name.strip() for name in class_names
+        ]:
+            raise DataError(
+                f"{self.class_names_file}: the run was trained with other class "
+                f"names or another order ({len(trained_with)} classes: "
+                f"{trained_with[:3]}...) than {source} gives ({len(class_names)}: "
+                f"{list(class_names)[:3]}...); pass the category file it was trained "
+                "with, or none (the run folder carries its class names)."
+            )
+        return trained_with
 
     def check_resumable(self, train):
         """Checks, before any work, that each network of `train` (a
@@ -447,4 +517,64 @@ def open_subset(run_config, subset):
     logger.info(
         "%s: %d videos usable, %d skipped", subset, len(cache), len(cache.skipped)
     )
+    if subset == data.train_subset:
+        warn_about_untrained_classes(annotations, cache.video_ids, subset)
     return annotations, cache
+
+
+def classes_without_instance(annotations, video_ids):
+    """The class names of `annotations` that no segment of `video_ids` has."""
+    used = set()
+    for video_id in video_ids:
+        used.update(annotations.videos[video_id].labels.tolist())
+    return [
+        name for index, name in enumerate(annotations.class_names) if index not in used
+    ]
+
+
+def warn_about_untrained_classes(annotations, video_ids, subset):
+    """One warning when classes have no instance in the usable videos of the
+    training subset: their classifier outputs are never trained, and they
+    count in the detection mAP of the subsets that have them. Returns those
+    classes."""
+    missing = classes_without_instance(annotations, video_ids)
+    if missing:
+        total = len(annotations.class_names)
+        logger.warning(
+            "%s: %d of the %d classes have no instance in the %d usable videos "
+            "of subset %s (%s); the classifier never learns them and they "
+            "count in the detection mAP wherever they are annotated",
+            annotations.path,
+            len(missing),
+            total,
+            len(video_ids),
+            subset,
+            ", ".join(repr(name) for name in missing),
+        )
+    return missing
+
+
+@contextlib.contextmanager
+def shared_locks(folders):
+    """Holds each of the run folders `folders` (`RunFolder`s; None and
+    repeats skipped) with a shared lock, as the export and serve do."""
+    with contextlib.ExitStack() as stack:
+        held = set()
+        for folder in folders:
+            if folder is None or os.path.realpath(folder.path) in held:
+                continue
+            held.add(os.path.realpath(folder.path))
+            stack.enter_context(folder.lock(shared=True))
+        yield
+
+
+def enclosing_run_folder(path):
+    """The run folder whose leftover removal reaches the file `path` (the
+    folder holding config.json among its folder, parent and grandparent:
+    WORKDIR, WORKDIR/<network>, WORKDIR/<network>/checkpoints), or None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for _ in range(3):
+        if os.path.isfile(os.path.join(folder, CONFIG)):
+            return RunFolder(folder)
+        folder = os.path.dirname(folder)
+    return None

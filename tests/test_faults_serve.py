@@ -5,6 +5,7 @@ be written (refused before any work), and the file modes of outputs."""
 import errno
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from test_export import make_tiny_run
 
 from export import onnx_export, serve
 from export.detector import Detector
+from tal_keras import detections
 from tal_keras.atomic import check_writable, write_json_atomic
 from tal_keras.data.features import open_feature_store
 from tal_keras.errors import DataError, OutputError
@@ -179,29 +181,40 @@ def test_check_writable_names_the_path_and_the_reason(tmp_path, under_a_file):
         check_writable(locked / "x.json")
 
 
+class FullDisk:
+    """A text file on a full disk: every write fails as write(2) does."""
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def serve_argv(run_config, path, out, *extra):
+    return [
+        *("--model", path, "--features", run_config.data.features),
+        *("--annotations", run_config.data.annotations, "--no_progress"),
+        *("--out", str(out), *extra),
+    ]
+
+
 def test_serve_writes_its_outputs_all_or_none(tiny_run, tmp_path, capsys, monkeypatch):
     _, run_config, path, _ = tiny_run
     out, proposals_out = tmp_path / "detections.json", tmp_path / "proposals.json"
     out.write_text("old detections")
-    real_write = serve.detections.write_submission
-    calls = []
+    real_add = serve.SubmissionStream.add
 
-    def full_on_second(target, results, *args, **kwargs):
-        calls.append(target)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", target)
-        return real_write(target, results, *args, **kwargs)
+    def full_after_one_video(stream, video_id, entries):
+        if stream.path == str(proposals_out) and stream.num_videos == 1:
+            stream.stream = FullDisk()
+        return real_add(stream, video_id, entries)
 
-    monkeypatch.setattr(serve.detections, "write_submission", full_on_second)
-    argv = [
-        *("--model", path, "--features", run_config.data.features),
-        *("--annotations", run_config.data.annotations, "--no_progress"),
-        *("--out", str(out), "--proposals_out", str(proposals_out)),
-    ]
+    monkeypatch.setattr(serve.SubmissionStream, "add", full_after_one_video)
+    argv = serve_argv(run_config, path, out, "--proposals_out", str(proposals_out))
     assert serve.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: [Errno 28] No space left on device")
-    assert err.endswith("nothing written.")
+    assert err == (
+        f"error: {proposals_out}: cannot write it: No space left on device; "
+        "nothing written."
+    )
     assert out.read_text() == "old detections" and not proposals_out.exists()
     assert sorted(os.listdir(tmp_path)) == ["detections.json"]
 
@@ -213,12 +226,158 @@ def test_serve_writes_its_outputs_all_or_none(tiny_run, tmp_path, capsys, monkey
     assert capsys.readouterr().err.strip().endswith("interrupted: nothing written.")
 
 
-def test_export_ctrl_c_is_one_line(tiny_run, tmp_path, capsys, monkeypatch):
+def test_serve_streams_each_video_to_its_files(tiny_run, tmp_path, monkeypatch):
+    # Results are written as each batch is done (nothing kept for the end),
+    # and the files are the text write_submission gives the same results.
+    _, run_config, path, _ = tiny_run
+    out, proposals_out = tmp_path / "detections.json", tmp_path / "proposals.json"
+    real_add = serve.SubmissionStream.add
+    written_before = []
+
+    def recording_add(stream, video_id, entries):
+        stream.stream.flush()
+        written_before.append((stream.path, os.path.getsize(stream.stream.name)))
+        return real_add(stream, video_id, entries)
+
+    monkeypatch.setattr(serve.SubmissionStream, "add", recording_add)
+    argv = serve_argv(
+        run_config, path, out, "--proposals_out", str(proposals_out), "--batch_size=2"
+    )
+    assert serve.main(argv) == 0
+    detections_sizes = [size for name, size in written_before if name == str(out)]
+    assert len(detections_sizes) == 6  # one call per video, 3 batches
+    assert detections_sizes == sorted(set(detections_sizes))  # grows per video
+    result = serve.serve(
+        Detector(path),
+        open_feature_store(run_config.data.features),
+        serve.videos_to_serve(run_config.data.annotations, "validation"),
+        progress=False,
+    )
+    for target, results in (
+        (out, result.detections),
+        (proposals_out, result.proposals),
+    ):
+        expected = tmp_path / "expected.json"
+        detections.write_submission(expected, results)
+        assert target.read_text() == expected.read_text()
+
+
+def test_serve_ends_on_sigterm_as_on_ctrl_c(tiny_run, tmp_path, capsys, monkeypatch):
+    _, run_config, path, _ = tiny_run
+    out = tmp_path / "detections.json"
+    real_add = serve.SubmissionStream.add
+
+    def terminated_after_one_video(stream, video_id, entries):
+        if stream.num_videos == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_add(stream, video_id, entries)
+
+    monkeypatch.setattr(serve.SubmissionStream, "add", terminated_after_one_video)
+    previous = signal.getsignal(signal.SIGTERM)
+    assert serve.main(serve_argv(run_config, path, out)) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "interrupted: nothing written."
+    )
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
+@pytest.mark.parametrize("first_row", ["ID,abc", "ID,nan", "ID,-3"])
+def test_durations_csv_first_row_is_a_video_unless_it_is_the_header(
+    tiny_run, tmp_path, capsys, first_row
+):
+    _, run_config, path, _ = tiny_run
+    video = serve.read_annotation_videos(run_config.data.annotations, "training")[0]
+    durations = tmp_path / "durations.csv"
+    durations.write_text(f"{first_row}\n{video.video_id},{video.duration}\n")
+    out = tmp_path / "detections.json"
+    argv = [
+        *("--model", path, "--features", run_config.data.features),
+        *("--durations", str(durations), "--out", str(out), "--no_progress"),
+    ]
+    assert serve.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "served 1 of 2 videos, 1 skipped (first: ID: no duration: " in captured.out
+    value = first_row.split(",")[1]
+    lines = [line for line in captured.err.splitlines() if "skipping video ID" in line]
+    expected = (
+        f"W skipping video ID: no duration: {durations}: line 1: duration "
+        f"{value!r} is not a positive number of seconds"
+    )
+    assert lines == [expected]
+    assert list(json.loads(out.read_text())["results"]) == [video.video_id]
+
+
+@pytest.mark.parametrize("header", ["video_id,duration", "Video_ID, Duration"])
+def test_durations_csv_header_is_only_video_id_duration(tmp_path, header):
+    durations = tmp_path / "durations.csv"
+    durations.write_text(f"{header}\na,12.5\nb,x\n")
+    videos = serve.read_durations_csv(durations)
+    assert list(videos) == ["a", "b"]
+    assert videos["a"].duration == 12.5 and videos["b"].problem.endswith(
+        f"{durations}: line 3: duration 'x' is not a positive number of seconds"
+    )
+
+
+def test_detector_refuses_features_it_cannot_score(tiny_run):
+    detector = Detector(tiny_run[2])
+    words = np.full((38, 8), "x")
+    with pytest.raises(
+        DataError, match=r"video clip: expected numeric features, found dtype <U1"
+    ):
+        detector.clip_features(words, 20.0, "clip")
+    with pytest.raises(
+        DataError, match="expected numeric features, found dtype object"
+    ):
+        detector(np.array([[1.0, "a"]] * 38, dtype=object), 20.0)
+    clips = np.ones((3, 16, 8), np.float32)
+    clips[1, 4, 2] = np.nan
+    with pytest.raises(DataError, match=r"rows \[1\] of 3 hold NaN or inf"):
+        detector.predict(clips)
+    scores = detector.predict(clips[[0, 2]])
+    assert all(np.isfinite(value).all() for value in scores.values())
+    overlap, classes = scores["overlap_scores"][0], scores["class_scores"][0]
+    label = detector.class_names[0]
+    for labels, words in (
+        ([(label, "x")], f"video v1: video label {label!r} has score 'x'"),
+        ({label: float("nan")}, "has score nan; expected a finite number"),
+        ([(label, True)], "has score True"),
+        (["Archery"], "expected video labels [(label, score), ...]"),
+        ([("nothing", 0.5)], "video v1: video label 'nothing' is not one of the 4"),
+    ):
+        with pytest.raises(DataError) as error:
+            detector.detections(overlap, classes, 20.0, labels, video_id="v1")
+        assert words in str(error.value)
+    fused = detector.detections(overlap, classes, 20.0, [(label, np.float32(0.5))])
+    assert {entry["label"] for entry in fused} == {label}
+
+
+def test_detector_refuses_a_graph_whose_input_is_not_its_metadata(tiny_run, tmp_path):
+    import onnx
+
+    model = onnx.load(tiny_run[2])
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 5
+    changed = tmp_path / "changed.onnx"
+    onnx.save(model, changed)
+    with pytest.raises(ValueError) as error:
+        Detector(changed)
+    message = str(error.value)
+    assert message.startswith(f"{changed}: the graph's input 'clip_features' has")
+    assert "['batch', 16, 5], its metadata says ['batch', 16, 8]" in message
+
+
+def test_export_ctrl_c_and_sigterm_are_one_line(
+    tiny_run, tmp_path, capsys, monkeypatch
+):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(onnx_export, "load_run", interrupted)
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
     out = tmp_path / "model.onnx"
-    assert onnx_export.main(["--workdir", tiny_run[0], "--out", str(out)]) == 130
-    assert capsys.readouterr().err.strip() == "interrupted: nothing written."
-    assert not out.exists()
+    for stop in (interrupted, terminated):
+        monkeypatch.setattr(onnx_export, "load_run", stop)
+        assert onnx_export.main(["--workdir", tiny_run[0], "--out", str(out)]) == 130
+        assert capsys.readouterr().err.strip() == "interrupted: nothing written."
+        assert not out.exists()
