@@ -312,13 +312,21 @@ def _timing_report(checks, timing):
     }
     report["fits"] = abs(median_ratio - 1) <= LENGTH_WARN_FRACTION
     if not report["fits"]:
-        stride = max(1, round(report["median_frames_between_steps"]))
-        fps = float(f"{np.median(steps * timing.stride / durations):.3g}")
+        # Frames between steps over all videos: each video's step count is
+        # rounded, and the totals average that out better than a median.
+        frames = float(durations.sum() * timing.fps / steps.sum())
+        fits = {
+            stride: _fit_counts(timed, dataclasses.replace(timing, stride=stride))[
+                "fit"
+            ]
+            for stride in {max(1, int(np.floor(frames))), max(1, int(np.ceil(frames)))}
+        }
+        stride = max(fits, key=lambda stride: (fits[stride], -abs(stride - frames)))
+        fps = float(f"{steps.sum() * timing.stride / durations.sum():.3g}")
         report["suggestion"] = {
+            "frames_between_steps": frames,
             "stride": stride,
-            "stride_fits": _fit_counts(
-                timed, dataclasses.replace(timing, stride=stride)
-            )["fit"],
+            "stride_fits": fits[stride],
             "fps": fps,
             "fps_fits": _fit_counts(timed, dataclasses.replace(timing, fps=fps))["fit"],
         }
@@ -487,8 +495,10 @@ def _timing_lines(feature_timing, timing, feature_dim):
         f"feature timing does not fit {flags}: steps x stride / fps cover "
         f"{ratio['median']:.2f} of the duration (median); {counts}. At "
         f"{timing['fps']:g} fps the steps are "
-        f"{feature_timing['median_frames_between_steps']:.1f} frames apart (median "
-        f"of duration x fps / steps): pass --stride={suggestion['stride']} "
+        f"{suggestion['frames_between_steps']:.1f} frames apart (total duration x "
+        f"fps / total steps; median per video "
+        f"{feature_timing['median_frames_between_steps']:.1f}): pass "
+        f"--stride={suggestion['stride']} "
         f"({suggestion['stride_fits']} of {videos} videos fit), or with stride "
         f"{timing['stride']} --fps={suggestion['fps']:g} ({suggestion['fps_fits']} "
         f"of {videos} fit)"
