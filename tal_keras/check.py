@@ -568,6 +568,43 @@ def _number_list(number):
     return parse
 
 
+# (flag, type, help) of the DataConfig and ModelConfig fields tal-check reads;
+# names, defaults and meanings as train.py's (tal_keras/flags.py).
+DATA_FLAGS = (
+    ("annotations", str, "ActivityNet-style annotation JSON."),
+    ("features", str, "Folder of ID.npy feature files, or one HDF5 file."),
+    (
+        "category_file",
+        str,
+        "One label per line; empty: sorted label names of the annotations.",
+    ),
+    ("fps", float, "Frame rate the features were extracted at."),
+    ("stride", int, "Frames between consecutive feature steps."),
+    ("window", int, "Frames each feature step covers."),
+    ("train_subset", str, "Subset the networks train on."),
+    ("eval_subset", str, "Subset evaluated."),
+    (
+        "blocklist",
+        _number_list(str),
+        "Video ids left out everywhere (comma separated).",
+    ),
+    (
+        "synthetic_videos",
+        int,
+        "If > 0 and the data is missing, first generate the synthetic dataset.",
+    ),
+)
+MODEL_FLAGS = (
+    ("feature_dim", int, "D, width of the input features."),
+    ("num_clips", int, "N, clips per video."),
+    (
+        "scale_layers",
+        _number_list(int),
+        "Pooling layers per scale; N alone is dense 2D-TAN.",
+    ),
+)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="tal-check",
@@ -579,75 +616,11 @@ def build_parser():
         help="A train.py flagfile: its data and lattice flags are read, others "
         "ignored; flags given here override it.",
     )
-    parser.add_argument(
-        "--annotations",
-        default=DataConfig.annotations,
-        help="ActivityNet-style annotation JSON.",
-    )
-    parser.add_argument(
-        "--features",
-        default=DataConfig.features,
-        help="Folder of ID.npy feature files, or one HDF5 file.",
-    )
-    parser.add_argument(
-        "--category_file",
-        default=DataConfig.category_file,
-        help="One label per line; empty: sorted label names of the annotations.",
-    )
-    parser.add_argument(
-        "--fps",
-        type=float,
-        default=DataConfig.fps,
-        help="Frame rate the features were extracted at.",
-    )
-    parser.add_argument(
-        "--stride",
-        type=int,
-        default=DataConfig.stride,
-        help="Frames between consecutive feature steps.",
-    )
-    parser.add_argument(
-        "--window",
-        type=int,
-        default=DataConfig.window,
-        help="Frames each feature step covers.",
-    )
-    parser.add_argument(
-        "--feature_dim",
-        type=int,
-        default=ModelConfig.feature_dim,
-        help="D, width of the input features.",
-    )
-    parser.add_argument(
-        "--num_clips", type=int, default=ModelConfig.num_clips, help="N."
-    )
-    parser.add_argument(
-        "--scale_layers",
-        type=_number_list(int),
-        default=ModelConfig.scale_layers,
-        help="Pooling layers per scale; N alone is dense 2D-TAN.",
-    )
-    parser.add_argument(
-        "--train_subset",
-        default=DataConfig.train_subset,
-        help="Subset the networks train on.",
-    )
-    parser.add_argument(
-        "--eval_subset", default=DataConfig.eval_subset, help="Subset evaluated."
-    )
-    parser.add_argument(
-        "--blocklist",
-        type=_number_list(str),
-        default=(),
-        help="Video ids left out everywhere (comma separated).",
-    )
-    parser.add_argument(
-        "--synthetic_videos",
-        type=int,
-        default=DataConfig.synthetic_videos,
-        help="As train.py: if > 0 and the data is missing, generate the "
-        "synthetic dataset of this many videos there first.",
-    )
+    for config, rows in ((DataConfig, DATA_FLAGS), (ModelConfig, MODEL_FLAGS)):
+        for name, kind, text in rows:
+            parser.add_argument(
+                f"--{name}", type=kind, default=getattr(config, name), help=text
+            )
     parser.add_argument(
         "--out",
         default="data_check.json",
@@ -698,18 +671,7 @@ def main(argv=None):
 
     tal_keras.configure_logging()
     try:
-        data = DataConfig(
-            annotations=args.annotations,
-            features=args.features,
-            category_file=args.category_file,
-            fps=args.fps,
-            stride=args.stride,
-            window=args.window,
-            train_subset=args.train_subset,
-            eval_subset=args.eval_subset,
-            blocklist=args.blocklist,
-            synthetic_videos=args.synthetic_videos,
-        )
+        data = DataConfig(**{name: getattr(args, name) for name, _, _ in DATA_FLAGS})
         lattice = Lattice(args.num_clips, args.scale_layers)
         if args.feature_dim < 1:
             raise ValueError(f"--feature_dim must be >= 1, got {args.feature_dim}.")
