@@ -18,22 +18,19 @@ printed for the best weight of a small grid:
 - "true bodies": the generator's body patterns: a proposal's mean body
   match inside minus outside, best class;
 - "true both": both of the above, each with its own weight;
-- "class-mean prototypes": no generator knowledge; the start and end scores
-  of --boundary_prototypes at its start (each class's mean start and end
-  clip window over the training videos, `class_mean_prototypes`), summed.
-  The layer starts from their min instead; that changes little within a
-  video (what AUC sees) but ranks videos against each other better
-  (detection mAP, docs/benchmarks.md);
+- "class-mean prototypes": no generator knowledge; the best start and end
+  matches with each class's mean start and end clip window over the
+  training videos (`tal_keras.class_means`), summed;
 - "class-mean bodies": no generator knowledge; "true bodies" with each
   class's mean clip inside its training instances in place of the body
   pattern;
 - "true bodies (flanks)", "class-mean bodies (flanks)": the same with
   outside = the proposal's flanks, ceil(FLANK * L) clips on each side of a
-  proposal of L clips (`--body_prototype_flank`);
-- "class means: min boundaries + bodies (flanks)": what today's demo.flags
-  with `--body_prototype_flank` starts from, min(start, end) of the
+  proposal of L clips (`--class_mean_flank`);
+- "class means: min boundaries + bodies (flanks)": min(start, end) of the
   class-mean prototypes (best class) plus "class-mean bodies (flanks)",
-  each with its own weight;
+  each with its own weight, close to where the class-mean evidence's
+  weighted sum starts (`layers.ClassMeanEvidence`);
 - "true IoU": P_over = the true max IoU (the ceiling of any scorer at this
   N with this NMS).
 
@@ -44,7 +41,6 @@ shows its boundary weight.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -150,10 +146,9 @@ def open_benchmark_run(run_folder):
 
 def ceiling_rows(run_folder):
     """{scorer: (AUC %, best weight or None)} on the run's evaluation videos."""
-    from tal_keras import experiment
+    from tal_keras.class_means import class_means, clip_windows
     from tal_keras.clips import standardized_clips
     from tal_keras.data import benchmarks
-    from tal_keras.layers.boundary_prototypes import numpy_clip_windows
 
     opened = open_benchmark_run(run_folder)
     run_config, lattice, parameters = (
@@ -194,26 +189,21 @@ def ceiling_rows(run_folder):
     # holding the end or the one before.
     onset = np.maximum(onset, np.concatenate([onset[:, 1:], onset[:, -1:]], axis=1))
     offset = np.maximum(offset, np.concatenate([offset[:, :1], offset[:, :-1]], axis=1))
-    # The class means --boundary_prototypes and --body_prototypes start from.
-    prototypes = experiment.initial_prototypes(
-        dataclasses.replace(
-            run_config,
-            model=dataclasses.replace(
-                run_config.model, boundary_prototypes=True, body_prototypes=True
-            ),
-        ),
-        train_annotations,
-        train_cache,
+    means = class_means(
+        train_cache.clips,
+        train_cache.durations,
+        [
+            (train_annotations[video].segments, train_annotations[video].labels)
+            for video in train_cache.video_ids
+        ],
+        run_config.model.num_classes,
     )
-    start_prototypes, end_prototypes = (
-        prototypes["boundary_prototypes"][name]
-        for name in ("start_prototypes", "end_prototypes")
-    )
-    windows = numpy_clip_windows(features, 1)
+    start_prototypes, end_prototypes = means.start, means.end
+    windows = clip_windows(features, 1)
     present = np.linalg.norm(start_prototypes, axis=1) > 0
     start_score = centred_best_match(windows, start_prototypes[present])
     end_score = centred_best_match(windows, end_prototypes[present])
-    # Per class, as --boundary_prototypes takes min(start, end) before the max.
+    # Per class: min(start, end) before the max.
     per_class = [
         unit_matches(windows, chosen)
         for chosen in (start_prototypes[present], end_prototypes[present])
@@ -222,7 +212,7 @@ def ceiling_rows(run_folder):
     min_boundaries = np.minimum(
         per_class[0][:, lattice.starts], per_class[1][:, lattice.ends]
     ).max(axis=-1)
-    bodies = prototypes["body_prototypes"]["prototypes"]
+    bodies = means.body
     body_present = np.linalg.norm(bodies, axis=1) > 0
     max_iou = np.asarray(cache.max_iou, np.float64)
     true_boundaries = onset[:, lattice.starts] + offset[:, lattice.ends]

@@ -34,35 +34,18 @@ class ModelConfig:
             docs/benchmarks.md).
         clip_context: 0 (the report) or an odd kernel of a temporal conv
             added in the clip encoder before pooling (a departure).
-        overlap_cell_bias: a learned bias per proposal on the overlap logit
-            (a departure; False: the report).
+        overlap_cell_bias: a learned bias per proposal on the overlap logit,
+            started at the training videos' length prior (a departure).
         boundary_features: add projections of each proposal's start and end
-            clip to its pooled feature in the proposal network (a departure;
-            False: the report).
-        boundary_scores: add a start logit of each proposal's first clip and
-            an end logit of its last to its overlap logit (a departure;
-            False: the report).
-        boundary_prototypes: add start and end scores by class prototypes,
-            started at the training classes' mean start and end clips, to
-            the overlap logit (a departure; False: the report).
-        boundary_prototype_scales: (a_s, a_e, a_b), where the boundary
-            prototypes' scales start: the overlap logit gets
-            a_s start + a_e end + a_b min(start, end).
-        body_prototypes: add each proposal's inside-minus-outside match with
-            class prototypes, started at the training classes' mean clip
-            inside their instances, to the overlap logit (a departure;
-            False: the report).
-        body_prototype_flank: f; 0: the body prototypes compare a proposal
-            with the rest of its video; f > 0: with its flanks, ceil(f * L)
-            clips on each side of a proposal of L clips.
-        prototype_evidence: H > 0: add the output of a small MLP (H hidden
-            units) of each proposal's best class-mean start, end, body and
-            joint scores and its position to the overlap logit (a
-            departure; 0: the report). Its body scores use
-            body_prototype_flank.
-        class_prototypes: add per-class logits by the same class means
-            (start, end and body) to the classifier's (a departure; False:
-            the report).
+            clip to its pooled feature in the proposal network (a departure).
+        class_mean_evidence: H > 0: add the class-mean evidence of each
+            proposal (`layers.ClassMeanEvidence`: a weighted sum and an MLP
+            of H hidden units) to its overlap logit (a departure; 0: off).
+        class_mean_logits: add per-class logits by the class-mean matches to
+            the classifier's (`layers.ClassHead`; a departure).
+        class_mean_flank: f of the class-mean body matches: each proposal of
+            L clips against ceil(f L) clips on each side; 0: against the rest
+            of the video (`layers.ClassMeanMatches`).
     """
 
     num_clips: int = 256
@@ -79,34 +62,27 @@ class ModelConfig:
     clip_context: int = 0
     overlap_cell_bias: bool = False
     boundary_features: bool = False
-    boundary_scores: bool = False
-    boundary_prototypes: bool = False
-    boundary_prototype_scales: tuple = (0.0, 0.0, 1.0)
-    body_prototypes: bool = False
-    body_prototype_flank: float = 0.0
-    prototype_evidence: int = 0
-    class_prototypes: bool = False
+    class_mean_evidence: int = 0
+    class_mean_logits: bool = False
+    class_mean_flank: float = 0.25
 
     def __post_init__(self):
         object.__setattr__(
             self, "scale_layers", tuple(int(n) for n in self.scale_layers)
         )
-        scales = tuple(float(scale) for scale in self.boundary_prototype_scales)
-        if len(scales) != 3:
+        if not 0 <= self.class_mean_flank < float("inf"):
             raise ValueError(
-                "boundary_prototype_scales must be three numbers (a_s, a_e, a_b), "
-                f"got {self.boundary_prototype_scales!r}."
+                "class_mean_flank must be a finite number >= 0, got "
+                f"{self.class_mean_flank!r}."
             )
-        object.__setattr__(self, "boundary_prototype_scales", scales)
-        if not 0 <= self.body_prototype_flank < float("inf"):
+        if (
+            isinstance(self.class_mean_evidence, bool)
+            or not isinstance(self.class_mean_evidence, int)
+            or self.class_mean_evidence < 0
+        ):
             raise ValueError(
-                "body_prototype_flank must be a finite number >= 0, got "
-                f"{self.body_prototype_flank!r}."
-            )
-        if not isinstance(self.prototype_evidence, int) or self.prototype_evidence < 0:
-            raise ValueError(
-                "prototype_evidence must be 0 (off) or a positive integer, got "
-                f"{self.prototype_evidence!r}."
+                "class_mean_evidence must be 0 (off) or a positive integer, got "
+                f"{self.class_mean_evidence!r}."
             )
         Lattice(self.num_clips, self.scale_layers)  # raises with a suggestion
         for name in ("feature_dim", "hidden_size", "num_conv_layers", "num_classes"):
@@ -132,21 +108,53 @@ class ModelConfig:
     def lattice(self):
         return Lattice(self.num_clips, self.scale_layers)
 
+    @property
+    def uses_class_means(self):
+        """Whether a network of this config holds class means."""
+        return bool(self.class_mean_evidence or self.class_mean_logits)
+
     def to_dict(self):
         config = dataclasses.asdict(self)
         config["scale_layers"] = list(self.scale_layers)
-        config["boundary_prototype_scales"] = list(self.boundary_prototype_scales)
         return config
 
     @classmethod
     def from_dict(cls, config):
         known = {field.name for field in dataclasses.fields(cls)}
+        config = dict(config)
+        used = []
+        for name, off in _REPLACED_FIELDS.items():
+            if name not in config:
+                continue
+            value = config.pop(name)
+            if off is not None and value not in off:
+                used.append(name)
+        if used:
+            raise ValueError(
+                f"The run was trained with layers this version replaced "
+                f"({', '.join(sorted(used))}); retrain it (--recipe=tuned has "
+                "their successor, the class-mean evidence)."
+            )
         unknown = set(config) - known
         if unknown:
             raise ValueError(
                 f"Unknown ModelConfig fields {sorted(unknown)}; known: {sorted(known)}."
             )
         return cls(**config)
+
+
+# Fields of earlier versions and their values that meant "off" (None: a
+# setting of another field, whatever its value): a run folder trained
+# without those layers still loads.
+_REPLACED_FIELDS = {
+    "boundary_scores": (False,),
+    "boundary_prototypes": (False,),
+    "boundary_prototype_scales": None,
+    "body_prototypes": (False,),
+    "body_prototype_flank": None,
+    "prototype_evidence": (0,),
+    "class_prototypes": (False,),
+}
 
 
 def _check_choice(name, value, choices):
@@ -157,6 +165,7 @@ def _check_choice(name, value, choices):
 NETWORKS = ("proposal", "classifier")
 MIXED_PRECISION_DTYPES = ("float16", "bfloat16")
 LR_SCHEDULES = ("constant", "cosine")
+EPOCH_SELECTIONS = ("held_out", "eval_subset")
 FEATURE_FORMATS = ("auto", "npy", "hdf5")
 
 
@@ -240,9 +249,17 @@ class TrainConfig:
     mixed_precision_dtype: str = "float16"
     seed: int = 0
     cache_dtype: str = "float32"
+    select_epoch_on: str = "held_out"
+    selection_fraction: float = 0.1
 
     def __post_init__(self):
         object.__setattr__(self, "networks", tuple(self.networks))
+        _check_choice("select_epoch_on", self.select_epoch_on, EPOCH_SELECTIONS)
+        if not 0 < self.selection_fraction < 1:
+            raise ValueError(
+                "selection_fraction must be in (0, 1), got "
+                f"{self.selection_fraction!r}."
+            )
         if not self.networks or any(n not in NETWORKS for n in self.networks):
             raise ValueError(
                 f"networks must be a non-empty subset of {NETWORKS}, got {self.networks}."
@@ -368,19 +385,34 @@ def _check_count(name, value):
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
 
 
+# The config sections, named as in config.json.
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything one run needs; written to WORKDIR/config.json."""
+    """Everything one run needs; written to WORKDIR/config.json.
+
+    Attributes:
+        recipe: the recipe its fields started from (`tal_keras.recipes`).
+    """
 
     workdir: str
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    recipe: str = "paper"
 
     def to_dict(self):
         return {
             "workdir": self.workdir,
+            "recipe": self.recipe,
             "data": _plain(dataclasses.asdict(self.data)),
             "model": self.model.to_dict(),
             "train": _plain(dataclasses.asdict(self.train)),
@@ -389,12 +421,17 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, config):
+        train = dict(config.get("train", {}))
+        if train:
+            # Runs saved before the held-out choice chose on the evaluation subset.
+            train.setdefault("select_epoch_on", "eval_subset")
         return cls(
             workdir=config["workdir"],
             data=DataConfig(**config.get("data", {})),
             model=ModelConfig.from_dict(config.get("model", {})),
-            train=TrainConfig(**config.get("train", {})),
+            train=TrainConfig(**train),
             eval=EvalConfig(**config.get("eval", {})),
+            recipe=config.get("recipe", "paper"),
         )
 
 

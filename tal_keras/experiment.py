@@ -3,6 +3,7 @@ evaluation (inference, writing, scoring, reporting). The entry points
 (train.py, evaluate.py) call `train_and_evaluate` and `evaluate_run`; the run
 folder and the data are `tal_keras.run`'s."""
 
+import dataclasses
 import logging
 import os
 
@@ -12,6 +13,7 @@ from tal_keras import (
     detections,
     evaluation,
     inference,
+    metrics,
     pipeline,
     plots,
     report,
@@ -20,7 +22,8 @@ from tal_keras import (
 )
 from tal_keras.atomic import write_json_atomic
 from tal_keras.errors import DataError
-from tal_keras.networks import NETWORKS
+from tal_keras.networks import NETWORKS, TrainingData
+from tal_keras.selection import held_out_rows
 
 logger = logging.getLogger("tal_keras")
 
@@ -56,16 +59,22 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
     # config.json claiming a run.
     folder.write_config(run_config)
     folder.write_class_names(class_names)
-    # Where the prototype layers of both networks start (one pass over the
-    # training clips).
-    prototypes = initial_prototypes(run_config, train_annotations, train_cache)
+    fit_cache, choice = epoch_choice(
+        run_config, train_annotations, train_cache, eval_cache, ground_truth
+    )
+    logger.info(
+        "training on %d videos; kept epochs chosen on %s",
+        len(fit_cache),
+        choice.description,
+    )
+    training_data = TrainingData(run_config, train_annotations, fit_cache)
     for network in train_config.networks:
         spec = NETWORKS[network]
         metric_name, score_fn = spec.validation(
-            run_config, eval_cache, ground_truth, class_names
+            run_config, choice.cache, choice.ground_truth, class_names
         )
         dataset = pipeline.make_dataset(
-            train_cache,
+            fit_cache,
             spec.target,
             train_config.batch_size,
             shuffle=True,
@@ -78,10 +87,7 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
             score_fn=score_fn,
             metric_name=metric_name,
             resume=resume,
-            overlap_prior=overlap_prior(run_config, train_cache)
-            if network == "proposal" and run_config.model.overlap_cell_bias
-            else None,
-            prototypes=prototypes,
+            training_data=training_data,
         )
     if evaluate_at_end:
         evaluate_run(
@@ -89,85 +95,71 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
         )
 
 
-def initial_prototypes(run_config, train_annotations, train_cache):
-    """{layer name: {weight name: array}}: where the prototype layers of both
-    networks start (`training.train_network`, which skips the layers a
-    network lacks): each class's mean start and end clip window
-    (`class_mean_prototypes`) and mean clip inside its instances
-    (`class_mean_bodies`) over the training videos, for --boundary_prototypes,
-    --body_prototypes, --prototype_evidence and --class_prototypes; {}
-    without any of them."""
-    from tal_keras.layers.body_prototypes import class_mean_bodies
-    from tal_keras.layers.boundary_prototypes import class_mean_prototypes
+@dataclasses.dataclass(frozen=True)
+class EpochChoice:
+    """The videos each network's kept epoch is chosen on.
 
-    model = run_config.model
-    evidence = model.prototype_evidence > 0
-    boundaries = model.boundary_prototypes or model.class_prototypes or evidence
-    bodies = model.body_prototypes or model.class_prototypes or evidence
-    if not (boundaries or bodies):
-        return {}
-    videos = [
-        (
-            train_annotations.videos[video_id].segments,
-            train_annotations.videos[video_id].labels,
-        )
-        for video_id in train_cache.video_ids
-    ]
-    prototypes = {}
-    if boundaries:
-        start, end = class_mean_prototypes(
-            train_cache.clips, train_cache.durations, videos, model.num_classes
-        )
-        if model.boundary_prototypes:
-            prototypes["boundary_prototypes"] = {
-                "start_prototypes": start,
-                "end_prototypes": end,
-            }
-    if bodies:
-        body = class_mean_bodies(
-            train_cache.clips, train_cache.durations, videos, model.num_classes
-        )
-        if model.body_prototypes:
-            prototypes["body_prototypes"] = {"prototypes": body}
-    if evidence:
-        prototypes["prototype_evidence"] = {
-            "start_prototypes": start,
-            "end_prototypes": end,
-            "body_prototypes": body,
-        }
-    if model.class_prototypes:
-        prototypes["class_prototypes"] = {
-            "start_prototypes": start,
-            "end_prototypes": end,
-            "body_prototypes": body,
-        }
-    return prototypes
+    Attributes:
+        cache: their clips (a `ClipCache` or `CacheSubset`).
+        ground_truth: their official ground truth (`metrics.GroundTruth`).
+        description: what they are, one line (metrics.json, the log).
+    """
+
+    cache: object
+    ground_truth: object
+    description: str
 
 
-def overlap_prior(run_config, train_cache):
-    """float64 [P]: the mean overlap target of the proposals of each length
-    over the training videos, per proposal (where --overlap_cell_bias starts
-    its biases: the content-blind baseline's length prior, in target units;
-    per length rather than per cell, which generalises better)."""
-    from tal_keras.targets import scaled_overlap
-
+def epoch_choice(run_config, train_annotations, train_cache, eval_cache, eval_truth):
+    """(the cache the networks train on, `EpochChoice`) under
+    `run_config.train.select_epoch_on`: held-out training videos
+    (`selection.held_out_rows`), which then do not train, or the evaluation
+    subset."""
     train = run_config.train
-    targets = scaled_overlap(
-        np.asarray(train_cache.max_iou), train.overlap_t_min, train.overlap_t_max
+    if train.select_epoch_on == "eval_subset":
+        return train_cache, EpochChoice(
+            eval_cache, eval_truth, epoch_choice_description(run_config)
+        )
+    rows = held_out_rows(train_cache.video_ids, train.selection_fraction)
+    if not len(rows):
+        raise DataError(
+            f"{run_config.data.annotations}: subset {run_config.data.train_subset!r} "
+            f"has {len(train_cache)} usable video(s), too few to hold any out for "
+            "choosing the kept epoch; pass --select_epoch_on=eval_subset."
+        )
+    held_out = train_cache.subset(rows)
+    fit_cache = train_cache.subset(np.setdiff1d(np.arange(len(train_cache)), rows))
+    # The official ground truth of the held-out videos alone: every other
+    # video of the training subset is left out as the blocklist is.
+    others = set(train_annotations.video_ids) - set(held_out.video_ids)
+    ground_truth = metrics.load_ground_truth(
+        run_config.data.annotations,
+        subset=run_config.data.train_subset,
+        blocked_videos=[*run_config.data.blocklist, *others],
     )
-    lengths = run_config.model.lattice.lengths
-    mean = targets.astype(np.float64).mean(axis=0)
-    by_length = np.bincount(lengths, weights=mean) / np.maximum(np.bincount(lengths), 1)
-    return by_length[lengths]
+    return fit_cache, EpochChoice(
+        held_out, ground_truth, epoch_choice_description(run_config, len(held_out))
+    )
+
+
+def epoch_choice_description(run_config, held_out=None):
+    """Where the kept epochs are chosen, one line."""
+    if run_config.train.select_epoch_on == "eval_subset":
+        return f"the evaluation subset {run_config.data.eval_subset!r}"
+    count = "" if held_out is None else f"{held_out} videos, "
+    return (
+        f"held-out videos of the training subset {run_config.data.train_subset!r} "
+        f"({count}{run_config.train.selection_fraction:g} of it)"
+    )
 
 
 def evaluate_run(
     run_config, eval_annotations=None, eval_cache=None, video_labels="", show=""
 ):
-    """Runs the best epochs of both networks on the evaluation subset; writes
-    proposals.json, detections.json, metrics.json (with the baseline's) and
-    ar_an.png into the run folder; prints the metric table. Returns the
-    metrics.json dict."""
+    """Runs the kept epochs of both networks on the evaluation subset; writes
+    proposals.json, detections.json, metrics.json (with the baseline's, how
+    the epochs were chosen and the last epochs' metrics) and ar_an.png into
+    the run folder; prints the metric table. Returns the metrics.json dict."""
     folder = run.folder_of(run_config)
     if eval_cache is None:
         eval_annotations, eval_cache = run.open_subset(
@@ -188,24 +180,38 @@ def evaluate_run(
     ground_truth = evaluation.ground_truth_of(
         eval_annotations, run_config.data.blocklist
     )
-    overlap_scores, class_scores = infer(run_config, eval_cache)
-    proposals = inference.proposal_results(
-        run_config, lattice, eval_cache, overlap_scores
-    )
-    results = None
-    if class_scores is not None:
-        results = inference.detection_results(
-            run_config,
-            lattice,
-            eval_cache,
-            overlap_scores,
-            class_scores,
-            class_names,
-            labels,
+
+    def predictions(epoch):
+        overlap_scores, class_scores = infer(run_config, eval_cache, epoch)
+        proposals = inference.proposal_results(
+            run_config, lattice, eval_cache, overlap_scores
         )
+        results = None
+        if class_scores is not None:
+            results = inference.detection_results(
+                run_config,
+                lattice,
+                eval_cache,
+                overlap_scores,
+                class_scores,
+                class_names,
+                labels,
+            )
+        return overlap_scores, proposals, results
+
+    overlap_scores, proposals, results = predictions("kept")
     summary, proposal_metrics, baseline_metrics = score_run(
         ground_truth, proposals, results, baseline_of(run_config, eval_cache)
     )
+    summary["epochs"] = epochs_summary(run_config)
+    kept_is_last = all(
+        epochs["kept"] == epochs["last"] for epochs in summary["epochs"].values()
+    )
+    last = {key: summary[key] for key in ("proposals", "detection") if key in summary}
+    if not kept_is_last:
+        _, last_proposals, last_results = predictions("last")
+        last = score_run(ground_truth, last_proposals, last_results, None)[0]
+    summary["last_epoch"] = last
     write_results(
         folder, proposals, results, summary, proposal_metrics, baseline_metrics
     )
@@ -224,33 +230,31 @@ def evaluate_run(
 
 def run_class_names(run_config):
     """The class names of the run: those it was trained with (classes.txt),
-    which the data's must equal; the data's for runs without the file."""
-    folder = run.folder_of(run_config)
-    class_names = run.class_names_of(run_config.data)
-    trained_with = folder.read_class_names()
-    if trained_with is None:
-        return class_names
-    if trained_with != class_names:
-        raise DataError(
-            f"{folder.class_names_file}: the run was trained with other class "
-            f"names or another order than {run_config.data.category_file or run_config.data.annotations} "
-            "gives; pass the category file it was trained with."
-        )
-    return trained_with
+    which the data's must equal (`RunFolder.checked_class_names`); the data's
+    for runs without the file."""
+    data = run_config.data
+    return run.folder_of(run_config).checked_class_names(
+        run.class_names_of(data), data.category_file or data.annotations
+    )
 
 
-def infer(run_config, cache):
-    """(overlap_scores [V, P], class_scores [V, P, C] or None) of the best
-    epochs on the videos of `cache`; None when no classifier is trained."""
+def infer(run_config, cache, epoch="kept"):
+    """(overlap_scores [V, P], class_scores [V, P, C] or None) of the kept
+    (or, epoch="last", the last) epochs on the videos of `cache`; None when
+    no classifier is trained."""
     folder = run.folder_of(run_config)
     batch_size = run_config.eval.batch_size
     proposal_path = folder.require_best_model(
         "proposal", "train the proposal network first."
     )
+    if epoch == "last":
+        proposal_path = last_model(folder, "proposal") or proposal_path
     overlap_scores = inference.predict_scores(
         inference.load_network(proposal_path), cache, batch_size
     )
     classifier_path = folder.best_model("classifier")
+    if epoch == "last" and os.path.exists(classifier_path):
+        classifier_path = last_model(folder, "classifier") or classifier_path
     if not os.path.exists(classifier_path):
         logger.warning(
             "%s does not exist: no detections (train the classifier)", classifier_path
@@ -260,6 +264,32 @@ def infer(run_config, cache):
         inference.load_network(classifier_path), cache, batch_size
     )
     return overlap_scores, class_scores
+
+
+def last_model(folder, network):
+    """The path of `network`'s last epoch (its checkpoint), or None."""
+    network_dir = folder.network(network)
+    return run.checkpoint_of(network_dir, run.read_state(network_dir))
+
+
+def epochs_summary(run_config):
+    """{network: {"kept", "last", "metric", "chosen_on"}} of the trained
+    networks: the epoch kept, the last epoch trained, the metric that chose
+    and where (metrics.json)."""
+    folder = run.folder_of(run_config)
+    chosen_on = epoch_choice_description(run_config)
+    summary = {}
+    for network in NETWORKS:
+        state = folder.read_state(network)
+        if state is None:
+            continue
+        summary[network] = {
+            "kept": state["best_epoch"],
+            "last": state["epochs_done"],
+            "metric": state["metric"] if state["best_epoch"] else None,
+            "chosen_on": chosen_on,
+        }
+    return summary
 
 
 def write_results(
@@ -308,13 +338,17 @@ def baseline_of(run_config, eval_cache):
 def score_run(ground_truth, proposals, results, baseline):
     """(metrics.json dict, proposal metrics, baseline proposal metrics): the
     official scores of the run's proposals, detections (None: not scored)
-    and the baseline's proposals."""
+    and the baseline's proposals (None: not scored)."""
     proposal_metrics = evaluation.score_proposals(ground_truth, proposals)
     summary = {"proposals": evaluation.proposal_summary(proposal_metrics)}
     if results is not None:
         summary["detection"] = evaluation.score_detections(ground_truth, results)
-    baseline_metrics = evaluation.score_proposals(ground_truth, baseline)
-    summary["baseline"] = {"proposals": evaluation.proposal_summary(baseline_metrics)}
+    baseline_metrics = None
+    if baseline is not None:
+        baseline_metrics = evaluation.score_proposals(ground_truth, baseline)
+        summary["baseline"] = {
+            "proposals": evaluation.proposal_summary(baseline_metrics)
+        }
     return summary, proposal_metrics, baseline_metrics
 
 

@@ -24,6 +24,7 @@ from tal_keras.config import (
     MIXED_PRECISION_DTYPES,
     NETWORKS,
     PROPOSAL_FEATURES,
+    SECTIONS,
     DataConfig,
     EvalConfig,
     ModelConfig,
@@ -32,6 +33,7 @@ from tal_keras.config import (
 )
 from tal_keras.errors import sigterm_as_interrupt
 from tal_keras.lattice import MAP_MODES
+from tal_keras.recipes import RECIPES, recipe_values
 
 # Run folder.
 flags.DEFINE_string(

@@ -14,7 +14,8 @@ Run `python -m tal_keras.flops` for the paper config and the report's Table 1.
 from tal_keras.config import ModelConfig
 from tal_keras.map_band import MapBand
 
-NUM_EVIDENCE = 11  # PrototypeEvidence's inputs: 8 scores, 3 positions
+# ClassMeanEvidence's inputs (tal_keras/layers/class_mean_evidence.py).
+NUM_EVIDENCE = 12
 
 
 def model_cost(config):
@@ -70,52 +71,36 @@ def model_cost(config):
     overlap_params = hidden + 1 + (proposals if config.overlap_cell_bias else 0)
     boundary_params = 2 * hidden * hidden if config.boundary_features else 0
     boundary_flops = 2 * 2 * clips * hidden * hidden if config.boundary_features else 0
-    boundary_params += 2 * hidden + 2 if config.boundary_scores else 0
-    boundary_flops += (
-        2 * 2 * clips * hidden + proposals if config.boundary_scores else 0
+    # The class-mean matches, in each network that has them: frozen start,
+    # end and body means (context 1); matches per clip, and per (proposal,
+    # class) the body's inside and flank sums and means (7 operations).
+    window = 3 * config.feature_dim
+    class_mean_params = config.num_classes * (2 * window + config.feature_dim)
+    class_mean_flops = (
+        2 * clips * config.num_classes * (2 * window + config.feature_dim)
+        + 7 * proposals * config.num_classes
     )
-    if config.boundary_prototypes:
-        window = 3 * config.feature_dim  # BoundaryPrototypes' default context 1
-        boundary_params += 2 * config.num_classes * window + 3
-        # a_s * s + a_e * e + a_b * min(s, e): 6 operations per proposal.
-        boundary_flops += 2 * 2 * clips * config.num_classes * window + 6 * proposals
-    if config.body_prototypes:
-        boundary_params += config.num_classes * config.feature_dim + 1
-        # Per (proposal, class): inside and outside sums and means, a
-        # difference (4); flanks take two sums and their sum more (7).
-        contrast = 7 if config.body_prototype_flank > 0 else 4
+    if config.class_mean_evidence:
+        units, inputs = config.class_mean_evidence, NUM_EVIDENCE
+        # The weighted sum and the MLP's three Dense layers.
+        boundary_params += class_mean_params + (inputs + 1) * (units + 1)
+        boundary_params += (units + 1) * units + units + 1
+        # Per (proposal, class): the joint score (3), four softmaxes (4 x 4),
+        # the weighted sums (4 x 2) and the entropy (3); per proposal: the
+        # Dense layers' multiply-adds, biases and ReLUs.
         boundary_flops += (
-            2 * clips * config.num_classes * config.feature_dim
-            + contrast * proposals * config.num_classes
-        )
-    if config.prototype_evidence:
-        window = 3 * config.feature_dim  # PrototypeEvidence's default context 1
-        units = config.prototype_evidence
-        # Frozen start, end and body prototypes; the MLP's three Dense layers.
-        boundary_params += config.num_classes * (2 * window + config.feature_dim)
-        boundary_params += (NUM_EVIDENCE + 3) * units + units * units + 1
-        # Per (proposal, class): the body contrast (as above), the joint
-        # score (3) and the chosen class's three scores (6); per proposal:
-        # the MLP's multiply-adds, biases and ReLUs.
-        contrast = 7 if config.body_prototype_flank > 0 else 4
-        boundary_flops += (
-            2 * clips * config.num_classes * (2 * window + config.feature_dim)
-            + (contrast + 9) * proposals * config.num_classes
-            + proposals * (2 * NUM_EVIDENCE * units + 2 * units * units + 6 * units + 1)
+            class_mean_flops
+            + 30 * proposals * config.num_classes
+            + proposals * (2 * inputs * (units + 1) + 2 * units * units + 6 * units + 2)
         )
     overlap_flops = 2 * proposals * hidden
     class_params = hidden * config.num_classes + config.num_classes
     class_flops = 2 * proposals * hidden * config.num_classes
-    if config.class_prototypes:
-        window = 3 * config.feature_dim  # ClassPrototypes' default context 1
-        class_params += config.num_classes * (2 * window + config.feature_dim) + 3
-        # Start, end and body matches per clip; per (proposal, class): the
-        # inside-minus-outside contrast (4), three scales, two sums and the
-        # head's sum (6).
-        class_flops += (
-            2 * clips * config.num_classes * (2 * window + config.feature_dim)
-            + 10 * proposals * config.num_classes
-        )
+    if config.class_mean_logits:
+        # Three scales; per (proposal, class) three products, their sum and
+        # the head's sum (6).
+        class_params += class_mean_params + 3
+        class_flops += class_mean_flops + 6 * proposals * config.num_classes
 
     proposal_params = (
         encoder_params

@@ -4,15 +4,12 @@
 import keras
 
 from tal_keras.layers import (
-    BodyPrototypes,
     BoundaryFeatures,
-    BoundaryPrototypes,
-    BoundaryScores,
     ClassHead,
-    ClassPrototypes,
+    ClassMeanEvidence,
+    ClassMeanMatches,
     ClipEncoder,
     OverlapHead,
-    PrototypeEvidence,
     StackedMaxPool,
     SubMapNetwork,
 )
@@ -53,50 +50,15 @@ def build_proposal_network(config):
         conv_implementation=config.conv_implementation,
         name="sub_map_network",
     )(proposal_features)
-    extra_logits = []
-    if config.boundary_scores:
-        extra_logits.append(
-            BoundaryScores(
-                config.num_clips, config.scale_layers, name="boundary_scores"
-            )(clip_sequence)
-        )
-    if config.boundary_prototypes:
-        extra_logits.append(
-            BoundaryPrototypes(
-                config.num_clips,
-                config.scale_layers,
-                config.num_classes,
-                initial_scales=config.boundary_prototype_scales,
-                name="boundary_prototypes",
-            )(clip_features)
-        )
-    if config.body_prototypes:
-        extra_logits.append(
-            BodyPrototypes(
-                config.num_clips,
-                config.scale_layers,
-                config.num_classes,
-                flank_fraction=config.body_prototype_flank,
-                name="body_prototypes",
-            )(clip_features)
-        )
-    if config.prototype_evidence:
-        extra_logits.append(
-            PrototypeEvidence(
-                config.num_clips,
-                config.scale_layers,
-                config.num_classes,
-                hidden_units=config.prototype_evidence,
-                flank_fraction=config.body_prototype_flank,
-                name="prototype_evidence",
-            )(clip_features)
-        )
     head_inputs = map_features
-    if extra_logits:
-        extra = extra_logits[0]
-        if len(extra_logits) > 1:
-            extra = keras.layers.Add(name="extra_logits")(extra_logits)
-        head_inputs = [map_features, extra]
+    if config.class_mean_evidence:
+        evidence = ClassMeanEvidence(
+            config.num_clips,
+            config.scale_layers,
+            hidden_units=config.class_mean_evidence,
+            name="class_mean_evidence",
+        )(_class_mean_matches(config)(clip_features))
+        head_inputs = [map_features, evidence]
     overlap_scores = OverlapHead(
         cell_bias=config.overlap_cell_bias, name="overlap_scores"
     )(head_inputs)
@@ -107,7 +69,7 @@ def build_classifier_network(config):
     """The classifier: clip features -> class probabilities for every proposal.
 
     Its own ClipEncoder and StackedMaxPool, no map convs, then Dense(C) +
-    softmax per proposal (with --class_prototypes, the `ClassPrototypes`
+    softmax per proposal (with class_mean_logits, the class-mean matches'
     logits added before the softmax).
 
     Args:
@@ -125,16 +87,9 @@ def build_classifier_network(config):
     clip_sequence = _clip_encoder(config)(clip_features)
     proposal_features = _proposal_features(config)(clip_sequence)
     head_inputs = proposal_features
-    if config.class_prototypes:
-        head_inputs = [
-            proposal_features,
-            ClassPrototypes(
-                config.num_clips,
-                config.scale_layers,
-                config.num_classes,
-                name="class_prototypes",
-            )(clip_features),
-        ]
+    if config.class_mean_logits:
+        matches, _ = _class_mean_matches(config)(clip_features)
+        head_inputs = [proposal_features, matches]
     class_scores = ClassHead(config.num_classes, name="class_scores")(head_inputs)
     return keras.Model(clip_features, class_scores, name="classifier_network")
 
@@ -186,6 +141,16 @@ def _clip_encoder(config):
         normalization=config.clip_normalization,
         context_kernel=config.clip_context,
         name="clip_encoder",
+    )
+
+
+def _class_mean_matches(config):
+    return ClassMeanMatches(
+        config.num_clips,
+        config.scale_layers,
+        config.num_classes,
+        flank_fraction=config.class_mean_flank,
+        name="class_mean_matches",
     )
 
 

@@ -15,9 +15,8 @@ import sys
 import time
 
 import keras
-import numpy as np
 
-from tal_keras import data_parallel
+from tal_keras import data_parallel, pipeline
 from tal_keras.atomic import atomic_path, write_json_atomic
 from tal_keras.errors import RunFolderError
 from tal_keras.networks import NETWORKS
@@ -131,8 +130,7 @@ def train_network(
     metric_name="loss",
     resume=False,
     verbose=None,
-    overlap_prior=None,
-    prototypes=None,
+    training_data=None,
     devices=None,
 ):
     """Trains `network` ("proposal" or "classifier") and returns its best model path.
@@ -140,18 +138,15 @@ def train_network(
     Args:
         network: which network.
         run_config: the `RunConfig`.
-        train_dataset: tf.data of (clip_features, targets), one epoch.
+        train_dataset: tf.data of (clip_features, targets), one epoch; a
+            shuffled `pipeline.make_dataset` takes its epoch from `fit`.
         score_fn: model -> validation metric (higher is better), or None.
         metric_name: the metric's name in logs and TensorBoard.
         resume: continue from the last checkpoint, optimizer state included.
         verbose: Keras fit verbosity (1: progress bar); None: `fit_verbosity()`.
-        overlap_prior: float [P], the mean overlap target of each proposal
-            over the training videos; a new proposal network with per-cell
-            biases (--overlap_cell_bias) starts from their logits.
-        prototypes: {layer name: {weight name: array}} where a new proposal
-            network's prototype layers start (--boundary_prototypes,
-            --body_prototypes; `experiment.initial_prototypes`); layers the
-            network lacks are skipped.
+        training_data: `networks.TrainingData`, what a new network starts
+            from (`Network.initialize`: the class means, the length prior);
+            None: as built.
         devices: devices to split each batch across (`data_parallel`); None:
             the GPUs when there are several, else one device.
     """
@@ -203,20 +198,14 @@ def train_network(
             if os.path.isdir(network_dir):
                 shutil.rmtree(checkpoints_dir(network_dir), ignore_errors=True)
             model = build_and_compile(network, run_config)
-            if overlap_prior is not None and run_config.model.overlap_cell_bias:
-                head = model.get_layer("overlap_scores")
-                prior = np.clip(np.asarray(overlap_prior, np.float64), 1e-4, 1 - 1e-4)
-                head.cell_biases.assign(np.log(prior / (1 - prior)).astype("float32"))
-            layer_names = {layer.name for layer in model.layers}
-            for layer_name, weights in (prototypes or {}).items():
-                if layer_name in layer_names:
-                    layer = model.get_layer(layer_name)
-                    for weight_name, value in weights.items():
-                        getattr(layer, weight_name).assign(value)
+            if training_data is not None:
+                NETWORKS[network].initialize(model, training_data)
         initial_epoch = state["epochs_done"] if state else 0
         callbacks = [
             EpochCheckpoint(network_dir, metric_name, score_fn, state),
             keras.callbacks.TensorBoard(logs_dir(network_dir)),
+            # Epoch e's data order from (seed, e), so a resumed run sees the same.
+            *pipeline.epoch_callbacks(train_dataset),
         ]
         if train.lr_schedule != "constant":
             callbacks.insert(

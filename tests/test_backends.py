@@ -61,8 +61,13 @@ def test_tensorflow_and_jax_give_the_same_outputs(small_config, tmp_path):
             build_proposal_network(small_config), build_classifier_network(small_config)
         ),
     }
-    # The evidence MLP's output starts at zero; give it a say.
-    evidence = models["proposal_departures"].get_layer("prototype_evidence")
+    # The class means start at zero and the MLP's output layer too: give
+    # them a say.
+    departures = models["proposal_departures"]
+    rng = np.random.default_rng(1)
+    for weight in departures.get_layer("class_mean_matches").weights:
+        weight.assign(rng.normal(size=weight.shape).astype("float32"))
+    evidence = departures.get_layer("class_mean_evidence")
     evidence.output_layer.kernel.assign(
         np.linspace(-1, 1, 4).reshape(4, 1).astype("float32")
     )

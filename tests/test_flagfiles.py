@@ -1,36 +1,34 @@
 """The shipped flagfiles parse into run configs with what their comments
-promise (a misspelt or removed flag would break README's first command)."""
+promise (a misspelt or removed flag would break README's first command),
+checked against the one recipe table (tal_keras/recipes.py)."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import pytest
 
-DEPARTURES = (
-    "boundary_features",
-    "overlap_cell_bias",
-    "boundary_prototypes",
-    "body_prototypes",
-    "class_prototypes",
-)
+from tal_keras.recipes import RECIPES, TUNED
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PARSE = """
 import dataclasses, json, sys
 from tal_keras import flags
-flags.FLAGS(["train.py", "--flagfile=" + sys.argv[1]])
+flags.FLAGS(["train.py", *sys.argv[1:]])
 config, classes_from_data = flags.run_config_from_flags()
 print(json.dumps({"model": dataclasses.asdict(config.model),
                   "train": dataclasses.asdict(config.train),
                   "eval": dataclasses.asdict(config.eval),
+                  "recipe": config.recipe,
                   "classes_from_data": classes_from_data}, default=str))
 """
 
 
-def parsed(flagfile):
+def parsed(*arguments):
     result = subprocess.run(
-        [sys.executable, "-c", PARSE, flagfile],
+        [sys.executable, "-c", PARSE, *arguments],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -40,35 +38,38 @@ def parsed(flagfile):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_demo_flags_carry_the_benchmark_recipe():
-    config = parsed("demo.flags")
-    model = config["model"]
-    assert model["num_clips"] == 64
-    assert model["feature_dim"] == 256
+def test_demo_flags_carry_the_tuned_recipe():
+    config = parsed("--flagfile=demo.flags")
+    assert config["recipe"] == "tuned"
+    assert config["model"]["num_clips"] == 64
+    assert config["model"]["feature_dim"] == 256
     assert config["classes_from_data"]
-    for departure in DEPARTURES:
-        assert model[departure] is True, departure
-    assert model["clip_normalization"] == "video"
-    assert model["clip_context"] == 3
-    assert model["body_prototype_flank"] == 0.25
-    assert model["prototype_evidence"] == 64
-    assert config["train"]["overlap_positive_weight"] == 10
-    assert config["eval"]["proposal_soft_nms_sigma"] == 2
-    assert config["eval"]["soft_nms"] and config["eval"]["nms_threshold"] == 0.1
+    for departure in TUNED:
+        assert config[departure.section][departure.field] == departure.value, departure
+    assert config["train"]["select_epoch_on"] == "held_out"
 
 
-def test_hacs_flags_keep_the_reports_method():
-    config = parsed("hacs.flags")
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_hacs_flags_are_the_report_unless_a_recipe_is_added(recipe):
+    arguments = ["--flagfile=hacs.flags"]
+    if recipe != "paper":
+        arguments.append(f"--recipe={recipe}")
+    config = parsed(*arguments)
     model = config["model"]
     assert (model["num_clips"], model["hidden_size"], model["num_classes"]) == (
         256,
         512,
         200,
     )
-    for departure in DEPARTURES:
-        assert model[departure] is False, departure
-    assert model["clip_normalization"] == "none"
-    assert model["body_prototype_flank"] == 0
-    assert model["prototype_evidence"] == 0
-    assert config["eval"]["proposal_soft_nms_sigma"] == 0
-    assert not config["eval"]["soft_nms"] and config["eval"]["nms_threshold"] == 0.5
+    for departure in TUNED:
+        expected = departure.value if recipe == "tuned" else departure.paper_value
+        assert config[departure.section][departure.field] == expected, departure
+
+
+def test_a_settings_own_flag_overrides_its_recipe():
+    config = parsed(
+        "--flagfile=demo.flags", "--class_mean_evidence=0", "--nms_threshold=0.5"
+    )
+    assert config["model"]["class_mean_evidence"] == 0
+    assert config["eval"]["nms_threshold"] == 0.5
+    assert config["model"]["class_mean_logits"] is True  # still the recipe's

@@ -55,7 +55,8 @@ def test_each_flag_lands_in_its_field():
         "--blocklist=a,b",
         "--soft_nms",
         "--top_pairs=50",
-        "--boundary_prototype_scales=0.5,0.5,0",
+        "--class_mean_flank=0.5",
+        "--selection_fraction=0.2",
     )
     assert not classes_from_data
     assert run_config.workdir == "/tmp/w"
@@ -63,7 +64,8 @@ def test_each_flag_lands_in_its_field():
     assert run_config.data.blocklist == ("a", "b")
     assert run_config.model.map_mode == "2dtan"
     assert run_config.model.scale_layers == (16,)
-    assert run_config.model.boundary_prototype_scales == (0.5, 0.5, 0.0)
+    assert run_config.model.class_mean_flank == 0.5
+    assert run_config.train.selection_fraction == 0.2
     assert run_config.model.num_classes == 7
     assert run_config.train.batch_size == 3
     assert run_config.train.networks == ("classifier",)
@@ -84,8 +86,9 @@ def test_earlier_flag_names_are_aliases():
     [
         ("--scale_layers=4,x", "integers"),
         ("--num_classes=-1", "num_classes"),
-        ("--boundary_prototype_scales=1,x,0", "boundary_prototype_scales"),
-        ("--boundary_prototype_scales=1,1", "boundary_prototype_scales"),
+        ("--class_mean_flank=-1", "class_mean_flank"),
+        ("--class_mean_evidence=-2", "class_mean_evidence"),
+        ("--selection_fraction=1", "selection_fraction"),
     ],
 )
 def test_a_bad_value_is_a_value_error_naming_the_flag(flag, message):

@@ -10,11 +10,12 @@ import numpy as np
 import tensorflow as tf
 from tiny_configs import EIGHT_CLIPS, tiny_model
 
-from tal_keras import experiment, training
+from tal_keras import training
 from tal_keras.config import RunConfig, TrainConfig
 from tal_keras.flops import model_cost
 from tal_keras.layers import OverlapHead
 from tal_keras.models import build_proposal_network
+from tal_keras.networks import TrainingData
 from tal_keras.targets import scaled_overlap
 
 TINY = tiny_model(**EIGHT_CLIPS, feature_dim=4, overlap_cell_bias=True)
@@ -68,7 +69,10 @@ def test_training_starts_the_biases_at_the_prior_logits(tmp_path):
             epochs=1, batch_size=3, learning_rate=1e-12, overlap_t_min=0.1
         ),
     )
-    prior = experiment.overlap_prior(run_config, types.SimpleNamespace(max_iou=max_iou))
+    training_data = TrainingData(
+        run_config, None, types.SimpleNamespace(max_iou=max_iou)
+    )
+    prior = training_data.length_prior
     mean = scaled_overlap(max_iou, 0.1, 1.0).mean(axis=0)
     lengths = TINY.lattice.lengths
     for length in np.unique(lengths):
@@ -78,7 +82,7 @@ def test_training_starts_the_biases_at_the_prior_logits(tmp_path):
     clips = rng.standard_normal((6, TINY.num_clips, TINY.feature_dim), "float32")
     dataset = tf.data.Dataset.from_tensor_slices((clips, max_iou)).batch(3)
     path = training.train_network(
-        "proposal", run_config, dataset, verbose=0, overlap_prior=prior
+        "proposal", run_config, dataset, verbose=0, training_data=training_data
     )
     model = keras.saving.load_model(path, compile=False)
     biases = keras.ops.convert_to_numpy(model.get_layer("overlap_scores").cell_biases)

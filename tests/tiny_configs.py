@@ -4,6 +4,7 @@ three scales, a train.py flagfile, a scored submission."""
 import json
 
 from tal_keras.config import DataConfig, ModelConfig
+from tal_keras.recipes import TUNED
 
 # N 16 clips, scales 4,2,2 (P = 72 proposals), D 6, H 4, K 3, L 2, C 5.
 TINY_MODEL_FIELDS = {
@@ -20,18 +21,11 @@ TINY_MODEL_FIELDS = {
 ONE_LAYER = {"hidden_size": 8, "num_conv_layers": 1, "num_classes": 3}
 EIGHT_CLIPS = {**ONE_LAYER, "num_clips": 8, "scale_layers": (2, 1, 1), "hidden_size": 4}
 
-# Every optional departure of the networks (docs/design.md section 10).
+# The networks' departures in the tuned recipe (tal_keras/recipes.py), its
+# evidence MLP at a tiny width.
 EVERY_DEPARTURE = {
-    "clip_normalization": "video",
-    "clip_context": 3,
-    "boundary_features": True,
-    "boundary_scores": True,
-    "boundary_prototypes": True,
-    "body_prototypes": True,
-    "body_prototype_flank": 0.25,
-    "prototype_evidence": 4,
-    "class_prototypes": True,
-    "overlap_cell_bias": True,
+    **{item.field: item.value for item in TUNED if item.section == "model"},
+    "class_mean_evidence": 4,
 }
 
 

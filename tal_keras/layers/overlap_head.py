@@ -23,7 +23,7 @@ class OverlapHead(keras.layers.Layer):
 
     Input: float [batch, num_proposals, hidden_size], lattice order; or a
         list [that, logits], logits float [batch, num_proposals] added to
-        the overlap logit (the `ProposalLogits` layers).
+        the overlap logit (`ClassMeanEvidence`).
     Output shape: float [batch, num_proposals], in (0, 1).
 
     Example:
