@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 from python_process import run_python
+from test_faults_data import write_annotations
 
 import tal_keras
 from tal_keras import check
@@ -33,19 +34,7 @@ def make_dataset(root, videos, arrays=None):
         the tal-check flags of the dataset (N 16, scales 4,2,2, width 6).
     """
     arrays = arrays or {}
-    database = {
-        video_id: {
-            "subset": subset,
-            "duration": duration,
-            "annotations": [
-                {"label": label, "segment": [start, end]}
-                for label, start, end in segments
-            ],
-        }
-        for video_id, (subset, duration, segments) in videos.items()
-    }
-    annotations = root / "gt.json"
-    annotations.write_text(json.dumps({"database": database}))
+    annotations = write_annotations(root / "gt.json", videos)
     folder = root / "features"
     folder.mkdir()
     for seed, (video_id, (_, duration, _)) in enumerate(videos.items()):

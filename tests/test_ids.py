@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 from test_export import make_tiny_run
+from test_faults_data import write_annotations
 
 from export import serve
 from tal_keras import run
@@ -139,18 +140,13 @@ def test_find_usable_videos_counts_refused_ids(escaping, caplog):
     assert "6 skipped" in caplog.records[-1].getMessage()
 
 
-def write_annotations(path, videos):
-    """videos: {id: (subset, duration)}, one segment each."""
-    database = {
-        video_id: {
-            "subset": subset,
-            "duration": duration,
-            "annotations": [{"label": "jump", "segment": [2.0, 8.0]}],
-        }
+def one_segment_each(videos):
+    """{id: (subset, duration)} -> `write_annotations`' {id: (subset,
+    duration, [one segment])}."""
+    return {
+        video_id: (subset, duration, [("jump", 2.0, 8.0)])
         for video_id, (subset, duration) in videos.items()
     }
-    path.write_text(json.dumps({"database": database}))
-    return path
 
 
 def test_training_data_skips_and_counts_escaping_ids(escaping, tmp_path, caplog):
@@ -158,7 +154,7 @@ def test_training_data_skips_and_counts_escaping_ids(escaping, tmp_path, caplog)
     folder, targets = escaping
     videos = {"good": ("training", 20.0)}
     videos.update({video_id: ("training", 20.0) for video_id in targets})
-    annotations = write_annotations(tmp_path / "gt.json", videos)
+    annotations = write_annotations(tmp_path / "gt.json", one_segment_each(videos))
     run_config = RunConfig(
         workdir=str(tmp_path / "run"),
         data=DataConfig(annotations=str(annotations), features=str(folder)),
@@ -207,13 +203,9 @@ def test_serve_skips_counts_and_never_writes_escaping_ids(tiny_run, tmp_path, ca
         target.parent.mkdir(parents=True, exist_ok=True)
         np.save(target, np.ones((steps, 8), np.float32))
     bad_ids = [*escaped, "a\x00b"]
-    annotations = write_annotations(
-        tmp_path / "gt.json",
-        {
-            **{video.video_id: ("validation", video.duration) for video in good},
-            **{video_id: ("validation", 20.0) for video_id in bad_ids},
-        },
-    )
+    videos = {video.video_id: ("validation", video.duration) for video in good}
+    videos.update({video_id: ("validation", 20.0) for video_id in bad_ids})
+    annotations = write_annotations(tmp_path / "gt.json", one_segment_each(videos))
     out = tmp_path / "out" / "detections.json"
     proposals_out = tmp_path / "out" / "proposals.json"
     status = serve.main(
