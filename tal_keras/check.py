@@ -60,6 +60,8 @@ IOU_THRESHOLDS = (0.5, 0.7, 0.9)
 # Skipped videos and length warnings printed per subset; the JSON has all.
 PRINTED_PER_SUBSET = 5
 PRINTED_CLASSES = 10
+# From this share of segments shorter than a clip on, the summary says so.
+SHORT_SEGMENTS_HINT = 0.1
 # Segments whose tIoU with every proposal is computed at once (memory).
 SEGMENTS_PER_BLOCK = 256
 # Earlier names of the timing flags that flagfiles may still use (flags.py).
@@ -419,13 +421,16 @@ def summary_lines(report):
                 f"{threshold} for {share:.1%}"
                 for threshold, share in fit["reaching"].items()
             )
-            lines.append(
+            line = (
                 f"lattice (N {lattice['num_clips']}, scales {scales}, "
                 f"{lattice['num_proposals']} proposals): the best proposal of the "
                 f"{fit['segments']} {subset} segments reaches tIoU {reaching}; "
                 f"median length {fit['median_length_clips']:.1f} clips, "
                 f"{fit['shorter_than_a_clip']:.1%} shorter than one clip"
             )
+            if fit["shorter_than_a_clip"] >= SHORT_SEGMENTS_HINT:
+                line += " (more --num_clips would resolve them)"
+            lines.append(line)
     lines += [f"reader: {line}" for line in report["warnings"]]
     if report["would_train"]:
         lines.append("train.py would train on this data.")
@@ -453,9 +458,13 @@ def _class_lines(report):
     )
     if len(without) > PRINTED_CLASSES:
         listed += f"; ... and {len(without) - PRINTED_CLASSES} more (all in the JSON)"
+    evaluated = sum(
+        1 for item in without if item["instances"].get(report["eval_subset"], 0)
+    )
     line += (
         f", {len(without)} without a training instance: {listed}; the "
-        "classifier never learns them and they still count in the mAP"
+        f"classifier never learns them, and the {evaluated} of them in "
+        f"{report['eval_subset']} still count in its mAP"
     )
     return [line]
 

@@ -169,8 +169,8 @@ def test_every_video_fault_is_skipped_or_warned_as_train_py_would(tmp_path, caps
     ]
     assert (
         "classes: 3, 1 without a training instance: only_val (0 in training, 1 "
-        "in validation); the classifier never learns them and they still count "
-        "in the mAP"
+        "in validation); the classifier never learns them, and the 1 of them in "
+        "validation still count in its mAP"
     ) in lines
     timing = report["feature_timing"]
     # Shapes read: all but missing, corrupt and the refused id.
@@ -257,7 +257,8 @@ def test_lattice_fit_of_segments(tmp_path, capsys):
     assert (
         "lattice (N 16, scales 4,2,2, 72 proposals): the best proposal of the 3 "
         "training segments reaches tIoU 0.5 for 100.0%, 0.7 for 66.7%, 0.9 for "
-        "33.3%; median length 4.0 clips, 33.3% shorter than one clip"
+        "33.3%; median length 4.0 clips, 33.3% shorter than one clip (more "
+        "--num_clips would resolve them)"
     ) in lines
     # The dense lattice holds every length.
     status, lines, report = run_check([*argv, "--scale_layers", "16"], capsys)
