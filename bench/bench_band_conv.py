@@ -1,4 +1,4 @@
-"""Whole-map vs band-limited map convs (issue 6): per-video forward time and
+"""Whole-map vs band-limited map convs: per-video forward time and
 peak memory through Keras on TensorFlow and through onnxruntime on the CPU,
 FLOPs against the valid-cell minimum, and one training step, for the demo
 config and the paper config. Prints one table.

@@ -1,6 +1,6 @@
-"""GPU benchmark of the paper config in one call (issue 9): this project's
-networks on Keras 3 / JAX beside 2D-TAN's own PyTorch modules, same run, same
-card. Prints one table.
+"""GPU benchmark of the paper config in one call: this project's networks on
+Keras 3 / JAX beside 2D-TAN's own PyTorch modules, same run, same card.
+Prints one table.
 
     # on a GPU machine (about 6-8 minutes; see the device notes below)
     python bench/bench_gpu.py --tan_lib=PATH/TO/2D-TAN/lib --out=bench_gpu.json
@@ -22,6 +22,12 @@ f32 is float32 (TF32 where the framework uses it by default: PyTorch's cuDNN
 convs, XLA's dots and convs at default precision); bf16 is Keras'
 "mixed_bfloat16" policy (bfloat16 compute, float32 weights) or
 `torch.autocast(dtype=torch.bfloat16)`.
+
+The Keras networks are the library's own (`tal_keras.models`): proposal
+features from the range-maximum table (`StackedMaxPool`: 9 levels and two
+gathers at the paper's lattice, not 2D-TAN's 128 chained pools) and, in the
+band groups, the band conv (`BandMapConv`: per layer K steps of one gather
+and one matrix product, one per kernel row), so the rows follow the layers.
 
 Keras rows run the functions `model.fit` and `model.predict` run, compiled
 ahead of time so that compile and run are timed apart: the forward is
@@ -122,7 +128,7 @@ CONFIGS = {"paper": PAPER, "narrow": NARROW, "tiny": TINY}
 LEARNING_RATE = 1e-3
 T_MIN, T_MAX = 0.5, 1.0
 
-# The issue's targets, on one H100 or H200: (what, row selector, limit, unit).
+# Targets on one H100 or H200: (what, group, run, field, limit).
 TARGETS = (
     (
         "compile of the first training step",
@@ -381,34 +387,32 @@ def _import_tan_modules(tan_lib):
     )
 
 
-def run_torch_group(spec):
+def tan_proposal_network(tan_lib, config):
+    """2D-TAN's proposal network without the text fusion, from its own modules.
+
+    FrameAvgPool (1x1 conv1d D -> H + ReLU, pooling of 1), SparsePropMaxPool
+    at `scale_layers`, MapConv (K x K kernels, H channels, 'same' padding, L
+    layers, its mask step included), a 1x1 Conv2d head times the map mask.
+
+    Args:
+        tan_lib: 2D-TAN's lib/ folder.
+        config: dict with num_clips, scale_layers, feature_dim, hidden_size,
+            kernel_size, num_conv_layers.
+
+    Returns:
+        (torch module taking clip features [B, N, D] to (scores [B, 1, N, N],
+        map mask [B, 1, N, N]), 2D-TAN's `models.loss` module).
+    """
     from types import SimpleNamespace
 
-    import numpy as np
     import torch
     from torch import nn
 
-    frame_modules, prop_modules, map_modules, tan_loss = _import_tan_modules(
-        spec["tan_lib"]
-    )
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    if not cuda:
-        # 2D-TAN's mask step calls .cuda(); on a CPU-only machine (the smoke
-        # test) tensors stay where they are.
+    frame_modules, prop_modules, map_modules, tan_loss = _import_tan_modules(tan_lib)
+    if not torch.cuda.is_available():
+        # 2D-TAN's mask step calls .cuda(); on a CPU-only machine tensors
+        # stay where they are.
         torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    torch.backends.cudnn.benchmark = True  # 2D-TAN's config: CUDNN.BENCHMARK
-    _emit(
-        "info",
-        {
-            "group": spec["name"],
-            "device": torch.cuda.get_device_name() if cuda else "cpu",
-            "versions": f"torch {torch.__version__}",
-            "tf32": f"cudnn {torch.backends.cudnn.allow_tf32}, "
-            f"matmul {torch.backends.cuda.matmul.allow_tf32}",
-        },
-    )
-    config = spec["config"]
     hidden, kernel, layers = (
         config["hidden_size"],
         config["kernel_size"],
@@ -447,8 +451,32 @@ def run_torch_group(spec):
             map_features = self.map_layer(map_features, map_mask)
             return self.pred_layer(map_features) * map_mask, map_mask
 
+    return TanProposalNetwork(), tan_loss
+
+
+def run_torch_group(spec):
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.backends.cudnn.benchmark = True  # 2D-TAN's config: CUDNN.BENCHMARK
+    _emit(
+        "info",
+        {
+            "group": spec["name"],
+            "device": torch.cuda.get_device_name() if cuda else "cpu",
+            "versions": f"torch {torch.__version__}",
+            "tf32": f"cudnn {torch.backends.cudnn.allow_tf32}, "
+            f"matmul {torch.backends.cuda.matmul.allow_tf32}",
+        },
+    )
+    config = spec["config"]
     torch.manual_seed(0)
-    model = TanProposalNetwork().to(device)
+    model, tan_loss = tan_proposal_network(spec["tan_lib"], config)
+    model = model.to(device)
     rng = np.random.default_rng(0)
     loss_config = SimpleNamespace(MIN_IOU=T_MIN, MAX_IOU=T_MAX, BIAS=0.0)
     clips = config["num_clips"]
@@ -711,7 +739,7 @@ def target_lines(results):
             if "ms_batch" in row:
                 row = dict(row, ms_video=row["ms_batch"] / row["batch"])
             found[key] = row  # the last forward row is the largest batch
-    lines = ["Targets (issue 9, one H100 or H200):"]
+    lines = ["Targets (one H100 or H200):"]
     for what, group, run, field, limit in TARGETS:
         value = found.get((group, run), {}).get(field)
         unit = {"compile_s": "s", "ms_batch": "ms", "ms_video": "ms", "peak_gib": "GiB"}

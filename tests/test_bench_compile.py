@@ -1,0 +1,61 @@
+"""bench/bench_compile.py and bench/bench_train_step.py at their tiny
+configs: the tables they print, every row timed and every loss finite."""
+
+import json
+import math
+
+import pytest
+from python_process import run_python
+
+
+@pytest.mark.slow
+def test_compile_table_has_every_component_on_both_backends(tmp_path):
+    out = tmp_path / "compile.json"
+    result = run_python(
+        ["bench/bench_compile.py", "--config=tiny", "--runs=1", f"--out={out}"],
+        changes={"KERAS_BACKEND": None},
+        timeout=900,
+    )
+    rows = json.loads(out.read_text())["rows"]
+    components = ["encoder", "pool", "band_conv", "heads", "proposal", "classifier"]
+    assert [(row["backend"], row["component"]) for row in rows] == [
+        (backend, name) for backend in ("tensorflow", "jax") for name in components
+    ]
+    for row in rows:
+        assert row["compile_s"] > 0 and row["step_s"] > 0
+        assert all(math.isfinite(loss) for loss in row["losses"])
+    assert "| TF-XLA | band_conv |" in result.stdout
+    assert "| JAX | proposal |" in result.stdout
+
+
+@pytest.mark.slow
+def test_train_step_table_times_the_keras_engines(tmp_path):
+    out = tmp_path / "train_step.json"
+    result = run_python(
+        [
+            "bench/bench_train_step.py",
+            "--config=tiny",
+            "--runs=2",
+            "--engines=tensorflow,jax",
+            f"--out={out}",
+        ],
+        changes={"KERAS_BACKEND": None},
+        timeout=900,
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["engine"] for row in rows] == ["tensorflow", "jax"]
+    for row in rows:
+        assert row["step_s"] > 0 and row["peak_rss_gib"] >= row["rss_before_gib"] > 0
+        assert len(row["losses"]) == 3  # the first step and two timed ones
+        assert row["losses"][-1] < row["losses"][0]  # Adam lowers the loss
+    assert "| tensorflow |" in result.stdout and "step / 2D-TAN's" in result.stdout
+
+
+def test_train_step_refuses_2dtan_without_its_code():
+    result = run_python(
+        ["bench/bench_train_step.py", "--config=tiny", "--engines=torch-2dtan"],
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "torch-2dtan needs --tan_lib or --tan_git_dir" in result.stderr
