@@ -3,6 +3,7 @@
 exit (a one-line `error: ...` naming the file or folder, or 130 on Ctrl-C)
 and what is left in the run folder."""
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -10,6 +11,7 @@ import logging
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -383,7 +385,10 @@ def test_disk_full_while_evaluating_leaves_the_old_result_set(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(plots, "ar_an_curve", full)
-    assert_one_line_error(evaluate_run(data, trained), "No space left on device")
+    assert_one_line_error(
+        evaluate_run(data, trained),
+        f"{trained / 'ar_an.png'}: cannot write it: No space left on device.",
+    )
     assert result_files(trained) == before
     assert not [name for name in os.listdir(trained) if name.endswith(".tmp")]
 
@@ -416,8 +421,207 @@ def test_export_refuses_class_names_in_another_order(data, trained, tmp_path):
     assert onnx_export.run_class_names(run_config) == names
     reordered = tmp_path / "classes.txt"
     reordered.write_text("\n".join(reversed(names)) + "\n")
-    with pytest.raises(ValueError, match="differ from those the run was trained"):
+    with pytest.raises(ValueError, match="classes.txt: the run was trained with other"):
         onnx_export.run_class_names(run_config, str(reordered))
     # And evaluate.py with that category file refuses too.
     code = evaluate_run(data, trained, f"--category_file={reordered}")
     assert_one_line_error(code, "classes.txt: the run was trained with other class")
+
+
+# --- labels, classes and what the summary says -----------------------------
+
+
+def relabelled(data, folder, label_of):
+    """A copy of the data's annotations with each segment's label mapped by
+    `label_of(subset, label)`; returns its path."""
+    content = json.loads(pathlib.Path(data.annotations_path).read_text())
+    for entry in content["database"].values():
+        for annotation in entry["annotations"]:
+            annotation["label"] = label_of(entry["subset"], annotation["label"])
+    path = folder / "annotations.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+def padded(subset, label):
+    return f" {label}  "
+
+
+def test_labels_with_spaces_evaluate_export_and_score(data, trained, tmp_path, capsys):
+    # A run trained on labels with surrounding spaces, no category file: its
+    # classes.txt keeps them, and evaluate.py, the export and scoring agree.
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    annotations = relabelled(data, tmp_path, padded)
+    names = [
+        padded(None, name)
+        for name in (trained / "classes.txt").read_text().split("\n")[:-1]
+    ]
+    (copy / "classes.txt").write_text("".join(f"{name}\n" for name in names))
+    flags = [
+        f"--workdir={copy}",
+        *data_flags(data, annotations=annotations, category_file=""),
+    ]
+    assert main(evaluate, flags) == 0
+    labels = {
+        entry["label"]
+        for entries in json.loads((copy / "detections.json").read_text())[
+            "results"
+        ].values()
+        for entry in entries
+    }
+    assert labels <= set(names) and labels
+    from export import onnx_export
+    from tal_keras import run
+
+    saved = run.RunFolder(str(copy)).read_config()
+    run_config = dataclasses.replace(saved, workdir=str(copy))
+    assert onnx_export.run_class_names(run_config) == names
+    # Scoring mode takes the labels of the subset's ground truth only (as the
+    # official code): the detections of those classes.
+    content = json.loads(annotations.read_text())["database"]
+    known = {
+        annotation["label"]
+        for entry in content.values()
+        if entry["subset"] == "validation"
+        for annotation in entry["annotations"]
+    }
+    results = json.loads((copy / "detections.json").read_text())["results"]
+    kept = {
+        video: [entry for entry in entries if entry["label"] in known]
+        for video, entries in results.items()
+    }
+    predictions = tmp_path / "kept.json"
+    predictions.write_text(json.dumps({"results": kept}))
+    capsys.readouterr()
+    scored = main(
+        evaluate, [f"--ground_truth={annotations}", f"--predictions={predictions}"]
+    )
+    assert scored == 0
+    assert "avg mAP" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_labels_with_spaces_train_to_the_end(data, tmp_path):
+    annotations = relabelled(data, tmp_path, padded)
+    workdir = tmp_path / "run"
+    assert train_run(data, workdir, annotations=annotations, category_file="") == 0
+    names = (workdir / "classes.txt").read_text().split("\n")[:-1]
+    assert names and all(name.startswith(" ") and name.endswith("  ") for name in names)
+    assert json.loads((workdir / "metrics.json").read_text())["detection"]
+
+
+def test_a_class_without_training_instances_is_named(
+    data, tmp_path, monkeypatch, capsys
+):
+    from tal_keras import training
+
+    # Action 002 is annotated in validation only.
+    annotations = relabelled(
+        data,
+        tmp_path,
+        lambda subset, label: (
+            "Action 000" if subset == "training" and label == "Action 002" else label
+        ),
+    )
+    monkeypatch.setattr(training, "train_network", lambda *args, **kwargs: None)
+    code = train_run(
+        data,
+        tmp_path / "run",
+        "--noevaluate_at_end",
+        "--networks=proposal",
+        annotations=annotations,
+    )
+    assert code == 0
+    lines = [
+        line for line in capsys.readouterr().err.splitlines() if "no instance" in line
+    ]
+    expected = (
+        f"W {annotations}: 1 of the 3 classes have no instance in the 14 usable "
+        "videos of subset training ('Action 002'); the classifier never learns "
+        "them and they count in the detection mAP wherever they are annotated"
+    )
+    assert lines == [expected]
+
+
+def test_results_line_lists_only_the_files_written(data, trained, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    (copy / "classifier" / "best.keras").unlink()
+    assert evaluate_run(data, copy) == 0
+    line = [
+        line for line in capsys.readouterr().out.splitlines() if "results in" in line
+    ]
+    assert line == [f"results in {copy}: proposals.json, metrics.json, ar_an.png"]
+    assert not (copy / "detections.json").exists()
+
+
+# --- signals and the lock ----------------------------------------------------
+
+
+def terminate(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_ends_train_as_ctrl_c_does(data, tmp_path, monkeypatch, capsys):
+    from tal_keras import training
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(training, "train_network", terminate)
+    assert train_run(data, tmp_path / "run") == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "interrupted: the run folder holds the last finished epoch; continue with "
+        "--resume."
+    )
+    assert "Traceback" not in "\n".join(err)
+    assert signal.getsignal(signal.SIGTERM) == previous
+    assert not [name for name in listing(tmp_path / "run") if name.endswith(".tmp")]
+
+
+def test_sigterm_ends_evaluate_leaving_the_old_results(
+    data, trained, monkeypatch, capsys
+):
+    from tal_keras import experiment
+
+    before = result_files(trained)
+    monkeypatch.setattr(experiment, "infer", terminate)
+    assert evaluate_run(data, trained) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "interrupted: the previous results are left as they were."
+    assert result_files(trained) == before
+
+
+def test_a_shared_holder_keeps_train_out(data, tmp_path):
+    from tal_keras import run
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with (
+        run.RunFolder(str(workdir)).lock(shared=True),
+        run.RunFolder(str(workdir)).lock(shared=True),
+    ):
+        code = train_run(data, workdir)
+        assert_one_line_error(
+            code, f"{workdir} is in use by an export or serve writing into it"
+        )
+    assert listing(workdir) == [".lock"]
+
+
+def test_taking_the_lock_keeps_live_temporaries_and_removes_dead_ones(
+    data, trained, tmp_path
+):
+    from tal_keras.atomic import atomic_path
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    dead = copy / ".s2dtan.onnx.killed.tmp"
+    dead.write_bytes(b"")  # what a killed export leaves
+    with atomic_path(copy / "s2dtan.onnx") as live:
+        assert not dead.exists()  # the writer of a path removes its dead ones
+        dead.write_bytes(b"")
+        assert evaluate_run(data, copy) == 0
+        assert os.path.exists(live) and not dead.exists()
+        pathlib.Path(live).write_bytes(b"model")
+    assert (copy / "s2dtan.onnx").read_bytes() == b"model"
+    assert not [name for name in listing(copy) if name.endswith(".tmp")]
