@@ -178,6 +178,20 @@ def test_every_video_fault_is_skipped_or_warned_as_train_py_would(tmp_path, caps
     assert (timing["fit"], timing["off"], timing["far"]) == (6, 1, 1)
     assert timing["fits"] and "suggestion" not in timing
     assert lines[-2] == "train.py would train on this data."
+    # Shapes only: the NaN is not seen, everything else is.
+    status, lines, report = run_check([*argv, "--shapes_only"], capsys)
+    skipped = [item["video_id"] for item in report["subsets"]["training"]["skipped"]]
+    assert status == 0 and sorted(skipped) == sorted(set(expected) - {"nan"})
+
+
+def test_missing_feature_folder_stops_training(tmp_path, capsys):
+    argv = make_dataset(tmp_path, CLEAN)
+    missing = tmp_path / "elsewhere"
+    argv[argv.index("--features") + 1] = str(missing)
+    status, lines, report = run_check(argv, capsys)
+    assert status == 1
+    assert lines[-2].startswith(f"train.py would stop: {missing}: features not found")
+    assert report["stops_training"] == [lines[-2].removeprefix("train.py would stop: ")]
 
 
 def test_malformed_annotations_stop_training(tmp_path, capsys):
