@@ -783,15 +783,17 @@ def _warn_about_reversed_ground_truth(
     source, subset, video_ids, segment_videos, segments
 ):
     """One warning line counting the ground-truth segments that end before
-    they start; they are kept as given, as the official code keeps them (no
-    prediction overlaps them: they count as missed)."""
+    they start; they are kept as given, as the official code keeps them:
+    their tIoU is 0 with any prediction but one of the same length, whose
+    0/0 tIoU (NaN) the official matching takes for a hit."""
     reversed_rows = [row for row, (start, end) in enumerate(segments) if end < start]
     if reversed_rows:
         first = reversed_rows[0]
         logger.warning(
             "%s: %d ground-truth segments of subset %r end before they start "
             "(first: video %r, %s); scored as given, as the official code "
-            "does: no prediction overlaps them, they count as missed",
+            "does: missed, unless a prediction of the same length matches "
+            "them (0/0 tIoU)",
             source,
             len(reversed_rows),
             subset,

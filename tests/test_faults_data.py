@@ -382,9 +382,12 @@ def test_tal_score_prints_warning_lines_and_checks_its_output_first(
     blocker.write_text("")
     assert scoring.main([*argv, "--metrics_out", str(blocker / "m.json")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith(
-        f"error: {blocker / 'm.json'}: cannot write the metrics in"
+    expected = (
+        f"error: {blocker / 'm.json'}: cannot write the metrics in {blocker}: "
+        f"{blocker} is a file, not a folder."
     )
+    assert err == [expected]
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_cache_folder_follows_the_umask(corpus, tmp_path):
@@ -402,3 +405,66 @@ def test_loaded_features_are_in_memory_not_a_map_of_the_file(bad_features):
     features = bad_features.load("good", WIDTH)
     assert type(features) is np.ndarray
     assert features.flags.owndata and features.flags.writeable
+
+
+def test_reversed_ground_truth_segments_are_counted_and_scored_officially(
+    tmp_path, caplog
+):
+    from tal_keras import evaluation, metrics
+
+    videos = {
+        "a": ("validation", 50.0, [("jump", 5.0, 15.0), ("jump", 30.0, 20.0)]),
+        "b": ("validation", 40.0, [("jump", 12.0, 2.0)]),
+        "c": ("training", 40.0, [("jump", 12.0, 2.0)]),  # another subset
+    }
+    ground_truth = write_annotations(tmp_path / "gt.json", videos)
+    predictions = {
+        "results": {
+            "a": [
+                {"label": "jump", "score": 0.9, "segment": [5.0, 15.0]},
+                {"label": "jump", "score": 0.8, "segment": [20.0, 30.0]},
+            ],
+            "b": [{"label": "jump", "score": 0.7, "segment": [2.0, 12.0]}],
+        }
+    }
+    with caplog.at_level(logging.WARNING, logger="tal_keras"):
+        detection = metrics.evaluate_detection(ground_truth, predictions)
+    lines = [r.getMessage() for r in caplog.records if "ground-truth" in r.message]
+    expected = (
+        f"{ground_truth}: 2 ground-truth segments of subset 'validation' end "
+        "before they start (first: video 'a', [30.0, 20.0]); scored as given, as "
+        "the official code does: missed, unless a prediction of the same length "
+        "matches them (0/0 tIoU)"
+    )
+    assert lines == [expected]
+    # The official matching: a 10 s prediction has a NaN tIoU with a reversed
+    # 10 s segment, tried first and taken. In video a the 0.9 prediction takes
+    # [30, 20] and the 0.8 one finds nothing left (false positive); in video b
+    # the 0.7 one takes [12, 2]: hit, false positive, hit of 3 segments at every
+    # threshold, AP = 1/3 * 1 + 1/3 * 2/3.
+    assert detection["average_mAP"] == pytest.approx(5 / 9)
+    # evaluate.py reads the ground truth once per run: one line.
+    caplog.clear()
+    annotations = load_annotations(ground_truth, subset="validation")
+    with caplog.at_level(logging.WARNING, logger="tal_keras"):
+        first = evaluation.ground_truth_of(annotations)
+        assert evaluation.ground_truth_of(annotations) is first
+    assert sum("ground-truth segments" in r.message for r in caplog.records) == 1
+
+
+def test_a_file_that_is_not_npy_is_named_as_such(tmp_path):
+    directory = tmp_path / "features"
+    directory.mkdir()
+    (directory / "text.npy").write_bytes(b"not a numpy file at all")
+    (directory / "empty.npy").write_bytes(b"")
+    store = NpyFeatureStore(directory)
+    for video_id, start in (("text", b"not a "), ("empty", b"")):
+        with pytest.raises(DataError) as error:
+            store.load(video_id, WIDTH)
+        message = str(error.value)
+        assert message.startswith(
+            f"{directory / video_id}.npy: video {video_id}: cannot read the feature "
+            f"file (not a .npy file: it starts with {start!r}, a .npy file with "
+            "b'\\x93NUMPY'; corrupt or of another format)"
+        )
+        assert "pickle" not in message
