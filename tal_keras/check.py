@@ -433,10 +433,27 @@ def summary_lines(report):
             lines.append(line)
     lines += [f"reader: {line}" for line in report["warnings"]]
     if report["would_train"]:
-        lines.append("train.py would train on this data.")
+        lines.append(
+            "train.py would train on this data"
+            + (", but read the lines above." if _has_warnings(report) else ".")
+        )
     else:
         lines += [f"train.py would stop: {line}" for line in report["stops_training"]]
     return lines
+
+
+def _has_warnings(report):
+    """Whether train.py would skip or warn about anything, or the timing
+    does not fit."""
+    return bool(
+        report["warnings"]
+        or report.get("classes", {}).get("without_training_instance")
+        or not report["feature_timing"].get("fits", True)
+        or any(
+            counts["skipped"] or counts["length_warnings"]
+            for counts in report["subsets"].values()
+        )
+    )
 
 
 def _class_lines(report):

@@ -177,7 +177,7 @@ def test_every_video_fault_is_skipped_or_warned_as_train_py_would(tmp_path, caps
     assert timing["videos"] == 8 and timing["widths"] == {"6": 7, "7": 1}
     assert (timing["fit"], timing["off"], timing["far"]) == (6, 1, 1)
     assert timing["fits"] and "suggestion" not in timing
-    assert lines[-2] == "train.py would train on this data."
+    assert lines[-2] == "train.py would train on this data, but read the lines above."
     # Shapes only: the NaN is not seen, everything else is.
     status, lines, report = run_check([*argv, "--shapes_only"], capsys)
     skipped = [item["video_id"] for item in report["subsets"]["training"]["skipped"]]
@@ -310,6 +310,13 @@ def test_flagfile_gives_the_data_flags_and_the_command_line_overrides(tmp_path, 
     assert report["timing"]["stride"] == 16  # the flagfile's, by its old name
     assert report["lattice"]["num_clips"] == 16  # the command line's
     assert report["feature_dim"] == WIDTH
+    # Without it, stride 8: each video half as long as its duration, used
+    # with a warning; train.py would train, on misplaced features.
+    status, lines, report = run_check(argv, capsys)
+    assert status == 0
+    assert lines[-2] == "train.py would train on this data, but read the lines above."
+    assert report["feature_timing"]["off"] == 4
+    assert report["feature_timing"]["suggestion"]["stride"] == 16
 
 
 def test_unwritable_out_is_a_usage_error_before_any_work(tmp_path, capsys):
