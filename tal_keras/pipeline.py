@@ -77,18 +77,22 @@ def make_dataset(cache, target, batch_size, shuffle=False, seed=0):
     clips, targets = cache.clips, getattr(cache, target)
     target_dtype = tf.float32 if target == "max_iou" else tf.int32
 
+    cache_dtype = tf.as_dtype(clips.dtype)
+
     def load(indices):
         # Sorted reads are sequential in a memory-mapped cache.
         indices = np.sort(indices)
         return (
-            np.asarray(clips[indices], dtype=np.float32),
+            np.asarray(clips[indices]),
             np.asarray(targets[indices], dtype=target_dtype.as_numpy_dtype),
         )
 
     def load_batch(indices):
         batch_clips, batch_targets = tf.numpy_function(
-            load, [indices], [tf.float32, target_dtype], stateful=False
+            load, [indices], [cache_dtype, target_dtype], stateful=False
         )
+        # TensorFlow's float16 -> float32 cast is vectorised; numpy's is not.
+        batch_clips = tf.cast(batch_clips, tf.float32)
         batch_clips.set_shape([None, clips.shape[1], clips.shape[2]])
         batch_targets.set_shape([None, targets.shape[1]])
         return batch_clips, batch_targets
