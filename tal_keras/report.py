@@ -39,11 +39,17 @@ def print_run_summary(run_config, summary, eval_cache):
     print(
         f"\n{run_config.data.eval_subset}: {len(eval_cache)} videos scored ({len(eval_cache.skipped)} skipped)"
     )
-    print(
-        format_metrics_table(
-            {"S-2D-TAN": summary, "baseline (content-blind)": summary["baseline"]}
+    epochs = summary.get("epochs", {})
+    rows = {"S-2D-TAN": summary}
+    if any(item["kept"] != item["last"] for item in epochs.values()):
+        rows["S-2D-TAN, last epochs"] = summary["last_epoch"]
+    rows["baseline (content-blind)"] = summary["baseline"]
+    print(format_metrics_table(rows))
+    for network, item in epochs.items():
+        print(
+            f"{network} network: epoch {item['kept']} of {item['last']} kept, "
+            f"by {item['metric']} on {item['chosen_on']}"
         )
-    )
     # detections.json only where the classifier was scored (written).
     detections = (run.DETECTIONS,) if "detection" in summary else ()
     names = (run.PROPOSALS, *detections, run.METRICS, run.AR_AN_PLOT)
