@@ -20,7 +20,7 @@ gives:
   those it would use although their feature length does not fit their
   duration, the segments kept and dropped, and the readers' warnings;
 - the classes with no training instance (the classifier never learns them,
-  and they still count in the validation mAP);
+  and those in the evaluation subset still count in its mAP);
 - the feature timing: steps x stride / fps against each video's duration,
   and when that does not fit, the stride and the fps that would;
 - the lattice: the share of ground-truth segments whose best lattice proposal
@@ -30,7 +30,9 @@ It prints a summary, writes the whole report as JSON (--out) and four
 histograms as a PNG beside it (the PNG needs matplotlib, which the training
 install has; without it the JSON is written and the summary says so). Exit
 status: 0 when train.py would train on the data, 1 when it would stop (the
-reasons are printed), 2 on a usage error.
+reasons are printed), 2 on a usage error. Not checked: the clips'
+representability in float16, which train.py's --cache_dtype=float16 needs
+(features beyond +-65504, rare, are skipped there).
 """
 
 import argparse
