@@ -381,3 +381,26 @@ def test_export_ctrl_c_and_sigterm_are_one_line(
         assert onnx_export.main(["--workdir", tiny_run[0], "--out", str(out)]) == 130
         assert capsys.readouterr().err.strip() == "interrupted: nothing written."
         assert not out.exists()
+
+
+def test_serve_into_a_run_folder_in_use_is_refused(tiny_run, tmp_path, capsys):
+    import fcntl
+
+    _, run_config, path, _ = tiny_run
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text("{}")
+    out = workdir / "served" / "detections.json"
+    with open(workdir / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as train.py holds it
+        held.write("pid 4242 on host since then\n")
+        held.flush()
+        assert serve.main(serve_argv(run_config, path, out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {workdir} is in use by pid 4242 on host")
+    assert err.endswith("; nothing written.")
+    assert sorted(os.listdir(workdir)) == [".lock", "config.json", "served"]
+    assert os.listdir(workdir / "served") == []
+    # Free again: served, the lock taken shared and released.
+    assert serve.main(serve_argv(run_config, path, out)) == 0
+    assert json.loads(out.read_text())["results"]

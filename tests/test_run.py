@@ -5,6 +5,7 @@ run-level modules import no TensorFlow: test_targets.py)."""
 
 import ast
 import dataclasses
+import os
 import pathlib
 
 import numpy as np
@@ -46,6 +47,69 @@ def test_run_folder_names_every_file_of_the_layout(tmp_path):
     assert run.checkpoints_dir(network_dir) == str(
         tmp_path / "classifier" / "checkpoints"
     )
+
+
+def test_class_names_are_kept_exactly_and_compared_as_a_category_file_reads(
+    tmp_path,
+):
+    from tal_keras.errors import DataError
+
+    folder = run.RunFolder(str(tmp_path))
+    assert folder.read_class_names() is None
+    assert folder.checked_class_names(["a", "b"], "data") == ["a", "b"]
+    names = [" Long jump", "Shot put  ", "\tdiscus", "é"]
+    folder.write_class_names(names)
+    assert folder.read_class_names() == names
+    # The data's labels, or a category file read without the spaces.
+    assert folder.checked_class_names(names, "gt.json") == names
+    stripped = [name.strip() for name in names]
+    assert folder.checked_class_names(stripped, "classes.txt") == names
+    with pytest.raises(DataError) as error:
+        folder.checked_class_names(stripped[::-1], "other.txt")
+    message = str(error.value)
+    assert message.startswith(
+        f"{folder.class_names_file}: the run was trained with other class names"
+    )
+    assert "than other.txt gives" in message
+    with pytest.raises(DataError, match="holds a line break"):
+        folder.write_class_names(["a\nb"])
+    assert folder.read_class_names() == names
+
+
+def test_shared_and_exclusive_locks_and_who_holds_them(tmp_path):
+    from tal_keras.errors import RunFolderError
+
+    folder = run.RunFolder(str(tmp_path / "run"))
+    with (
+        folder.lock(),
+        pytest.raises(RunFolderError, match=f"in use by pid {os.getpid()} on"),
+        folder.lock(shared=True),
+    ):
+        pass
+    with (
+        folder.lock(shared=True),
+        folder.lock(shared=True),
+        pytest.raises(RunFolderError, match="in use by an export or serve"),
+        folder.lock(),
+    ):
+        pass
+    # A folder that does not exist is neither made nor locked by a reader.
+    missing = run.RunFolder(str(tmp_path / "missing"))
+    with missing.lock(shared=True):
+        assert not os.path.exists(missing.path)
+
+
+def test_enclosing_run_folder_reaches_as_far_as_leftover_removal(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    inside = [
+        tmp_path / "s2dtan.onnx",
+        tmp_path / "proposal" / "x.json",
+        tmp_path / "proposal" / "checkpoints" / "x.keras",
+    ]
+    for path in inside:
+        assert run.enclosing_run_folder(path).path == str(tmp_path)
+    assert run.enclosing_run_folder(tmp_path / "a" / "b" / "c" / "x.json") is None
+    assert run.enclosing_run_folder(tmp_path.parent / "x.json") is None
 
 
 def test_config_round_trips_and_a_missing_one_says_train_first(tmp_path, tiny_data):
