@@ -127,6 +127,42 @@ def test_training_killed_mid_run_resumes_to_a_complete_folder(tmp_path):
     )
 
 
+@pytest.mark.slow
+def test_sigterm_ends_training_with_the_ctrl_c_line_and_a_consistent_folder(
+    tmp_path,
+):
+    flagfile = tiny_flags(tmp_path, "stopped", epochs=50)
+    workdir = tmp_path / "stopped"
+    state_path = workdir / "proposal" / "state.json"
+    process = subprocess.Popen(
+        [sys.executable, "train.py", f"--flagfile={flagfile}"],
+        cwd=REPO,
+        env=python_environment(backend="tensorflow"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not state_path.exists():
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        "interrupted: the run folder holds the last finished epoch; continue with "
+        "--resume."
+    )
+    assert "Traceback" not in err
+    state = json.loads(state_path.read_text())
+    assert not state["finished"] and state["epochs_done"] >= 1
+    left = [path.name for path in workdir.rglob("*") if path.name.startswith(".")]
+    assert not [name for name in left if name.endswith(".tmp") or ".saving-" in name]
+
+
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
