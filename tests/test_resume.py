@@ -3,6 +3,7 @@ a function of (seed, e) (`pipeline.epoch_order`), whatever passes Keras makes
 over the dataset, so one epoch then a resume to two gives the weights and
 metrics of two epochs in one go."""
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -193,14 +194,16 @@ build_or_open_cache(
 
 
 class CountingStore(NpyFeatureStore):
-    """A store that lists the videos it loads."""
+    """A store that lists the videos it loads, each taking `delay` seconds."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, delay=0.0):
         super().__init__(directory)
         self.loaded = []
+        self.delay = delay
 
     def load(self, video_id, **kwargs):
         self.loaded.append(video_id)
+        time.sleep(self.delay)
         return super().load(video_id, **kwargs)
 
 
@@ -302,3 +305,38 @@ def test_build_folders_of_a_changed_configuration_are_removed_others_kept(tmp_pa
         ".training-0000000000000001.building",
         ".validation-0000000000000003.building",
     ]
+
+
+def test_two_builders_of_one_cache_build_it_once(tmp_path):
+    ids = [f"v{index:02d}" for index in range(40)]
+    database = {
+        video_id: {"subset": "training", "duration": 8.0, "annotations": []}
+        for video_id in ids
+    }
+    annotations_path = tmp_path / "gt.json"
+    annotations_path.write_text(json.dumps({"database": database}))
+    features = tmp_path / "features"
+    features.mkdir()
+    for index, video_id in enumerate(ids):
+        np.save(features / f"{video_id}.npy", np.full((15, 3), index, np.float32))
+    annotations = load_annotations(annotations_path, subset="training")
+    # Each build takes 0.1 s or more: the second starts while the first runs.
+    stores = [CountingStore(features, delay=0.01), CountingStore(features, delay=0.01)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        caches = list(
+            pool.map(
+                lambda store: build_or_open_cache(
+                    tmp_path / "cache",
+                    "training",
+                    annotations,
+                    store,
+                    LATTICE,
+                    TIMING,
+                    3,
+                ),
+                stores,
+            )
+        )
+    assert sorted(len(store.loaded) for store in stores) == [0, 40]
+    assert caches[0].folder == caches[1].folder
+    assert os.listdir(tmp_path / "cache") == [os.path.basename(caches[0].folder)]

@@ -196,16 +196,22 @@ def build_or_open_cache(
     os.makedirs(root, exist_ok=True)
     building = os.path.join(root, f".{name}-{key}{_BUILDING_SUFFIX}")
     lock_path = os.path.join(building, _BUILD_LOCK)
-    while True:
-        os.makedirs(building, exist_ok=True)
-        os.chmod(building, 0o777 & ~umask())  # the finished folder keeps this mode
-        with open(lock_path, "a") as lock:
+    while not os.path.exists(os.path.join(folder, "index.json")):
+        try:
+            os.makedirs(building, exist_ok=True)
+            os.chmod(building, 0o777 & ~umask())  # the finished folder keeps it
+            lock = open(lock_path, "a")  # noqa: SIM115 (closed by the with below)
+        except FileNotFoundError:
+            continue  # renamed into place or removed meanwhile
+        with lock:
             # Waits while another process builds the same cache.
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if os.path.exists(os.path.join(folder, "index.json")):
-                return ClipCache(folder)  # built by the process waited for
             if not _is_same_file(lock, lock_path):
                 continue  # renamed into place or removed while this one waited
+            if os.path.exists(os.path.join(folder, "index.json")):
+                # Built by the process waited for: this folder is a leftover.
+                shutil.rmtree(building, ignore_errors=True)
+                break
             remove_abandoned_builds(root, obsolete_of=(name, key))
             try:
                 _build(
@@ -225,7 +231,7 @@ def build_or_open_cache(
             os.rename(building, folder)  # still locked: waiters then find it done
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, _BUILD_LOCK))
-        return ClipCache(folder)
+    return ClipCache(folder)
 
 
 def _is_same_file(stream, path):
