@@ -73,7 +73,10 @@ def atomic_path(path, prefix=None):
         suffix=".tmp" if prefix is None else os.path.splitext(path)[1],
     )
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        # Where the file system has no flock it stays unlocked, and looks
+        # like a killed writer's to `remove_stale`.
+        with contextlib.suppress(OSError):
+            fcntl.flock(handle, fcntl.LOCK_EX)
         os.fchmod(handle, new_file_mode())
         try:
             yield temporary
