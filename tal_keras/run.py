@@ -226,11 +226,7 @@ class RunFolder:
         Raises:
             DataError: a name holding a line break.
         """
-        for name in class_names:
-            if "\n" in name or "\r" in name:
-                raise DataError(
-                    f"class name {name!r} holds a line break; rename the label."
-                )
+        check_storable_class_names(class_names)
         with (
             atomic_path(self.class_names_file) as temporary,
             open(temporary, "w", encoding="utf-8", newline="\n") as stream,
@@ -332,6 +328,16 @@ class RunFolder:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} does not exist: {hint}")
         return path
+
+
+def check_storable_class_names(class_names):
+    """Raises DataError for a class name classes.txt cannot hold (one with
+    a line break), naming it."""
+    for name in class_names:
+        if "\n" in name or "\r" in name:
+            raise DataError(
+                f"class name {name!r} holds a line break; rename the label."
+            )
 
 
 def folder_of(run_config):
@@ -468,6 +474,7 @@ def prepare_run(run_config, classes_from_data):
     config against the data before any training starts."""
     ensure_data(run_config.data)
     class_names = class_names_of(run_config.data)
+    check_storable_class_names(class_names)
     model = run_config.model
     if classes_from_data:
         model = dataclasses.replace(model, num_classes=len(class_names))
