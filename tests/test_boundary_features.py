@@ -5,6 +5,7 @@ import dataclasses
 
 import keras
 import numpy as np
+from layer_testing import run_layer_test
 from tiny_configs import ONE_LAYER, tiny_model
 
 from tal_keras.flops import model_cost
@@ -18,20 +19,21 @@ def test_adds_the_projected_start_and_end_clip_of_every_proposal(tmp_path):
     rng = np.random.default_rng(0)
     pooled = rng.standard_normal((2, lattice.num_proposals, 5)).astype("float32")
     clips = rng.standard_normal((2, 16, 5)).astype("float32")
-    layer = BoundaryFeatures(16, (4, 2, 2), 5)
-    output = keras.ops.convert_to_numpy(layer([pooled, clips]))
-    start = keras.ops.convert_to_numpy(layer.start_projection.kernel)
-    end = keras.ops.convert_to_numpy(layer.end_projection.kernel)
-    expected = pooled + clips[:, lattice.starts] @ start + clips[:, lattice.ends] @ end
-    np.testing.assert_allclose(output, expected, atol=1e-5)
-    inputs = [keras.Input((lattice.num_proposals, 5)), keras.Input((16, 5))]
-    model = keras.Model(inputs, layer(inputs))
-    model.save(tmp_path / "boundary.keras")
-    loaded = keras.saving.load_model(tmp_path / "boundary.keras")
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(loaded([pooled, clips])), output
+
+    def reference(layer, inputs):
+        pooled, clips = inputs
+        start = keras.ops.convert_to_numpy(layer.start_projection.kernel)
+        end = keras.ops.convert_to_numpy(layer.end_projection.kernel)
+        return pooled + clips[:, lattice.starts] @ start + clips[:, lattice.ends] @ end
+
+    run_layer_test(
+        BoundaryFeatures,
+        {"num_clips": 16, "scale_layers": (4, 2, 2), "hidden_size": 5},
+        [pooled, clips],
+        tmp_path,
+        reference=reference,
+        expected_shapes=(2, lattice.num_proposals, 5),
     )
-    assert loaded.layers[-1].get_config()["scale_layers"] == [4, 2, 2]
 
 
 def test_proposal_network_uses_them_and_flops_count_them():

@@ -8,6 +8,7 @@ import types
 import keras
 import numpy as np
 import tensorflow as tf
+from layer_testing import run_layer_test
 from tiny_configs import EIGHT_CLIPS, tiny_model
 
 from tal_keras import training
@@ -22,27 +23,29 @@ TINY = tiny_model(**EIGHT_CLIPS, feature_dim=4, overlap_cell_bias=True)
 
 
 def test_head_adds_one_bias_per_proposal_and_round_trips(tmp_path):
-    head = OverlapHead(cell_bias=True)
     features = np.random.default_rng(0).standard_normal((2, 5, 3)).astype("float32")
-    head(features)
-    kernel, bias = head.projection.get_weights()
-    assert head.cell_biases.shape == (5,)
-    assert not keras.ops.convert_to_numpy(head.cell_biases).any()
-    cell_biases = np.arange(5, dtype="float32") - 2
-    head.cell_biases.assign(cell_biases)
-    logits = (features @ kernel + bias)[..., 0] + cell_biases
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(head(features)), 1 / (1 + np.exp(-logits)), atol=1e-6
+
+    def set_cell_biases(head):
+        assert head.cell_biases.shape == (5,)
+        assert not keras.ops.convert_to_numpy(head.cell_biases).any()
+        head.cell_biases.assign(np.arange(5, dtype="float32") - 2)
+
+    def reference(head, features):
+        kernel, bias = head.projection.get_weights()
+        cell_biases = keras.ops.convert_to_numpy(head.cell_biases)
+        logits = (features @ kernel + bias)[..., 0] + cell_biases
+        return 1 / (1 + np.exp(-logits))
+
+    run_layer_test(
+        OverlapHead,
+        {"cell_bias": True},
+        features,
+        tmp_path,
+        reference=reference,
+        expected_shapes=(2, 5),
+        atol=1e-6,
+        set_weights=set_cell_biases,
     )
-    model_input = keras.Input((5, 3))
-    model = keras.Model(model_input, head(model_input))
-    model.save(tmp_path / "head.keras")
-    loaded = keras.saving.load_model(tmp_path / "head.keras")
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(loaded(features)),
-        keras.ops.convert_to_numpy(model(features)),
-    )
-    assert loaded.layers[-1].get_config()["cell_bias"] is True
     assert len(OverlapHead().get_config()) and not OverlapHead().cell_bias
 
 
