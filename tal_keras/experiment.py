@@ -256,9 +256,11 @@ def infer(run_config, cache, epoch="kept"):
     if epoch == "last" and os.path.exists(classifier_path):
         classifier_path = last_model(folder, "classifier") or classifier_path
     if not os.path.exists(classifier_path):
-        logger.warning(
-            "%s does not exist: no detections (train the classifier)", classifier_path
-        )
+        if epoch == "kept":  # said once per evaluation
+            logger.warning(
+                "%s does not exist: no detections (train the classifier)",
+                classifier_path,
+            )
         return overlap_scores, None
     class_scores = inference.predict_scores(
         inference.load_network(classifier_path), cache, batch_size
