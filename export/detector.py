@@ -120,7 +120,7 @@ class Detector:
             )
         # Fixed sizes of the graph's input against the metadata (a symbolic
         # or missing size is not checked).
-        shape = self.session.get_inputs()[0].shape
+        shape = list(self.session.get_inputs()[0].shape or [])
         expected_shape = ["batch", self.spec.num_clips, self.spec.feature_dim]
         fixed = [
             (found, wanted)
