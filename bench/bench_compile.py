@@ -2,6 +2,8 @@
 network, on TensorFlow with XLA and on JAX. Prints one table.
 
     python bench/bench_compile.py                      # the paper config
+    python bench/bench_compile.py --backends=jax --runs=0   # compile only
+    python bench/bench_compile.py --config=narrow      # D 256, H 64
     python bench/bench_compile.py --config=tiny --runs=1
 
 A training step here is the value and gradient of a loss (no optimizer
@@ -40,13 +42,23 @@ sys.path.insert(0, REPO)
 COMPONENTS = ("encoder", "pool", "band_conv", "heads", "proposal", "classifier")
 BACKENDS = ("tensorflow", "jax")
 # (num_clips, scale_layers, feature_dim, hidden_size, kernel_size,
-# num_conv_layers, num_classes): the paper's (hacs.flags) and a tiny one.
+# num_conv_layers, num_classes): the paper's (hacs.flags), narrow and tiny.
 CONFIGS = {
     "paper": {
         "num_clips": 256,
         "scale_layers": (64, 32, 32),
         "feature_dim": 2304,
         "hidden_size": 512,
+        "kernel_size": 9,
+        "num_conv_layers": 4,
+        "num_classes": 200,
+    },
+    # The paper's maps and kernels at narrow widths: steps in seconds here.
+    "narrow": {
+        "num_clips": 256,
+        "scale_layers": (64, 32, 32),
+        "feature_dim": 256,
+        "hidden_size": 64,
         "kernel_size": 9,
         "num_conv_layers": 4,
         "num_classes": 200,

@@ -26,8 +26,7 @@ convs, XLA's dots and convs at default precision); bf16 is Keras'
 The Keras networks are the library's own (`tal_keras.models`): proposal
 features from the range-maximum table (`StackedMaxPool`: 9 levels and two
 gathers at the paper's lattice, not 2D-TAN's 128 chained pools) and, in the
-band groups, the band conv (`BandMapConv`: per layer K steps of one gather
-and one matrix product, one per kernel row), so the rows follow the layers.
+band groups, the band conv (`BandMapConv`), so the rows follow the layers.
 
 Keras rows run the functions `model.fit` and `model.predict` run, compiled
 ahead of time so that compile and run are timed apart: the forward is

@@ -1,16 +1,16 @@
 """Writes out the ONNX Loops whose trip count is known when exporting (the
-band conv's loops over kernel rows, `tal_keras.layers.band_map_conv`) as
-plain nodes, and folds what becomes constant.
+band conv's tap loops, `tal_keras.layers.band_map_conv`) as plain nodes, and
+folds what becomes constant.
 
-tf2onnx turns the band conv's loop over the K kernel rows into an ONNX
-`Loop` that computes, per row, its part of the static index table (with
+tf2onnx turns the band conv's loop over the K * K taps into an ONNX `Loop`
+that computes, per tap, the tap's row of the static index table (with
 keras.ops.take's negative-index handling: Cast, Less, Not, Mul, Add) before
-its Gather and MatMul. Written out with the row number known, that index part and
-the row's kernel slice are constants: what is left per row is one Gather,
-one MatMul (and a reshape or sum) and the Add of the running sum.
+its Gather and MatMul. Written out with the tap number known, that row and
+the tap's kernel slice are constants: what is left per tap is one Gather,
+one MatMul and the Add of the running sum.
 
 The nodes are emitted so that onnxruntime's default execution order runs the
-rows one after the other (see `_interleaved`): one row's temporaries are
+taps one after the other (see `_interleaved`): one tap's temporaries are
 alive at a time, as in the Loop.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 from onnx import helper, numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
-# A Loop longer than this stays a Loop (the paper config's kernel rows: 9).
+# A Loop longer than this stays a Loop (the paper config's taps: 81).
 MAX_ITERATIONS = 1024
 # A constant node output is stored in the file only if it is at most this
 # large or no larger than its largest input (no big tensors made from shapes).

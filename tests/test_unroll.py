@@ -44,10 +44,9 @@ def test_the_exported_graph_has_no_loop_and_matches_the_loop_graph(tmp_path):
     # One tap Loop per band conv layer, none once written out.
     assert _op_count(with_loops, "Loop") == TINY_MODEL.num_conv_layers
     assert _op_count(unrolled, "Loop") == 0
-    # One MatMul per kernel row (K taps); the first row of each layer is
-    # outside the Loop.
-    steps = TINY_MODEL.kernel_size
-    matmuls = _op_count(with_loops, "MatMul") + TINY_MODEL.num_conv_layers * (steps - 1)
+    # Per tap one MatMul; the first tap of each layer is outside the Loop.
+    taps = TINY_MODEL.kernel_size**2
+    matmuls = _op_count(with_loops, "MatMul") + TINY_MODEL.num_conv_layers * (taps - 1)
     assert _op_count(unrolled, "MatMul") == matmuls
     # The tap's index row and kernel slice are constants: nothing is left of
     # keras.ops.take's handling of negative indices (on the tap number, and
@@ -96,7 +95,7 @@ def test_onnxruntime_runs_the_written_out_taps_one_at_a_time(tmp_path):
                     and place(before) == (loop, iteration - 1)
                 ):
                     sums.update({node.name, before.name})
-    assert len(sums) == config.num_conv_layers * (config.kernel_size - 1)
+    assert len(sums) == config.num_conv_layers * (config.kernel_size**2 - 1)
 
     session = _session(
         unrolled,
@@ -125,8 +124,8 @@ def test_onnxruntime_runs_the_written_out_taps_one_at_a_time(tmp_path):
             for name in executed
             if (name in matmuls or name in sums) and name.startswith(loop + "/")
         ]
-        # A kernel row's product is added before the next row's is made.
-        assert steps == ["M", "A"] * (config.kernel_size - 1), (loop, steps)
+        # A tap's product is added before the next tap's is made.
+        assert steps == ["M", "A"] * (config.kernel_size**2 - 1), (loop, steps)
 
 
 def _counting_loop(trip_count_name):
