@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import onnxruntime as ort
 import pytest
-from tiny_configs import EVERY_DEPARTURE, tiny_model
+from python_process import run_python
+from tiny_configs import EVERY_DEPARTURE, tiny_model, tiny_run_flagfile
 
 from export import onnx_export
 from tal_keras.class_means import ClassMeans
@@ -120,3 +121,18 @@ def test_paper_recipe_keras_files_of_the_earlier_version_predict_the_same():
             atol=1e-6,
             err_msg=network,
         )
+
+
+@pytest.mark.slow
+def test_a_trained_tuned_run_passes_the_exporters_own_check(tmp_path):
+    flagfile = tiny_run_flagfile(
+        tmp_path, "run", "--recipe=tuned", "--class_mean_evidence=8", "--epochs=1"
+    )
+    run_python(["train.py", f"--flagfile={flagfile}"])
+    for precision in ([], ["--fp16"]):
+        result = run_python(
+            ["-m", "export.onnx_export", f"--workdir={tmp_path / 'run'}", *precision]
+        )
+        assert "EXPORT FAILED" not in result.stdout + result.stderr
+    assert (tmp_path / "run" / "s2dtan.onnx").exists()
+    assert (tmp_path / "run" / "s2dtan.fp16.onnx").exists()
