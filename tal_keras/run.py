@@ -11,7 +11,8 @@ A run folder (WORKDIR) holds:
     proposals.json, detections.json     ActivityNet submissions (evaluation)
     metrics.json, ar_an.png             scores and the AR@AN curve
     show_<video id>.png                 evaluate.py --show
-    classes.txt                         the class names, in class_scores order
+    classes.txt                         the class names, in class_scores order,
+                                        one a line, exactly as the labels
     .lock                               flock-ed by the process using the run
 
 Everything that reads or writes those paths asks `RunFolder` for them; the
