@@ -6,14 +6,15 @@ until the end (`export.serve.serve` without a sink, then
     python bench/serve_memory.py [--counts 2000,20000] [--folder /tmp/serve_memory]
 
 No TensorFlow: the model is a small ONNX graph written with `onnx.helper`
-(a demo-sized lattice, N 64 and scales 16,8,8, P 1,672 proposals; 20
+(a demo-sized lattice, N 64 and scales 16,8,8, P 1,104 proposals; 20
 classes; scores from the clip features, so every video gets its own 100
 detections and 100 proposals) carrying the metadata `export.onnx_export`
 writes. Every video's features are one [38, 32] array (20 s at 15 fps,
 stride 8) reached through a symbolic link per video. Each measurement runs
 in a fresh process and reads its own peak resident set size
-(`resource.getrusage`, ru_maxrss); one run per row, on whatever load the
-machine has (printed).
+(`resource.getrusage`, ru_maxrss) and CPU seconds (user + system, which
+the load of other processes changes less than the wall-clock seconds); one
+run per row, on whatever load the machine has (printed).
 """
 
 import argparse
@@ -46,7 +47,8 @@ else:
     result = serve.serve(Detector(model), open_feature_store(features),
                          serve.videos_to_serve(durations_csv=durations), progress=False)
     detections.write_submission(out, result.detections)
-print("PEAK_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print("PEAK_KIB", usage.ru_maxrss, "CPU_SECONDS", usage.ru_utime + usage.ru_stime)
 """
 
 
@@ -149,7 +151,8 @@ def write_videos(folder, count):
 
 
 def measure(mode, model, features, durations, out):
-    """(peak RSS MiB, seconds, output MiB) of one serve run in a fresh process."""
+    """(peak RSS MiB, CPU seconds, seconds, output MiB) of one serve run in a
+    fresh process."""
     started = time.perf_counter()
     result = subprocess.run(
         [
@@ -173,7 +176,8 @@ def measure(mode, model, features, durations, out):
             f"{mode} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
         )
     peak = int(result.stdout.split("PEAK_KIB")[-1].split()[0])
-    return peak / 1024, seconds, os.path.getsize(out) / 2**20
+    cpu_seconds = float(result.stdout.split("CPU_SECONDS")[-1].split()[0])
+    return peak / 1024, cpu_seconds, seconds, os.path.getsize(out) / 2**20
 
 
 def main():
@@ -190,15 +194,15 @@ def main():
     model = os.path.join(args.folder, "model.onnx")
     write_model(model)
     print(f"load average before: {os.getloadavg()}, {os.cpu_count()} CPUs")
-    print("| videos | results | peak RSS MiB | seconds | output MiB |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| videos | results | peak RSS MiB | CPU seconds | seconds | output MiB |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for count in (int(value) for value in args.counts.split(",")):
         features, durations = write_videos(args.folder, count)
         for mode in args.modes.split(","):
             out = os.path.join(args.folder, f"detections_{mode}_{count}.json")
-            peak, seconds, size = measure(mode, model, features, durations, out)
+            peak, cpu, seconds, size = measure(mode, model, features, durations, out)
             print(
-                f"| {count} | {mode} | {peak:.0f} | {seconds:.0f} | {size:.0f} |",
+                f"| {count} | {mode} | {peak:.0f} | {cpu:.0f} | {seconds:.0f} | {size:.0f} |",
                 flush=True,
             )
     print(f"load average after: {os.getloadavg()}")
