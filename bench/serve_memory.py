@@ -1,7 +1,8 @@
 """Peak memory of `python -m export.serve` against the number of videos:
 results streamed to the output files (the command) against results held
 until the end (`export.serve.serve` without a sink, then
-`detections.write_submission`, as serving wrote before it streamed).
+`detections.write_submission`: what a caller keeping the `ServeResult`
+does).
 
     python bench/serve_memory.py [--counts 2000,20000] [--folder /tmp/serve_memory]
 
