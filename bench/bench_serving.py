@@ -1,11 +1,13 @@
-"""Times serving: Keras (TensorFlow) against onnxruntime, at batch 1 and 32,
-for the demo config and the paper config, with postprocessing timed apart.
+"""Times serving: Keras (TensorFlow) against onnxruntime in float32 and
+int8, at batch 1 and 32, for the demo config and the paper config, with
+postprocessing timed apart.
 
     python bench/bench_serving.py [--configs demo,paper] [--batch_sizes 1,32]
         [--runs 5] [--paper_runs 1] [--threads 0] [--markdown table.md]
 
 Both networks are built with random weights (latency does not depend on
-them) and exported with `export.onnx_export.convert`. Each engine is warmed
+them) and exported with `export.onnx_export.convert`; the int8 graph is that
+file through `export.onnx_export.to_int8` (as `--int8` exports). Each engine is warmed
 up with one call per batch size, then timed over --runs calls (--paper_runs
 for the paper config), one call of each engine in turn, so that both see the
 same load; the median and the fastest call are reported. --threads gives
@@ -147,12 +149,11 @@ def postprocess_seconds(config, overlap_scores, class_scores, repeats=5):
     return statistics.median(times)
 
 
-def bench_config(name, config, batch_sizes, runs, extrapolate_above, threads, seed=0):
-    """Rows of one config, and the max |ONNX - Keras| seen."""
+def exported_model(config, seed=0):
+    """(Keras inference model with random weights, its onnx.ModelProto as
+    `export.onnx_export.convert` writes it)."""
     import keras
-    import onnxruntime as ort
 
-    from export.detector import session_options
     from export.onnx_export import DEFAULT_OPSET, convert
     from tal_keras.models import (
         build_classifier_network,
@@ -164,21 +165,37 @@ def bench_config(name, config, batch_sizes, runs, extrapolate_above, threads, se
     model = build_inference_model(
         build_proposal_network(config), build_classifier_network(config)
     )
+    return model, convert(model, config, DEFAULT_OPSET)
+
+
+KERAS, ORT, ORT_INT8 = "Keras (TF)", "onnxruntime", "onnxruntime int8"
+
+
+def bench_config(name, config, batch_sizes, runs, extrapolate_above, threads, seed=0):
+    """Rows of one config, and {engine: max |ONNX - Keras|} seen."""
+    import onnxruntime as ort
+
+    from export.detector import session_options
+    from export.onnx_export import to_int8
+
     begin = time.perf_counter()
+    model, exported = exported_model(config, seed)
+    print(f"{name}: exported in {time.perf_counter() - begin:.1f} s", flush=True)
     # The session options export.detector.Detector serves with.
     options = session_options()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(
-        convert(model, config, DEFAULT_OPSET).SerializeToString(),
-        options,
-        providers=["CPUExecutionProvider"],
-    )
-    print(f"{name}: exported in {time.perf_counter() - begin:.1f} s", flush=True)
+    sessions = {
+        engine: ort.InferenceSession(
+            graph.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        for engine, graph in ((ORT, exported), (ORT_INT8, to_int8(exported)))
+    }
     rng = np.random.default_rng(seed)
-    rows, max_diff, batch_one = [], 0.0, {}
+    rows, batch_one = [], {}
+    max_diff = dict.fromkeys(sessions, 0.0)
     for batch in batch_sizes:
         if batch > extrapolate_above:
-            for engine in ("Keras (TF)", "onnxruntime"):
+            for engine in (KERAS, *sessions):
                 rows.append(
                     Row(
                         name,
@@ -198,19 +215,21 @@ def bench_config(name, config, batch_sizes, runs, extrapolate_above, threads, se
         feeds = {"clip_features": clips}
         # Warm-up: traces the Keras function, sizes onnxruntime's arenas.
         expected = model.predict_on_batch(clips)
-        overlap, classes = session.run(["overlap_scores", "class_scores"], feeds)
-        max_diff = max(
-            max_diff,
-            float(np.abs(overlap - expected["overlap_scores"]).max()),
-            float(np.abs(classes - expected["class_scores"]).max()),
-        )
-        times = interleaved_seconds(
-            {
-                "Keras (TF)": lambda clips=clips: model.predict_on_batch(clips),
-                "onnxruntime": lambda feeds=feeds: session.run(None, feeds),
-            },
-            runs,
-        )
+        for engine, session in sessions.items():
+            found = session.run(["overlap_scores", "class_scores"], feeds)
+            if engine == ORT:
+                overlap, classes = found
+            max_diff[engine] = max(
+                max_diff[engine],
+                float(np.abs(found[0] - expected["overlap_scores"]).max()),
+                float(np.abs(found[1] - expected["class_scores"]).max()),
+            )
+        calls = {KERAS: lambda clips=clips: model.predict_on_batch(clips)}
+        for engine, session in sessions.items():
+            calls[engine] = lambda feeds=feeds, session=session: session.run(
+                None, feeds
+            )
+        times = interleaved_seconds(calls, runs)
         for engine, seconds in times.items():
             median, fastest = statistics.median(seconds), min(seconds)
             rows.append(Row(name, engine, batch, median, fastest, None, runs))
@@ -262,6 +281,7 @@ def main():
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     if 1 not in batch_sizes:
         batch_sizes.insert(0, 1)
+    load_before = os.getloadavg()
     rows, diffs = [], {}
     for name in args.configs.split(","):
         paper = name == "paper"
@@ -284,17 +304,26 @@ def main():
         f"(shared with other jobs; this process may use {cpus}), {threads}, "
         f"TensorFlow {tf.__version__} (CPU), "
         f"onnxruntime {ort.__version__} (CPUExecutionProvider, threads do not "
-        "spin, as export.detector.Detector), float32"
+        "spin, as export.detector.Detector), float32 and int8 "
+        "(export.onnx_export.to_int8)"
     )
-    checks = ", ".join(f"{name} {diff:.1e}" for name, diff in diffs.items())
+    checks = "; ".join(
+        f"{name}: "
+        + ", ".join(f"{engine} {diff:.1e}" for engine, diff in engines.items())
+        for name, engines in diffs.items()
+    )
+    load = "load average (1, 5, 15 min) {} at the start, {} at the end".format(
+        *(
+            ", ".join(f"{value:.2f}" for value in values)
+            for values in (load_before, os.getloadavg())
+        )
+    )
+    footer = f"{machine}; {load}; max |ONNX - Keras| on the timed inputs: {checks}."
     print()
     print(table)
-    print(f"\n{machine}; max |ONNX - Keras| on the timed inputs: {checks}.")
+    print(f"\n{footer}")
     if args.markdown:
-        write_text_atomic(
-            args.markdown,
-            f"{table}\n\n{machine}; max |ONNX - Keras| on the timed inputs: {checks}.\n",
-        )
+        write_text_atomic(args.markdown, f"{table}\n\n{footer}\n")
 
 
 if __name__ == "__main__":

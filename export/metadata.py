@@ -10,8 +10,9 @@ Keys (values are JSON):
     class_names: the C labels, the column order of class_scores.
     postprocessing: NMS and fusion settings of the run
         (`tal_keras.config.Postprocessing`, and "fusion").
-    precision: "float32" or "float16" (weights and activations; the graph's
-        inputs and outputs are float32 either way).
+    precision: "float32", "float16" (weights and activations) or "int8"
+        (the matrix products, `export.onnx_export.to_int8`); the graph's
+        inputs and outputs are float32 either way.
     inputs, outputs: {name: shape} with null for the batch.
     parity: how the export was checked against Keras (inputs, max abs
         differences, tolerance).
@@ -28,7 +29,7 @@ FORMAT = "tal_keras.s2dtan/1"
 INPUT_NAME = "clip_features"
 OVERLAP_SCORES = "overlap_scores"
 CLASS_SCORES = "class_scores"
-PRECISIONS = ("float32", "float16")
+PRECISIONS = ("float32", "float16", "int8")
 # How detections are scored; written so a reader of the file knows it.
 FUSION = "P_over * P_class (* video-level label score when video labels are given)"
 
@@ -44,7 +45,7 @@ class ServingSpec:
         class_names: the C labels, in class_scores column order.
         timing: `FeatureTiming` of the raw features.
         postprocessing: `Postprocessing` the run was evaluated with.
-        precision: "float32" or "float16".
+        precision: "float32", "float16" or "int8".
         version: tal_keras version that exported the file.
         model_config: the run's `ModelConfig` as a dict.
         parity: the export's check against Keras, as recorded.
@@ -76,7 +77,7 @@ def build_metadata(run_config, class_names, precision, parity, version):
     Args:
         run_config: the run's `RunConfig`.
         class_names: the C labels, column order of class_scores.
-        precision: "float32" or "float16".
+        precision: "float32", "float16" or "int8".
         parity: dict describing the check against Keras.
         version: the tal_keras version.
     """

@@ -3,16 +3,21 @@ overlap_scores [B, P] and class_scores [B, P, C], both networks in one graph,
 with everything serving needs as metadata (`export.metadata`).
 
     python -m export.onnx_export --workdir runs/demo [--out runs/demo/s2dtan.onnx]
-        [--opset 17] [--fp16] [--check_videos 8]
+        [--opset 17] [--fp16 | --int8] [--check_videos 8]
 
 The ONNX outputs are checked against Keras on videos of the run's evaluation
 subset (the training cache and resampling); without the data, on random
 inputs, with a warning. A difference above the tolerance (1e-4 in float32;
 --fp16_tolerance in float16) fails the export and leaves no file behind.
+With --int8 the float32 graph is checked so first, then its matrix products
+are quantized (`to_int8`) and the int8 graph's difference from Keras and its
+time beside float32's are reported, not held to a tolerance (quantization
+error is expected; --tolerance sets one).
 Needs TensorFlow (the Keras TF backend and tf2onnx); serving does not.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -29,11 +34,17 @@ logger = logging.getLogger("tal_keras")
 
 DEFAULT_NAME = "s2dtan.onnx"
 DEFAULT_FP16_NAME = "s2dtan.fp16.onnx"
+DEFAULT_INT8_NAME = "s2dtan.int8.onnx"
 DEFAULT_OPSET = 17
 FP32_TOLERANCE = 1e-4  # the issue's bound on max |ONNX - Keras| in float32
 # float16 keeps ~3 significant digits; sigmoid and softmax outputs lie in
 # [0, 1], so errors of a few 1e-3 are expected and 1e-2 flags a broken graph.
 FP16_TOLERANCE = 1e-2
+# What `to_int8` does, recorded in the file's parity metadata.
+INT8_SCHEME = (
+    "onnxruntime dynamic quantization: MatMul weights int8 per output channel, "
+    "activations uint8 per tensor, scaled at run time"
+)
 
 
 class ParityError(RuntimeError):
@@ -46,13 +57,19 @@ class ExportReport:
 
     Attributes:
         path: the ONNX file.
-        precision: "float32" or "float16".
+        precision: "float32", "float16" or "int8".
         inputs: description of the inputs the check ran on.
         max_abs_diff: {output name: max |ONNX - Keras|}.
         batch_consistency: max |batched - one video at a time| of the ONNX
             graph (dynamic batch works).
-        tolerance: the bound the differences were held to.
+        tolerance: the bound the differences were held to; None for an int8
+            graph held to none (its differences are reported).
         seconds: time the export took, check included.
+        mean_abs_diff: {output name: mean |ONNX - Keras|} (int8 only).
+        float32_max_abs_diff: {output name: max |ONNX - Keras|} of the float32
+            graph the int8 one was quantized from (int8 only).
+        call_seconds: {"float32": s, "int8": s}, one onnxruntime call of each
+            graph on the check's videos (int8 only).
     """
 
     path: str
@@ -62,17 +79,40 @@ class ExportReport:
     batch_consistency: float
     tolerance: float
     seconds: float
+    mean_abs_diff: dict = None
+    float32_max_abs_diff: dict = None
+    call_seconds: dict = None
 
     def summary(self):
         diffs = ", ".join(
             f"{name} {value:.2e}" for name, value in self.max_abs_diff.items()
         )
-        return (
+        bound = (
+            "reported, no tolerance"
+            if self.tolerance is None
+            else f"tolerance {self.tolerance:g}"
+        )
+        line = (
             f"{self.path}: {self.precision}, max |ONNX - Keras| {diffs} "
-            f"(tolerance {self.tolerance:g}) on {self.inputs}; batch vs single "
+            f"({bound}) on {self.inputs}; batch vs single "
             f"video {self.batch_consistency:.2e}; {os.path.getsize(self.path) / 2**20:.1f} MiB "
             f"in {self.seconds:.1f} s"
         )
+        if self.precision == "int8":
+            means = ", ".join(
+                f"{name} {value:.2e}" for name, value in self.mean_abs_diff.items()
+            )
+            float_diffs = ", ".join(
+                f"{name} {value:.2e}"
+                for name, value in self.float32_max_abs_diff.items()
+            )
+            line += (
+                f"\nint8: mean |ONNX - Keras| {means}; the float32 graph it was "
+                f"quantized from: max {float_diffs}; one call on the check's "
+                f"videos: int8 {self.call_seconds['int8']:.3f} s, float32 "
+                f"{self.call_seconds['float32']:.3f} s"
+            )
+        return line
 
 
 def load_run(workdir):
@@ -196,7 +236,7 @@ def convert(inference_model, model_config, opset, unroll=True):
         path = os.path.join(folder, "model.onnx")
         # An explicit signature: the model need not have been called (a paper
         # config forward takes minutes on a CPU).
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _tf2onnx_optimizers_in_place():
             warnings.simplefilter("ignore", FutureWarning)  # keras' tf2onnx numpy patch
             inference_model.export(
                 path,
@@ -249,6 +289,25 @@ def convert(inference_model, model_config, opset, unroll=True):
     return model
 
 
+@contextlib.contextmanager
+def _tf2onnx_optimizers_in_place():
+    """tf2onnx's graph optimizers run on the graph itself, not each on a deep
+    copy kept to fall back on if it raises: at the paper config the copies
+    took the conversion past 14 GiB (19 GiB when the machine ran out).
+    tf2onnx reads TF2ONNX_CATCH_ERRORS (any value set turns the copies off in
+    tf2onnx 1.17; "FALSE" says so to a version that reads the value)."""
+    name = "TF2ONNX_CATCH_ERRORS"
+    previous = os.environ.get(name)
+    os.environ[name] = "FALSE"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = previous
+
+
 def to_float16(model):
     """The graph with float16 weights and activations, float32 inputs and outputs."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -257,6 +316,44 @@ def to_float16(model):
         # It warns about weights rounded to 0 or clipped; the check measures the effect.
         warnings.simplefilter("ignore")
         return convert_float_to_float16(model, keep_io_types=True)
+
+
+def to_int8(model):
+    """The graph with its matrix products by constant weights in int8
+    (`INT8_SCHEME`); inputs, outputs and the other nodes stay float32."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "int8.onnx")
+        quantize_dynamic(
+            model,
+            path,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            extra_options={"MatMulConstBOnly": True},
+        )
+        return onnx.load(path)
+
+
+def _timed_scores(session, clip_features):
+    """(`onnx_scores`, seconds the call took)."""
+    begin = time.perf_counter()
+    scores = onnx_scores(session, clip_features)
+    return scores, time.perf_counter() - begin
+
+
+def _batch_consistency(session, clip_features, found):
+    """max |batched - first video alone| of the session's outputs."""
+    single = onnx_scores(session, clip_features[:1])
+    return max(float(np.abs(single[name][0] - found[name][0]).max()) for name in found)
+
+
+def _differences(found, expected, reduce):
+    return {
+        name: float(reduce(np.abs(found[name] - expected[name]))) for name in expected
+    }
 
 
 def _session(model):
@@ -282,24 +379,30 @@ def export_run(
     check_videos=8,
     tolerance=None,
     category_file=None,
+    int8=False,
 ):
     """Exports the run in `workdir` to one ONNX file, checked against Keras.
 
     Args:
         workdir: the run folder (config.json, proposal/ and classifier/best.keras).
-        out: the ONNX path; default WORKDIR/s2dtan.onnx (s2dtan.fp16.onnx with fp16).
+        out: the ONNX path; default WORKDIR/s2dtan.onnx (s2dtan.fp16.onnx with
+            fp16, s2dtan.int8.onnx with int8).
         opset: ONNX opset.
         fp16: convert weights and activations to float16.
         check_videos: evaluation videos (or random inputs) the check runs on.
-        tolerance: max |ONNX - Keras| allowed; default 1e-4, or 1e-2 with fp16.
+        tolerance: max |ONNX - Keras| allowed; default 1e-4, 1e-2 with fp16,
+            none with int8 (the difference is reported; the float32 graph it
+            is quantized from is held to 1e-4).
         category_file: class names, one per line, when the run's annotations
             are not at hand.
+        int8: quantize the float32 graph's matrix products (`to_int8`).
 
     Returns:
         `ExportReport`.
 
     Raises:
-        ParityError: a difference above the tolerance; nothing is written.
+        ParityError: a difference above the tolerance, or int8 outputs that
+            are not finite; nothing is written.
     """
     import onnx
 
@@ -308,11 +411,19 @@ def export_run(
     from tal_keras.models import build_inference_model
 
     started = time.perf_counter()
-    precision = "float16" if fp16 else "float32"
-    if tolerance is None:
+    if fp16 and int8:
+        raise ValueError("choose one of fp16 and int8, not both.")
+    precision = "float16" if fp16 else "int8" if int8 else "float32"
+    int8_tolerance = tolerance if int8 else None
+    if tolerance is None or int8:
         tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
     if out is None:
-        out = os.path.join(workdir, DEFAULT_FP16_NAME if fp16 else DEFAULT_NAME)
+        out = os.path.join(
+            workdir,
+            {"float16": DEFAULT_FP16_NAME, "int8": DEFAULT_INT8_NAME}.get(
+                precision, DEFAULT_NAME
+            ),
+        )
     check_writable(out, "ONNX file")  # before the conversion, not after
     run_config, proposal_network, classifier_network = load_run(workdir)
     class_names = run_class_names(run_config, category_file)
@@ -324,14 +435,9 @@ def export_run(
     clip_features, inputs = check_inputs(run_config, check_videos)
     expected = keras_scores(inference_model, clip_features, run_config.eval.batch_size)
     session = _session(model)
-    found = onnx_scores(session, clip_features)
-    max_abs_diff = {
-        name: float(np.abs(found[name] - expected[name]).max()) for name in expected
-    }
-    single = onnx_scores(session, clip_features[:1])
-    batch_consistency = max(
-        float(np.abs(single[name][0] - found[name][0]).max()) for name in found
-    )
+    found, float_seconds = _timed_scores(session, clip_features)
+    max_abs_diff = _differences(found, expected, np.max)
+    batch_consistency = _batch_consistency(session, clip_features, found)
     failed = {
         name: diff for name, diff in max_abs_diff.items() if not diff <= tolerance
     }
@@ -339,7 +445,8 @@ def export_run(
         raise ParityError(
             f"ONNX export of {workdir} does not match Keras on {inputs}: max |ONNX - "
             f"Keras| {max_abs_diff}, batch vs single video {batch_consistency:.3g}, "
-            f"tolerance {tolerance:g} ({precision}). Nothing was written."
+            f"tolerance {tolerance:g} ({'float32' if int8 else precision}). "
+            "Nothing was written."
         )
     parity = {
         "inputs": inputs,
@@ -348,6 +455,39 @@ def export_run(
         "tolerance": tolerance,
         "reference": "Keras (TensorFlow backend) inference model",
     }
+    int8_report = {}
+    if int8:
+        model = to_int8(model)
+        session = _session(model)
+        found, int8_seconds = _timed_scores(session, clip_features)
+        int8_report = {
+            "mean_abs_diff": _differences(found, expected, np.mean),
+            "float32_max_abs_diff": max_abs_diff,
+            "call_seconds": {"float32": float_seconds, "int8": int8_seconds},
+        }
+        max_abs_diff = _differences(found, expected, np.max)
+        batch_consistency = _batch_consistency(session, clip_features, found)
+        finite = all(np.isfinite(values).all() for values in found.values())
+        if not finite or (
+            int8_tolerance is not None
+            and not max(max_abs_diff.values()) <= int8_tolerance
+        ):
+            raise ParityError(
+                f"int8 export of {workdir} on {inputs}: max |ONNX - Keras| "
+                f"{max_abs_diff}"
+                + ("" if finite else ", outputs not finite")
+                + ("" if int8_tolerance is None else f", tolerance {int8_tolerance:g}")
+                + ". Nothing was written."
+            )
+        tolerance = int8_tolerance
+        parity = {
+            **parity,
+            "max_abs_diff": max_abs_diff,
+            "batch_consistency": batch_consistency,
+            "tolerance": tolerance,
+            "quantization": INT8_SCHEME,
+            **int8_report,
+        }
     _set_metadata(
         model,
         metadata.build_metadata(
@@ -364,6 +504,7 @@ def export_run(
         batch_consistency=batch_consistency,
         tolerance=tolerance,
         seconds=time.perf_counter() - started,
+        **int8_report,
     )
 
 
@@ -377,7 +518,8 @@ def parse_args(argv):
         "--out",
         default=None,
         help=f"ONNX file to write; default WORKDIR/{DEFAULT_NAME} "
-        f"(WORKDIR/{DEFAULT_FP16_NAME} with --fp16).",
+        f"(WORKDIR/{DEFAULT_FP16_NAME} with --fp16, WORKDIR/{DEFAULT_INT8_NAME} "
+        "with --int8).",
     )
     parser.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version."
@@ -386,6 +528,12 @@ def parse_args(argv):
         "--fp16",
         action="store_true",
         help="float16 weights and activations (inputs and outputs stay float32).",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 matrix products (onnxruntime dynamic quantization); its "
+        "difference from Keras and its speed beside float32 are reported.",
     )
     parser.add_argument(
         "--check_videos",
@@ -398,7 +546,7 @@ def parse_args(argv):
         type=float,
         default=None,
         help=f"Max |ONNX - Keras| allowed; default {FP32_TOLERANCE:g}, "
-        f"{FP16_TOLERANCE:g} with --fp16.",
+        f"{FP16_TOLERANCE:g} with --fp16, none with --int8 (reported only).",
     )
     parser.add_argument(
         "--category_file",
@@ -408,6 +556,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.check_videos < 1:
         parser.error(f"--check_videos must be >= 1, got {args.check_videos}.")
+    if args.fp16 and args.int8:
+        parser.error("choose one of --fp16 and --int8.")
     return args
 
 
@@ -443,6 +593,7 @@ def main(argv=None):
                 out=args.out,
                 opset=args.opset,
                 fp16=args.fp16,
+                int8=args.int8,
                 check_videos=args.check_videos,
                 tolerance=args.tolerance,
                 category_file=args.category_file,

@@ -155,6 +155,60 @@ def test_float16_export_reports_its_own_tolerance(tiny_run, tmp_path):
     assert json.loads(properties["precision"]) == "float16"
 
 
+def test_int8_export_reports_its_difference_and_speed_and_serves(tiny_run, tmp_path):
+    from export.detector import Detector
+
+    workdir, *_ = tiny_run
+    out = str(tmp_path / "quantized.onnx")
+    report = onnx_export.export_run(workdir, out=out, int8=True, check_videos=3)
+    assert report.precision == "int8" and report.tolerance is None
+    # The float32 graph it is quantized from matches Keras; the int8 graph
+    # differs, by quantization error, not by a broken graph.
+    assert max(report.float32_max_abs_diff.values()) <= 1e-5
+    assert 1e-5 < max(report.max_abs_diff.values()) < 0.05
+    assert 0 < max(report.mean_abs_diff.values()) < max(report.max_abs_diff.values())
+    assert sorted(report.call_seconds) == ["float32", "int8"]
+    assert "int8: mean |ONNX - Keras|" in report.summary()
+    model = onnx.load(out)
+    op_types = [node.op_type for node in model.graph.node]
+    # Every product by a weight is quantized: no float MatMul with a constant
+    # second input is left.
+    constants = {tensor.name for tensor in model.graph.initializer}
+    assert not [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "MatMul" and node.input[1] in constants
+    ]
+    assert "MatMulInteger" in op_types or "DynamicQuantizeMatMul" in op_types
+    properties = {entry.key: json.loads(entry.value) for entry in model.metadata_props}
+    assert properties["precision"] == "int8"
+    assert properties["parity"]["quantization"] == onnx_export.INT8_SCHEME
+    assert properties["parity"]["tolerance"] is None
+    # Served as any export is, close to the float32 graph.
+    detector = Detector(out, providers=["CPUExecutionProvider"])
+    assert detector.spec.precision == "int8"
+    clips = random_clips(2, seed=7)
+    float_session = ort.InferenceSession(
+        tiny_run[2], providers=["CPUExecutionProvider"]
+    )
+    expected = onnx_export.onnx_scores(float_session, clips)
+    found = detector.predict(clips)
+    for name in expected:
+        np.testing.assert_allclose(found[name], expected[name], atol=0.05)
+
+
+def test_int8_export_with_a_tolerance_fails_beyond_it(tiny_run, tmp_path, capsys):
+    workdir, *_ = tiny_run
+    out = tmp_path / "quantized.onnx"
+    arguments = ["--workdir", workdir, "--out", str(out), "--check_videos", "2"]
+    status = onnx_export.main([*arguments, "--int8", "--tolerance", "1e-9"])
+    assert status == 1 and not out.exists()
+    error = capsys.readouterr().err
+    assert "EXPORT FAILED" in error and "int8" in error
+    with pytest.raises(SystemExit):
+        onnx_export.parse_args([*arguments, "--int8", "--fp16"])
+
+
 def test_a_mismatch_fails_loudly_and_writes_nothing(
     tiny_run, tmp_path, monkeypatch, capsys
 ):

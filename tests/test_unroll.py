@@ -1,18 +1,21 @@
-"""export.unroll: Loops of a known trip count written out, the same outputs
-as the Loop graph, one tap at a time in onnxruntime's execution order, and
-Loops it cannot write out left alone."""
+"""export.unroll: Loops of a known trip count written out, the band conv's
+taps regrouped into a few products per layer, the same outputs as the Loop
+graph and Keras (near-ties too), one tap or group at a time in onnxruntime's
+execution order, and Loops it cannot write out left alone."""
 
 import json
+import math
 import re
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper
 from test_export import TINY_MODEL, random_clips
 
 from export import onnx_export
-from export.unroll import unroll_loops
+from export.unroll import TAPS_PER_PRODUCT, unroll_loops
 from tal_keras.map_band import MapBand
 from tal_keras.models import (
     build_classifier_network,
@@ -34,19 +37,43 @@ def _op_count(model, op_type):
     return sum(node.op_type == op_type for node in model.graph.node)
 
 
-def test_the_exported_graph_has_no_loop_and_matches_the_loop_graph(tmp_path):
-    model = build_inference_model(
-        build_proposal_network(TINY_MODEL), build_classifier_network(TINY_MODEL)
-    )
-    opset = onnx_export.DEFAULT_OPSET
-    with_loops = onnx_export.convert(model, TINY_MODEL, opset, unroll=False)
-    unrolled = onnx_export.convert(model, TINY_MODEL, opset)
+_BUILT = {}
+
+
+def _tiny_graphs():
+    """(Keras inference model of TINY_MODEL, its ONNX graph with the tap
+    Loops), built once."""
+    if "graphs" not in _BUILT:
+        model = build_inference_model(
+            build_proposal_network(TINY_MODEL), build_classifier_network(TINY_MODEL)
+        )
+        with_loops = onnx_export.convert(
+            model, TINY_MODEL, onnx_export.DEFAULT_OPSET, unroll=False
+        )
+        _BUILT["graphs"] = model, with_loops
+    return _BUILT["graphs"]
+
+
+def _written_out(with_loops, taps_per_product):
+    copy = onnx.ModelProto.FromString(with_loops.SerializeToString())
+    return unroll_loops(copy, taps_per_product=taps_per_product)[0]
+
+
+def _steps_per_layer(config, taps_per_product):
+    # The first tap of each layer is outside the Loop.
+    return math.ceil((config.kernel_size**2 - 1) / taps_per_product)
+
+
+@pytest.mark.parametrize("taps_per_product", [1, 3, TAPS_PER_PRODUCT])
+def test_the_written_out_graph_has_no_loop_and_matches_keras(taps_per_product):
+    model, with_loops = _tiny_graphs()
+    unrolled = _written_out(with_loops, taps_per_product)
     # One tap Loop per band conv layer, none once written out.
     assert _op_count(with_loops, "Loop") == TINY_MODEL.num_conv_layers
     assert _op_count(unrolled, "Loop") == 0
-    # Per tap one MatMul; the first tap of each layer is outside the Loop.
-    taps = TINY_MODEL.kernel_size**2
-    matmuls = _op_count(with_loops, "MatMul") + TINY_MODEL.num_conv_layers * (taps - 1)
+    # One MatMul per tap, or per group of taps.
+    steps = _steps_per_layer(TINY_MODEL, taps_per_product)
+    matmuls = _op_count(with_loops, "MatMul") + TINY_MODEL.num_conv_layers * steps
     assert _op_count(unrolled, "MatMul") == matmuls
     # The tap's index row and kernel slice are constants: nothing is left of
     # keras.ops.take's handling of negative indices (on the tap number, and
@@ -65,37 +92,60 @@ def test_the_exported_graph_has_no_loop_and_matches_the_loop_graph(tmp_path):
         np.testing.assert_allclose(found[name], keras_found[name], atol=1e-5)
 
 
-def test_onnxruntime_runs_the_written_out_taps_one_at_a_time(tmp_path):
+def test_the_export_groups_taps_and_matches_keras_on_near_ties():
+    model, with_loops = _tiny_graphs()
+    exported = onnx_export.convert(model, TINY_MODEL, onnx_export.DEFAULT_OPSET)
+    grouped = _written_out(with_loops, TAPS_PER_PRODUCT)
+    assert _op_count(exported, "MatMul") == _op_count(grouped, "MatMul")
+    assert _op_count(exported, "MatMul") < _op_count(
+        _written_out(with_loops, 1), "MatMul"
+    )
+    # Features of a few distinct values, a little apart: the max-pool ties
+    # and the taps add equal terms, in another order than Keras.
+    rng = np.random.default_rng(4)
+    shape = (2, TINY_MODEL.num_clips, TINY_MODEL.feature_dim)
+    clips = rng.integers(-2, 3, size=shape).astype(np.float32)
+    clips += 1e-6 * rng.standard_normal(shape, dtype=np.float32)
+    found = onnx_export.onnx_scores(_session(exported), clips)
+    expected = onnx_export.keras_scores(model, clips, 2)
+    for name in expected:
+        np.testing.assert_allclose(found[name], expected[name], atol=1e-5)
+
+
+@pytest.mark.parametrize("taps_per_product", [1, 3])
+def test_onnxruntime_runs_the_written_out_taps_one_step_at_a_time(
+    tmp_path, taps_per_product
+):
     # Both orders of the band conv: gather then multiply, multiply then gather.
     config = TINY_MODEL
     band = MapBand(
         config.lattice, config.kernel_size, config.num_conv_layers, config.map_mode
     )
     assert set(band.gather_first) == {True, False}
-    model = build_inference_model(
-        build_proposal_network(config), build_classifier_network(config)
-    )
-    unrolled = onnx_export.convert(model, config, onnx_export.DEFAULT_OPSET)
+    unrolled = _written_out(_tiny_graphs()[1], taps_per_product)
     producers = {output: node for node in unrolled.graph.node for output in node.output}
 
-    def place(node):  # (loop, iteration) of a written-out node
-        found = re.match(r"(.*)/unrolled(\d+)/", node.name)
+    def place(node):  # (loop, first tap) of a written-out tap or group of taps
+        found = re.match(r"(.*)/unrolled(\d+)/", node.name) or re.match(
+            r"(.*)/unrolled/taps(\d+)-\d+/", node.name
+        )
         return (found.group(1), int(found.group(2))) if found else None
 
-    # The running sum: Adds that take an Add of the iteration before.
+    # The running sum: Adds that take an Add of the step before.
     sums = set()
     for node in unrolled.graph.node:
         if node.op_type == "Add" and place(node):
-            loop, iteration = place(node)
+            loop, first_tap = place(node)
             for name in node.input:
                 before = producers.get(name)
                 if (
                     before is not None
                     and before.op_type == "Add"
-                    and place(before) == (loop, iteration - 1)
+                    and place(before) == (loop, first_tap - taps_per_product)
                 ):
                     sums.update({node.name, before.name})
-    assert len(sums) == config.num_conv_layers * (config.kernel_size**2 - 1)
+    steps_per_layer = _steps_per_layer(config, taps_per_product)
+    assert len(sums) == config.num_conv_layers * steps_per_layer
 
     session = _session(
         unrolled,
@@ -124,8 +174,8 @@ def test_onnxruntime_runs_the_written_out_taps_one_at_a_time(tmp_path):
             for name in executed
             if (name in matmuls or name in sums) and name.startswith(loop + "/")
         ]
-        # A tap's product is added before the next tap's is made.
-        assert steps == ["M", "A"] * (config.kernel_size**2 - 1), (loop, steps)
+        # A step's product is added before the next step's is made.
+        assert steps == ["M", "A"] * steps_per_layer, (loop, steps)
 
 
 def _counting_loop(trip_count_name):
