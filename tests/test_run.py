@@ -279,7 +279,8 @@ def test_only_the_entry_points_read_flags():
         if path is not None
         and {"absl", "tal_keras.flags"} & _imports(name, path, modules)
     )
-    assert readers == ["evaluate", "tal_keras.flags", "train"]
+    # tal_keras.flag_table is a command too (python -m): the flags' table.
+    assert readers == ["evaluate", "tal_keras.flag_table", "tal_keras.flags", "train"]
 
 
 def test_every_network_name_has_its_spec():
