@@ -4,13 +4,16 @@ postprocessing timed apart.
 
     python bench/bench_serving.py [--configs demo,paper] [--batch_sizes 1,32]
         [--runs 5] [--paper_runs 1] [--threads 0] [--markdown table.md]
+        [--exported DIR]
 
 Both networks are built with random weights (latency does not depend on
 them) and exported with `export.onnx_export.convert`; the int8 graph is that
 file through `export.onnx_export.to_int8` (as `--int8` exports). Each engine is warmed
 up with one call per batch size, then timed over --runs calls (--paper_runs
 for the paper config), one call of each engine in turn, so that both see the
-same load; the median and the fastest call are reported. --threads gives
+same load; the median and the fastest call are reported, and the median
+CPU time of a call (all the process's threads; on a machine shared with
+other jobs it moves less with their load than the wall time does). --threads gives
 both engines the same number of intra-op threads (TensorFlow's inter-op pool
 too; 0: each engine's default). Model time is one call on a
 batch of random clip features [B, N, D]; postprocessing is the per-video
@@ -65,6 +68,7 @@ class Row:
     fastest_seconds: float
     post_seconds: float  # per video
     runs: int
+    cpu_seconds: float  # median, all threads of the process
     note: str = ""
 
     def cells(self):
@@ -76,6 +80,7 @@ class Row:
             _number(1000 * self.batch_seconds),
             _number(1000 * self.fastest_seconds),
             _number(1000 * per_video),
+            _number(1000 * self.cpu_seconds / self.batch),
             _number(1 / per_video),
             _number(1000 * self.post_seconds),
             _number(1 / (per_video + self.post_seconds)),
@@ -98,6 +103,7 @@ HEADER = [
     "model ms/batch",
     "fastest ms/batch",
     "model ms/video",
+    "model CPU ms/video",
     "model videos/s",
     "post ms/video",
     "end-to-end videos/s",
@@ -116,14 +122,17 @@ def markdown(rows):
 
 
 def interleaved_seconds(functions, runs):
-    """{name: seconds of each call}: `runs` rounds, each calling every function once."""
+    """({name: wall seconds of each call}, {name: CPU seconds of each call, all
+    the process's threads}): `runs` rounds, each calling every function once."""
     times = {name: [] for name in functions}
+    cpu_times = {name: [] for name in functions}
     for _ in range(runs):
         for name, function in functions.items():
-            begin = time.perf_counter()
+            begin, cpu_begin = time.perf_counter(), time.process_time()
             function()
+            cpu_times[name].append(time.process_time() - cpu_begin)
             times[name].append(time.perf_counter() - begin)
-    return times
+    return times, cpu_times
 
 
 def postprocess_seconds(config, overlap_scores, class_scores, repeats=5):
@@ -149,10 +158,16 @@ def postprocess_seconds(config, overlap_scores, class_scores, repeats=5):
     return statistics.median(times)
 
 
-def exported_model(config, seed=0):
+def exported_model(config, seed=0, cache=None):
     """(Keras inference model with random weights, its onnx.ModelProto as
-    `export.onnx_export.convert` writes it)."""
+    `export.onnx_export.convert` writes it).
+
+    cache: an ONNX file; read instead of converting when it exists (the same
+    config and seed make the same weights; the timed inputs' max |ONNX -
+    Keras| shows a mismatch), else written.
+    """
     import keras
+    import onnx
 
     from export.onnx_export import DEFAULT_OPSET, convert
     from tal_keras.models import (
@@ -165,13 +180,23 @@ def exported_model(config, seed=0):
     model = build_inference_model(
         build_proposal_network(config), build_classifier_network(config)
     )
-    return model, convert(model, config, DEFAULT_OPSET)
+    if cache and os.path.exists(cache):
+        return model, onnx.load(cache)
+    exported = convert(model, config, DEFAULT_OPSET)
+    if cache:
+        from tal_keras.atomic import atomic_path
+
+        with atomic_path(cache) as temporary:
+            onnx.save(exported, temporary)
+    return model, exported
 
 
 KERAS, ORT, ORT_INT8 = "Keras (TF)", "onnxruntime", "onnxruntime int8"
 
 
-def bench_config(name, config, batch_sizes, runs, extrapolate_above, threads, seed=0):
+def bench_config(
+    name, config, batch_sizes, runs, extrapolate_above, threads, seed=0, cache=None
+):
     """Rows of one config, and {engine: max |ONNX - Keras|} seen."""
     import onnxruntime as ort
 
@@ -179,7 +204,7 @@ def bench_config(name, config, batch_sizes, runs, extrapolate_above, threads, se
     from export.onnx_export import to_int8
 
     begin = time.perf_counter()
-    model, exported = exported_model(config, seed)
+    model, exported = exported_model(config, seed, cache)
     print(f"{name}: exported in {time.perf_counter() - begin:.1f} s", flush=True)
     # The session options export.detector.Detector serves with.
     options = session_options()
@@ -205,6 +230,7 @@ def bench_config(name, config, batch_sizes, runs, extrapolate_above, threads, se
                         batch * batch_one[engine][1],
                         None,
                         0,
+                        batch * batch_one[engine][2],
                         f"extrapolated: {batch} x batch 1",
                     )
                 )
@@ -229,12 +255,13 @@ def bench_config(name, config, batch_sizes, runs, extrapolate_above, threads, se
             calls[engine] = lambda feeds=feeds, session=session: session.run(
                 None, feeds
             )
-        times = interleaved_seconds(calls, runs)
+        times, cpu_times = interleaved_seconds(calls, runs)
         for engine, seconds in times.items():
             median, fastest = statistics.median(seconds), min(seconds)
-            rows.append(Row(name, engine, batch, median, fastest, None, runs))
+            cpu = statistics.median(cpu_times[engine])
+            rows.append(Row(name, engine, batch, median, fastest, None, runs, cpu))
             if batch == 1:
-                batch_one[engine] = median, fastest
+                batch_one[engine] = median, fastest, cpu
             print(
                 f"  {engine:<12} batch {batch:>3}: median {median:.3f} s, "
                 f"fastest {fastest:.3f} s",
@@ -269,6 +296,12 @@ def main():
         "0: the engines' defaults.",
     )
     parser.add_argument("--markdown", default=None, help="Also write the table here.")
+    parser.add_argument(
+        "--exported",
+        default=None,
+        help="Folder of the exported graphs, DIR/CONFIG.onnx: read when present "
+        "(the paper config's conversion takes many minutes), else written.",
+    )
     args = parser.parse_args()
 
     import onnxruntime as ort
@@ -292,6 +325,9 @@ def main():
             args.paper_runs if paper else args.runs,
             args.paper_max_batch if paper else max(batch_sizes),
             args.threads,
+            cache=os.path.join(args.exported, f"{name}.onnx")
+            if args.exported
+            else None,
         )
         rows += config_rows
     table = markdown(rows)

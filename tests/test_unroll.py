@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from test_export import TINY_MODEL, random_clips
 
 from export import onnx_export
-from export.unroll import TAPS_PER_PRODUCT, unroll_loops
+from export.unroll import MIN_WEIGHTS_TO_GROUP, TAPS_PER_PRODUCT, unroll_loops
 from tal_keras.map_band import MapBand
 from tal_keras.models import (
     build_classifier_network,
@@ -54,9 +54,13 @@ def _tiny_graphs():
     return _BUILT["graphs"]
 
 
-def _written_out(with_loops, taps_per_product):
+def _written_out(with_loops, taps_per_product, min_weights_to_group=0):
     copy = onnx.ModelProto.FromString(with_loops.SerializeToString())
-    return unroll_loops(copy, taps_per_product=taps_per_product)[0]
+    return unroll_loops(
+        copy,
+        taps_per_product=taps_per_product,
+        min_weights_to_group=min_weights_to_group,
+    )[0]
 
 
 def _steps_per_layer(config, taps_per_product):
@@ -92,21 +96,25 @@ def test_the_written_out_graph_has_no_loop_and_matches_keras(taps_per_product):
         np.testing.assert_allclose(found[name], keras_found[name], atol=1e-5)
 
 
-def test_the_export_groups_taps_and_matches_keras_on_near_ties():
+def test_grouped_taps_match_keras_on_near_ties_and_narrow_layers_stay_taps():
     model, with_loops = _tiny_graphs()
-    exported = onnx_export.convert(model, TINY_MODEL, onnx_export.DEFAULT_OPSET)
     grouped = _written_out(with_loops, TAPS_PER_PRODUCT)
-    assert _op_count(exported, "MatMul") == _op_count(grouped, "MatMul")
-    assert _op_count(exported, "MatMul") < _op_count(
-        _written_out(with_loops, 1), "MatMul"
-    )
+    tap_by_tap = _written_out(with_loops, 1)
+    assert _op_count(grouped, "MatMul") < _op_count(tap_by_tap, "MatMul")
+    # The tiny layers' kernel slices (8 x 8) are below the width at which
+    # the export regroups: it writes them out tap by tap.
+    assert TINY_MODEL.hidden_size**2 < MIN_WEIGHTS_TO_GROUP
+    exported = onnx_export.convert(model, TINY_MODEL, onnx_export.DEFAULT_OPSET)
+    assert _op_count(exported, "MatMul") == _op_count(tap_by_tap, "MatMul")
+    at_the_width = _written_out(with_loops, TAPS_PER_PRODUCT, TINY_MODEL.hidden_size**2)
+    assert _op_count(at_the_width, "MatMul") == _op_count(grouped, "MatMul")
     # Features of a few distinct values, a little apart: the max-pool ties
     # and the taps add equal terms, in another order than Keras.
     rng = np.random.default_rng(4)
     shape = (2, TINY_MODEL.num_clips, TINY_MODEL.feature_dim)
     clips = rng.integers(-2, 3, size=shape).astype(np.float32)
     clips += 1e-6 * rng.standard_normal(shape, dtype=np.float32)
-    found = onnx_export.onnx_scores(_session(exported), clips)
+    found = onnx_export.onnx_scores(_session(grouped), clips)
     expected = onnx_export.keras_scores(model, clips, 2)
     for name in expected:
         np.testing.assert_allclose(found[name], expected[name], atol=1e-5)
