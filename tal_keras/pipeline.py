@@ -12,6 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tal_keras.data.cache import drop_mapped_pages
+
 TARGETS = ("max_iou", "classes")
 
 
@@ -82,10 +84,14 @@ def make_dataset(cache, target, batch_size, shuffle=False, seed=0):
     def load(indices):
         # Sorted reads are sequential in a memory-mapped cache.
         indices = np.sort(indices)
-        return (
+        batch = (  # copies: fancy indexing never returns a view of the map
             np.asarray(clips[indices]),
             np.asarray(targets[indices], dtype=target_dtype.as_numpy_dtype),
         )
+        # The RSS of a pass over a HACS-sized cache stays that of a few batches.
+        drop_mapped_pages(clips)
+        drop_mapped_pages(targets)
+        return batch
 
     def load_batch(indices):
         batch_clips, batch_targets = tf.numpy_function(

@@ -25,7 +25,11 @@ from tal_keras.clips import FeatureTiming
 from tal_keras.config import RunConfig, TrainConfig
 from tal_keras.data import synthetic
 from tal_keras.data.annotations import load_annotations
-from tal_keras.data.cache import build_or_open_cache, remove_abandoned_builds
+from tal_keras.data.cache import (
+    CacheSubset,
+    build_or_open_cache,
+    remove_abandoned_builds,
+)
 from tal_keras.data.features import NpyFeatureStore
 from tal_keras.lattice import Lattice
 
@@ -95,8 +99,6 @@ def test_shuffled_passes_follow_the_epoch_keras_gives_not_the_pass_count():
 
 
 def test_a_cache_subset_view_is_shuffled_and_read_like_a_cache():
-    from tal_keras.data.cache import CacheSubset
-
     view = CacheSubset(ArrayCache(), [1, 3, 4, 8, 9])
     dataset = pipeline.make_dataset(view, "max_iou", 2, shuffle=True, seed=0)
     rows = np.concatenate([targets[:, 0] for _, targets in dataset]).astype(int)
@@ -340,3 +342,28 @@ def test_two_builders_of_one_cache_build_it_once(tmp_path):
     assert sorted(len(store.loaded) for store in stores) == [0, 40]
     assert caches[0].folder == caches[1].folder
     assert os.listdir(tmp_path / "cache") == [os.path.basename(caches[0].folder)]
+
+
+def resident_file_bytes():
+    with open("/proc/self/status") as stream:
+        for line in stream:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+def test_a_pass_over_a_memory_mapped_cache_keeps_its_pages_out_of_the_rss(tmp_path):
+    # A 192 MiB cache on disk: clips [768, 256, 256] float16, read in batches
+    # of 32 (4 MiB); without dropping its pages a pass maps most of it.
+    np.save(tmp_path / "clips.npy", np.ones((768, 256, 256), np.float16))
+    np.save(tmp_path / "max_iou.npy", np.zeros((768, 4), np.float32))
+    cache = ArrayCache(768)
+    cache.clips = np.load(tmp_path / "clips.npy", mmap_mode="r")
+    cache.max_iou = np.load(tmp_path / "max_iou.npy", mmap_mode="r")
+    view = CacheSubset(cache, np.arange(768))
+    for source in (cache, view):
+        dataset = pipeline.make_dataset(source, "max_iou", 32, shuffle=True)
+        before = resident_file_bytes()
+        total = sum(float(np.sum(batch)) for batch, _ in dataset.as_numpy_iterator())
+        assert total == 768 * 256 * 256
+        assert resident_file_bytes() - before < 48 << 20

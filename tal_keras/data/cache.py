@@ -21,6 +21,7 @@ import io
 import itertools
 import json
 import logging
+import mmap
 import os
 import shutil
 import time
@@ -76,9 +77,10 @@ class ClipCache:
 
     def load_into_memory(self):
         """Replaces the memory maps by in-memory arrays (small caches)."""
-        self.clips = np.asarray(self.clips)
-        self.max_iou = np.asarray(self.max_iou)
-        self.classes = np.asarray(self.classes)
+        # np.array copies; np.asarray of a memmap is a view of the same map.
+        self.clips = np.array(self.clips)
+        self.max_iou = np.array(self.max_iou)
+        self.classes = np.array(self.classes)
         return self
 
     def subset(self, indices):
@@ -132,6 +134,18 @@ class _Rows:
     def __array__(self, dtype=None, copy=None):
         rows = np.asarray(self.array[self.rows])
         return rows if dtype is None else rows.astype(dtype)
+
+
+def drop_mapped_pages(array):
+    """Unmaps from this process the pages that reading `array` (a cache's
+    memory-mapped array, or the rows of a `CacheSubset` view of one) mapped:
+    they stay in the page cache, but no longer count in the process's RSS,
+    which then does not grow with the size of the cache read. Arrays in
+    memory are left alone."""
+    base = getattr(array, "array", array)  # a CacheSubset view's rows
+    mapping = getattr(base, "_mmap", None)  # where numpy's memmap keeps it
+    if isinstance(mapping, mmap.mmap):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def cache_key(**fields):
