@@ -29,7 +29,8 @@ after building the model and data, before the first step.
 git directory of microsoft/2D-TAN (`--tan_git_dir`, its HEAD's lib/ by `git
 archive`) into a temporary folder; none of it is copied into this project.
 Configs: "paper" (N 256, scales 64,32,32, D 2304, H 512, K 9, L 4),
-"narrow" (the paper's maps and kernels at D 256, H 64), "tiny". The load
+"h128" (the paper's at H 128), "narrow" (the paper's maps and kernels at D
+256, H 64), "tiny". The load
 average is printed beside the table; the machine may be shared.
 """
 
@@ -55,6 +56,15 @@ CONFIGS = {
         "scale_layers": (64, 32, 32),
         "feature_dim": 2304,
         "hidden_size": 512,
+        "kernel_size": 9,
+        "num_conv_layers": 4,
+    },
+    # The paper's maps, kernels and D at H 128: 1/16 of its map-conv FLOPs.
+    "h128": {
+        "num_clips": 256,
+        "scale_layers": (64, 32, 32),
+        "feature_dim": 2304,
+        "hidden_size": 128,
         "kernel_size": 9,
         "num_conv_layers": 4,
     },

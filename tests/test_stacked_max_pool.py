@@ -244,7 +244,7 @@ JAX_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_jax_backend_gradients_equal_the_chained_pools():
-    result = run_python(["-c", JAX_SCRIPT], backend="jax", timeout=300)
+    result = run_python(["-c", JAX_SCRIPT], backend="jax", timeout=600)
     backend, worst = result.stdout.split()[-2:]
     assert backend == "jax"
     assert float(worst) < 1e-5
