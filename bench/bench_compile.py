@@ -36,42 +36,20 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+sys.path[:0] = [REPO, BENCH]
+
+from bench_gpu import PAPER, TINY
 
 COMPONENTS = ("encoder", "pool", "band_conv", "heads", "proposal", "classifier")
 BACKENDS = ("tensorflow", "jax")
-# (num_clips, scale_layers, feature_dim, hidden_size, kernel_size,
-# num_conv_layers, num_classes): the paper's (hacs.flags), narrow and tiny.
+# The paper's config (hacs.flags) and the tiny one of bench_gpu.py, and the
+# paper's maps and kernels at narrow widths: steps in seconds here.
 CONFIGS = {
-    "paper": {
-        "num_clips": 256,
-        "scale_layers": (64, 32, 32),
-        "feature_dim": 2304,
-        "hidden_size": 512,
-        "kernel_size": 9,
-        "num_conv_layers": 4,
-        "num_classes": 200,
-    },
-    # The paper's maps and kernels at narrow widths: steps in seconds here.
-    "narrow": {
-        "num_clips": 256,
-        "scale_layers": (64, 32, 32),
-        "feature_dim": 256,
-        "hidden_size": 64,
-        "kernel_size": 9,
-        "num_conv_layers": 4,
-        "num_classes": 200,
-    },
-    "tiny": {
-        "num_clips": 16,
-        "scale_layers": (4, 2, 2),
-        "feature_dim": 32,
-        "hidden_size": 16,
-        "kernel_size": 3,
-        "num_conv_layers": 2,
-        "num_classes": 5,
-    },
+    "paper": PAPER,
+    "narrow": dict(PAPER, feature_dim=256, hidden_size=64),
+    "tiny": TINY,
 }
 
 
@@ -246,29 +224,49 @@ def child_main(spec):
 
 
 def run_backend(backend, spec):
+    def describe(row):
+        return (
+            f"{row['backend']} {row['component']} compile "
+            f"{row['compile_s']:.2f} s, step {_seconds(row['step_s'])} s"
+        )
+
+    return child_rows(__file__, spec, backend, describe)
+
+
+def child_rows(script, spec, backend, describe):
+    """Runs `python SCRIPT --_child SPEC` with KERAS_BACKEND=`backend`; returns
+    the rows it prints as "row: JSON" lines, each shown by `describe(row)` as
+    it comes. Raises RuntimeError if it fails."""
     environment = dict(
         os.environ,
         KERAS_BACKEND=backend,
         TF_CPP_MIN_LOG_LEVEL="3",
         PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
     )
-    command = [sys.executable, os.path.abspath(__file__), "--_child", json.dumps(spec)]
+    command = [sys.executable, os.path.abspath(script), "--_child", json.dumps(spec)]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, text=True, env=environment
     )
     rows = []
     for line in process.stdout:
         if line.startswith("row: "):
-            row = json.loads(line[len("row: ") :])
-            print(
-                f"row: {row['backend']} {row['component']} compile "
-                f"{row['compile_s']:.2f} s, step {_seconds(row['step_s'])} s",
-                flush=True,
-            )
-            rows.append(row)
-    if process.wait() != 0:
-        raise RuntimeError(f"the {backend} run failed (exit {process.returncode})")
+            rows.append(json.loads(line[len("row: ") :]))
+            print(f"row: {describe(rows[-1])}", flush=True)
+    if process.wait() != 0 or not rows:
+        raise RuntimeError(
+            f"{os.path.basename(script)} on {backend} failed (exit "
+            f"{process.returncode}): {json.dumps(spec)}"
+        )
     return rows
+
+
+def print_table(lines, rows, out):
+    """Prints the table's lines; with `out`, also writes rows and lines as JSON."""
+    print("\n".join(lines), flush=True)
+    if out:
+        from tal_keras.atomic import write_json_atomic
+
+        write_json_atomic(out, {"rows": rows, "table": lines}, indent=1)
 
 
 def _seconds(value):
@@ -335,11 +333,7 @@ def main(argv=None):
         "",
         *format_table(rows),
     ]
-    print("\n".join(lines), flush=True)
-    if args.out:
-        from tal_keras.atomic import write_json_atomic
-
-        write_json_atomic(args.out, {"rows": rows, "table": lines}, indent=1)
+    print_table(lines, rows, args.out)
     return 0
 
 

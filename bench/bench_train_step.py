@@ -48,49 +48,21 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path[:0] = [REPO, BENCH]
 
+from bench_compile import child_rows, load_average, print_table
+from bench_gpu import PAPER, TINY
+
 ENGINES = ("tensorflow-xla", "tensorflow", "jax", "torch-2dtan")
 DEFAULT_ENGINES = ("tensorflow-xla", "jax", "torch-2dtan")
+# The paper's config (hacs.flags), at H 128 (1/16 of its map-conv FLOPs), at
+# narrow widths (D 256, H 64), and bench_gpu.py's tiny one.
 CONFIGS = {
-    "paper": {
-        "num_clips": 256,
-        "scale_layers": (64, 32, 32),
-        "feature_dim": 2304,
-        "hidden_size": 512,
-        "kernel_size": 9,
-        "num_conv_layers": 4,
-    },
-    # The paper's maps, kernels and D at H 128: 1/16 of its map-conv FLOPs.
-    "h128": {
-        "num_clips": 256,
-        "scale_layers": (64, 32, 32),
-        "feature_dim": 2304,
-        "hidden_size": 128,
-        "kernel_size": 9,
-        "num_conv_layers": 4,
-    },
-    "narrow": {
-        "num_clips": 256,
-        "scale_layers": (64, 32, 32),
-        "feature_dim": 256,
-        "hidden_size": 64,
-        "kernel_size": 9,
-        "num_conv_layers": 4,
-    },
-    "tiny": {
-        "num_clips": 16,
-        "scale_layers": (4, 2, 2),
-        "feature_dim": 32,
-        "hidden_size": 16,
-        "kernel_size": 3,
-        "num_conv_layers": 2,
-    },
+    "paper": PAPER,
+    "h128": dict(PAPER, hidden_size=128),
+    "narrow": dict(PAPER, feature_dim=256, hidden_size=64),
+    "tiny": TINY,
 }
 LEARNING_RATE = 1e-3
 T_MIN, T_MAX = 0.5, 1.0
-
-
-def load_average():
-    return "/".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def rss_gib():
@@ -193,40 +165,15 @@ def child_main(spec):
 
 
 def run_engine(spec):
-    backend = {"tensorflow-xla": "tensorflow", "tensorflow": "tensorflow"}.get(
-        spec["engine"], "jax"
-    )
-    environment = dict(
-        os.environ,
-        KERAS_BACKEND=backend,
-        TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
-    )
-    command = [sys.executable, os.path.abspath(__file__), "--_child", json.dumps(spec)]
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env=environment,
-        check=False,
-    )
-    rows = [
-        json.loads(line[len("row: ") :])
-        for line in result.stdout.splitlines()
-        if line.startswith("row: ")
-    ]
-    if result.returncode != 0 or not rows:
-        raise RuntimeError(
-            f"the {spec['engine']} run failed (exit {result.returncode}):\n"
-            + result.stderr[-3000:]
+    backend = "tensorflow" if spec["engine"].startswith("tensorflow") else "jax"
+
+    def describe(row):
+        return (
+            f"{row['engine']} first {row['first_s']:.2f} s, step "
+            f"{row['step_s']:.3f} s, peak RSS {row['peak_rss_gib']:.2f} GiB"
         )
-    row = rows[0]
-    print(
-        f"row: {row['engine']} first {row['first_s']:.2f} s, step "
-        f"{row['step_s']:.3f} s, peak RSS {row['peak_rss_gib']:.2f} GiB",
-        flush=True,
-    )
-    return row
+
+    return child_rows(__file__, spec, backend, describe)[0]
 
 
 def format_table(rows):
@@ -315,11 +262,7 @@ def main(argv=None):
         "",
         *format_table(rows),
     ]
-    print("\n".join(lines), flush=True)
-    if args.out:
-        from tal_keras.atomic import write_json_atomic
-
-        write_json_atomic(args.out, {"rows": rows, "table": lines}, indent=1)
+    print_table(lines, rows, args.out)
     return 0
 
 
