@@ -260,6 +260,19 @@ def child_rows(script, spec, backend, describe):
     return rows
 
 
+def header_lines(config_name, config, batch, runs):
+    """The lines above a table: config, batch, CPUs, what the medians are."""
+    shape = ", ".join(f"{key} {value}" for key, value in config.items())
+    return [
+        f"config: {config_name}: {shape}; band conv; batch {batch}",
+        (
+            f"{os.cpu_count()} CPUs; step s: median of {runs} steps after the first; "
+            "load average 1/5/15 min"
+        ),
+        "",
+    ]
+
+
 def print_table(lines, rows, out):
     """Prints the table's lines; with `out`, also writes rows and lines as JSON."""
     print("\n".join(lines), flush=True)
@@ -323,17 +336,12 @@ def main(argv=None):
     rows = []
     for backend in backends:
         rows += run_backend(backend, spec)
-    shape = ", ".join(f"{key} {value}" for key, value in CONFIGS[args.config].items())
-    lines = [
-        f"config: {args.config}: {shape}; band conv; batch {args.batch}",
-        (
-            f"{os.cpu_count()} CPUs; medians of {args.runs} steps after the first; "
-            "load average 1/5/15 min"
-        ),
-        "",
-        *format_table(rows),
-    ]
-    print_table(lines, rows, args.out)
+    print_table(
+        header_lines(args.config, CONFIGS[args.config], args.batch, args.runs)
+        + format_table(rows),
+        rows,
+        args.out,
+    )
     return 0
 
 

@@ -48,7 +48,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path[:0] = [REPO, BENCH]
 
-from bench_compile import child_rows, load_average, print_table
+from bench_compile import child_rows, header_lines, load_average, print_table
 from bench_gpu import PAPER, TINY
 
 ENGINES = ("tensorflow-xla", "tensorflow", "jax", "torch-2dtan")
@@ -252,17 +252,12 @@ def main(argv=None):
                 "tan_lib": os.path.abspath(tan_lib) if tan_lib else "",
             }
             rows.append(run_engine(spec))
-    shape = ", ".join(f"{key} {value}" for key, value in CONFIGS[args.config].items())
-    lines = [
-        f"config: {args.config}: {shape}; band conv; batch {args.batch}",
-        (
-            f"{os.cpu_count()} CPUs; step s: median of {args.runs} steps after the "
-            "first; load average 1/5/15 min"
-        ),
-        "",
-        *format_table(rows),
-    ]
-    print_table(lines, rows, args.out)
+    print_table(
+        header_lines(args.config, CONFIGS[args.config], args.batch, args.runs)
+        + format_table(rows),
+        rows,
+        args.out,
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from chained_max_pools import chained_pools
 from python_process import run_python
 
 from tal_keras.lattice import Lattice
@@ -45,18 +46,6 @@ def brute_force(clips, lattice):
         ],
         axis=1,
     )
-
-
-def chained_pools(clips, lattice):
-    """2D-TAN's SparsePropMaxPool: one max-pool per lattice layer, chained."""
-    outputs, features = [], clips
-    for layer in lattice.layers:
-        if layer.kernel > 1:
-            features = keras.ops.max_pool(
-                features, layer.kernel, strides=layer.stride, padding="valid"
-            )
-        outputs.append(features)
-    return keras.ops.concatenate(outputs, axis=1)
 
 
 def gradient(function, clips, upstream):
@@ -203,10 +192,14 @@ def test_rejects_bad_input():
 
 JAX_SCRIPT = textwrap.dedent(
     """
+    import sys
+
     import jax
     import keras
     import numpy as np
 
+    sys.path.insert(0, "tests")
+    from chained_max_pools import chained_pools
     from tal_keras.lattice import Lattice
     from tal_keras.layers import StackedMaxPool
 
@@ -219,14 +212,7 @@ JAX_SCRIPT = textwrap.dedent(
         pool = StackedMaxPool(num_clips, scale_layers)
 
         def chained(x):
-            outputs, features = [], x
-            for layer in lattice.layers:
-                if layer.kernel > 1:
-                    features = keras.ops.max_pool(
-                        features, layer.kernel, strides=layer.stride, padding="valid"
-                    )
-                outputs.append(features)
-            return keras.ops.concatenate(outputs, axis=1)
+            return chained_pools(x, lattice)
 
         def gradient(function):
             return np.asarray(
