@@ -114,13 +114,7 @@ class FeatureStore:
                 +-MAX_ABS_FEATURE, D != feature_dim (when given), or T far
                 from what `duration` holds.
         """
-        location = self._locate(video_id)
-        shape, dtype = self._shape(video_id, location)
-        self._check_shape(video_id, location, shape, dtype, feature_dim)
-        if duration is not None:
-            check_feature_length(
-                f"{location}: video {video_id}", shape[0], duration, timing
-            )
+        location, _ = self._check_header(video_id, feature_dim, duration, timing)
         array = self._read(video_id, location)
         self._check_shape(video_id, location, array.shape, array.dtype, feature_dim)
         with np.errstate(
@@ -158,6 +152,13 @@ class FeatureStore:
         """
         if check_values:
             return self.load(video_id, feature_dim, duration, timing).shape
+        _, shape = self._check_header(video_id, feature_dim, duration, timing)
+        return tuple(shape)
+
+    def _check_header(self, video_id, feature_dim, duration, timing):
+        """(location, shape) of the video's array after the checks that need
+        only its shape and dtype (`_check_shape`, and `check_feature_length`
+        with a `duration`); the values are not read."""
         location = self._locate(video_id)
         shape, dtype = self._shape(video_id, location)
         self._check_shape(video_id, location, shape, dtype, feature_dim)
@@ -165,7 +166,7 @@ class FeatureStore:
             check_feature_length(
                 f"{location}: video {video_id}", shape[0], duration, timing
             )
-        return tuple(shape)
+        return location, shape
 
     def length_warning(self, video_id, num_steps, duration, timing=None):
         """The one-line warning of `check_feature_length` for `num_steps`
@@ -244,10 +245,6 @@ class NpyFeatureStore(FeatureStore):
             raise DataError(
                 f"{location}: video {video_id}: cannot read the feature file {reason}"
             ) from error
-
-    def _shape(self, video_id, location):
-        array = self._read(video_id, location)
-        return array.shape, array.dtype
 
     def __repr__(self):
         return f"NpyFeatureStore({self.directory!r})"
