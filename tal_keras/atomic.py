@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half.
+"""Atomic file writes: a reader sees the old file or the new one, never half
+(`atomic_folder`: the same for a folder of files).
 
 Files get the permissions the umask gives an ordinary new file (mkstemp's
 private 0600 is widened to match). `check_writable` tells, before any work,
@@ -16,6 +17,7 @@ import fcntl
 import glob
 import json
 import os
+import shutil
 import tempfile
 
 from tal_keras.errors import OutputError
@@ -125,6 +127,50 @@ def write_text_atomic(path, text):
 def write_json_atomic(path, payload, indent=None):
     """Writes `payload` as JSON to `path` atomically."""
     write_text_atomic(path, json.dumps(payload, indent=indent))
+
+
+@contextlib.contextmanager
+def atomic_folder(path, overwrite=False):
+    """Yields a new folder beside `path` to fill; moves it onto `path` when
+    the block ends, or removes it on an exception.
+
+    A reader sees no folder at `path`, the old one or the new one, never half
+    of one. An empty folder at `path` is replaced; a non-empty one (one that
+    appeared while the block ran included) only with `overwrite`, moved aside
+    first so that `path` is always whole, else FileExistsError. The new
+    folder is world-readable (mkdtemp's is private).
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    building = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        os.chmod(building, 0o755)
+        yield building
+        _move_folder_into_place(building, path, overwrite)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
+def _move_folder_into_place(building, path, overwrite):
+    if os.path.isdir(path) and not os.listdir(path):
+        os.rmdir(path)
+    if not os.path.exists(path):
+        try:
+            os.rename(building, path)
+            return
+        except OSError:  # someone else renamed theirs in first
+            if not (os.path.isdir(path) and os.listdir(path)):
+                raise
+    if not overwrite:
+        raise FileExistsError(
+            f"{path} appeared while it was made; it is replaced only with overwrite."
+        )
+    retired = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".retired-")
+    os.rename(path, os.path.join(retired, "old"))
+    os.rename(building, path)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def check_writable(path, what="output"):

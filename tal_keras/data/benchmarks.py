@@ -52,12 +52,11 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 
+from tal_keras.atomic import atomic_folder
 from tal_keras.clips import HACS_TIMING
 
 FAMILIES = ("boundary", "lookalike", "scene")
@@ -210,25 +209,11 @@ def generate(
         "feature_stride": HACS_TIMING.stride,
         "feature_window": HACS_TIMING.window,
     }
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    building = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
-    try:
-        os.chmod(building, 0o755)
+    with atomic_folder(out_dir, overwrite) as building:
         counts = _write(building, parameters, database, videos)
         parameters.update(counts)
         with open(os.path.join(building, PARAMETERS_FILE), "w") as stream:
             json.dump(parameters, stream, indent=1)
-        if os.path.exists(out_dir):
-            retired = tempfile.mkdtemp(dir=parent, prefix=".retired-")
-            os.rename(out_dir, os.path.join(retired, "old"))
-            os.rename(building, out_dir)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(building, out_dir)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
     return parameters
 
 

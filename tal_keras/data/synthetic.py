@@ -62,12 +62,11 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 
+from tal_keras.atomic import atomic_folder
 from tal_keras.clips import HACS_TIMING
 
 FORMATS = ("npy", "hdf5")
@@ -163,16 +162,8 @@ def generate(
             f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) "
             "to replace it."
         )
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    building = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
-    try:
-        os.chmod(building, 0o755)  # mkdtemp makes it private
+    with atomic_folder(out_dir, overwrite) as building:
         _write(building, parameters)
-        _move_into_place(building, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
     return _dataset(out_dir, parameters)
 
 
@@ -262,27 +253,6 @@ def _read_parameters(root):
 
 def _is_nonempty_dir(path):
     return os.path.isdir(path) and bool(os.listdir(path))
-
-
-def _move_into_place(building, out_dir, overwrite):
-    if os.path.isdir(out_dir) and not os.listdir(out_dir):
-        os.rmdir(out_dir)
-    if not os.path.exists(out_dir):
-        try:
-            os.rename(building, out_dir)
-            return
-        except OSError as error:  # someone else renamed theirs in first
-            if not _is_nonempty_dir(out_dir):
-                raise
-            if not overwrite:
-                raise FileExistsError(
-                    f"{out_dir} appeared while generating."
-                ) from error
-    # Replace: move the old folder aside first, so out_dir is always whole.
-    retired = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=".retired-")
-    os.rename(out_dir, os.path.join(retired, "old"))
-    os.rename(building, out_dir)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _write(root, parameters):
