@@ -370,10 +370,12 @@ class _RowFile:
         os.pwrite(self.handle, header, 0)
         os.ftruncate(self.handle, self.offset + num_rows * self.row_bytes)
         os.fsync(self.handle)
-        os.close(self.handle)
+        self.close()
 
     def close(self):
-        os.close(self.handle)
+        if self.handle is not None:
+            os.close(self.handle)
+            self.handle = None
 
 
 def _build(
@@ -467,27 +469,34 @@ def _build(
             arrays[name].write(first_row, rows[:filled])
         progress["rows"] += filled
 
-    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-        for video, reason, length_warning, values in _ordered(
-            pool, prepare, videos[progress["videos_done"] :], 2 * num_workers
-        ):
-            if reason is not None:
-                logger.warning("skipping video %s: %s", video.video_id, reason)
-                progress["skipped"].append((video.video_id, reason))
-            else:
-                if length_warning is not None:
-                    logger.warning("%s", length_warning)
-                    progress["length_warnings"].append((video.video_id, length_warning))
-                for name, value in zip(block, values):
-                    block[name][filled] = value
-                filled += 1
-            progress["videos_done"] += 1
-            since_record += 1
-            if since_record == _BLOCK_VIDEOS:
-                write_block()
-                filled = since_record = 0
-                _write_progress(folder, progress, arrays)
-    write_block()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+            for video, reason, length_warning, values in _ordered(
+                pool, prepare, videos[progress["videos_done"] :], 2 * num_workers
+            ):
+                if reason is not None:
+                    logger.warning("skipping video %s: %s", video.video_id, reason)
+                    progress["skipped"].append((video.video_id, reason))
+                else:
+                    if length_warning is not None:
+                        logger.warning("%s", length_warning)
+                        progress["length_warnings"].append(
+                            (video.video_id, length_warning)
+                        )
+                    for name, value in zip(block, values):
+                        block[name][filled] = value
+                    filled += 1
+                progress["videos_done"] += 1
+                since_record += 1
+                if since_record == _BLOCK_VIDEOS:
+                    write_block()
+                    filled = since_record = 0
+                    _write_progress(folder, progress, arrays)
+        write_block()
+    except BaseException:
+        for array in arrays.values():
+            array.close()  # the files stay for the next build to resume
+        raise
     skipped, length_warnings = progress["skipped"], progress["length_warnings"]
     if skipped:
         logger.warning(
