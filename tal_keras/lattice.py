@@ -37,6 +37,17 @@ def check_map_conv(map_mode, kernel_size):
         )
 
 
+def pooling_kernel_and_stride(scale, layer):
+    """(kernel, stride) of the max-pool of one layer of the stacked pooling
+    (docs/design.md section 4): the identity (1, 1) first, (3, 2) to open
+    every later scale, (2, 1) inside a scale."""
+    if scale == 0 and layer == 0:
+        return 1, 1
+    if layer == 0:
+        return 3, 2
+    return 2, 1
+
+
 @dataclasses.dataclass(frozen=True)
 class PoolingLayer:
     """One layer of the stacked pooling and the proposals it yields.
@@ -118,12 +129,7 @@ class Lattice:
         positions, length, start_stride, offset = num_clips, 0, 1, 0
         for scale, num_layers in enumerate(self.scale_layers):
             for layer in range(num_layers):
-                if scale == 0 and layer == 0:
-                    kernel, stride = 1, 1
-                elif layer == 0:
-                    kernel, stride = 3, 2
-                else:
-                    kernel, stride = 2, 1
+                kernel, stride = pooling_kernel_and_stride(scale, layer)
                 if positions < kernel:
                     raise ValueError(
                         f"scale_layers={self.scale_layers} asks for proposals "

@@ -3,25 +3,22 @@
 import numpy as np
 import pytest
 
-from tal_keras.lattice import Lattice
+from tal_keras.lattice import Lattice, pooling_kernel_and_stride
 
 
 def simulate_pooling(num_clips, scale_layers):
     """[(scale, layer, [(start, end), ...])] by pooling index sets, plain loops.
 
     Each pooled position holds the set of clips it has seen (a bitmask); a
-    max-pool of kernel k and stride s takes the union of k neighbours.
+    max-pool of kernel k and stride s takes the union of k neighbours. The
+    kernels and strides are `pooling_kernel_and_stride`'s, checked against
+    the design by `test_pooling_schedule_follows_design_section_4`.
     """
     outputs = []
     positions = [1 << clip for clip in range(num_clips)]
     for scale, num_layers in enumerate(scale_layers):
         for layer in range(num_layers):
-            if scale == 0 and layer == 0:
-                kernel, stride = 1, 1
-            elif layer == 0:
-                kernel, stride = 3, 2
-            else:
-                kernel, stride = 2, 1
+            kernel, stride = pooling_kernel_and_stride(scale, layer)
             pooled = []
             for first in range(0, len(positions) - kernel + 1, stride):
                 covered = 0
@@ -38,6 +35,14 @@ def simulate_pooling(num_clips, scale_layers):
                 intervals.append((start, end))
             outputs.append((scale, layer, intervals))
     return outputs
+
+
+def test_pooling_schedule_follows_design_section_4():
+    # Identity first, max-pool(3, 2) opening each later scale, (2, 1) inside.
+    assert pooling_kernel_and_stride(0, 0) == (1, 1)
+    assert pooling_kernel_and_stride(0, 63) == (2, 1)
+    assert pooling_kernel_and_stride(1, 0) == pooling_kernel_and_stride(2, 0) == (3, 2)
+    assert pooling_kernel_and_stride(1, 1) == pooling_kernel_and_stride(2, 31) == (2, 1)
 
 
 CONFIGS = [
