@@ -201,22 +201,6 @@ def test_disk_full_while_saving_is_one_line_and_leaves_nothing_half_written(
     assert not (workdir / "proposal" / "state.json").exists()
 
 
-def test_ctrl_c_is_one_line_and_exit_130(data, tmp_path, monkeypatch, capsys):
-    from tal_keras import training
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "train_network", interrupted)
-    assert train_run(data, tmp_path / "run") == 130
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (
-        "interrupted: the run folder holds the last finished epoch; continue with "
-        "--resume."
-    )
-    assert "Traceback" not in "\n".join(err)
-
-
 # --- one run per folder ----------------------------------------------------
 
 
@@ -563,11 +547,18 @@ def terminate(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_sigterm_ends_train_as_ctrl_c_does(data, tmp_path, monkeypatch, capsys):
+def interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stop", [interrupt, terminate], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_and_sigterm_end_train_in_one_line_and_exit_130(
+    data, tmp_path, monkeypatch, capsys, stop
+):
     from tal_keras import training
 
     previous = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(training, "train_network", terminate)
+    monkeypatch.setattr(training, "train_network", stop)
     assert train_run(data, tmp_path / "run") == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (
