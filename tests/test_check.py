@@ -22,13 +22,13 @@ def features(duration, timing=TIMING, width=WIDTH, seed=0):
     return np.random.default_rng(seed).standard_normal((steps, width)).astype("f4")
 
 
-def make_dataset(root, videos, arrays=None):
+def make_dataset(root, videos, arrays=None, timing=TIMING):
     """Writes root/gt.json and root/features/ID.npy.
 
     Args:
         videos: {id: (subset, duration, [(label, start, end)])}.
         arrays: {id: array to save, or None for no file}; the others get
-            features of their duration at TIMING.
+            features of their duration at `timing` (the flags say TIMING).
 
     Returns:
         the tal-check flags of the dataset (N 16, scales 4,2,2, width 6).
@@ -38,7 +38,7 @@ def make_dataset(root, videos, arrays=None):
     folder = root / "features"
     folder.mkdir()
     for seed, (video_id, (_, duration, _)) in enumerate(videos.items()):
-        array = arrays.get(video_id, features(duration, seed=seed))
+        array = arrays.get(video_id, features(duration, timing, seed=seed))
         if array is not None and "/" not in video_id:
             np.save(folder / f"{video_id}.npy", array)
     return [
@@ -209,12 +209,7 @@ def test_malformed_annotations_stop_training(tmp_path, capsys):
 
 
 def test_wrong_stride_is_found_and_the_right_one_suggested(tmp_path, capsys):
-    coarse = FeatureTiming(stride=32)
-    arrays = {
-        video_id: features(duration, coarse, seed=index)
-        for index, (video_id, (_, duration, _)) in enumerate(CLEAN.items())
-    }
-    argv = make_dataset(tmp_path, CLEAN, arrays)
+    argv = make_dataset(tmp_path, CLEAN, timing=FeatureTiming(stride=32))
     status, lines, report = run_check(argv, capsys)
     assert status == 1  # every video 4 times too short: all skipped
     suggestion = report["feature_timing"]["suggestion"]
@@ -294,12 +289,7 @@ def test_without_matplotlib_the_json_is_written(tmp_path, capsys, monkeypatch):
 
 
 def test_flagfile_gives_the_data_flags_and_the_command_line_overrides(tmp_path, capsys):
-    coarse = FeatureTiming(stride=16)
-    arrays = {
-        video_id: features(duration, coarse, seed=index)
-        for index, (video_id, (_, duration, _)) in enumerate(CLEAN.items())
-    }
-    argv = make_dataset(tmp_path, CLEAN, arrays)
+    argv = make_dataset(tmp_path, CLEAN, timing=FeatureTiming(stride=16))
     flagfile = tmp_path / "run.flags"
     flagfile.write_text(
         "# a train.py flagfile\n--workdir=runs/x\n--feature_stride=16\n"
