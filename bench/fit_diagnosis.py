@@ -15,7 +15,6 @@ whose training residual correlation is far above its validation one
 overfits the content. Nothing is written into the run folders.
 """
 
-import argparse
 import os
 import sys
 
@@ -23,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tal_keras import atomic
+from bench.run_folder_table import print_run_folder_table
 from tal_keras.targets import scaled_overlap
 
 EPSILON = 1e-7
@@ -137,32 +136,20 @@ def diagnose(run_folder):
     return rows
 
 
+def table_rows(run_folder):
+    """The table's rows of one run folder: its training and evaluation subsets."""
+    for subset, row in diagnose(run_folder):
+        cells = {
+            name: f"{value:.4f}"
+            if isinstance(value, float) and abs(value) < 2
+            else (f"{value:.2f}" if isinstance(value, float) else str(value))
+            for name, value in row.items()
+        }
+        yield {"run": run_folder, "subset": subset, **cells}
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_folders", nargs="+")
-    parser.add_argument("--out", default="", help="also write the table here")
-    args = parser.parse_args(argv)
-    header = None
-    lines = []
-    for run_folder in args.run_folders:
-        for subset, row in diagnose(run_folder):
-            if header is None:
-                header = ["run", "subset", *row]
-                lines.append("| " + " | ".join(header) + " |")
-                lines.append("|" + " --- |" * len(header))
-            cells = [run_folder, subset] + [
-                f"{value:.4f}"
-                if isinstance(value, float) and abs(value) < 2
-                else (f"{value:.2f}" if isinstance(value, float) else str(value))
-                for value in row.values()
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-            print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print()
-    print(text)
-    if args.out:
-        atomic.write_text_atomic(args.out, text)
+    print_run_folder_table(__doc__.split("\n\n")[0], table_rows, argv)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ evidence with this scorer, not a result a method reaches; "true both"
 shows its boundary weight.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -49,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tal_keras import atomic
+from bench.run_folder_table import print_run_folder_table
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
 FLANK = 0.25
@@ -240,28 +239,17 @@ def ceiling_rows(run_folder):
     }
 
 
+def table_rows(run_folder):
+    """The table's row of one run folder: each scorer's AUC and weight."""
+    cells = {
+        name: f"{value:.2f}" if weight is None else f"{value:.2f} (w {weight:g})"
+        for name, (value, weight) in ceiling_rows(run_folder).items()
+    }
+    yield {"run": run_folder, **cells}
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_folders", nargs="+")
-    parser.add_argument("--out", default="", help="also write the table here")
-    args = parser.parse_args(argv)
-    lines = []
-    for run_folder in args.run_folders:
-        rows = ceiling_rows(run_folder)
-        if not lines:
-            lines.append("| run | " + " | ".join(rows) + " |")
-            lines.append("|" + " --- |" * (len(rows) + 1))
-        cells = [
-            f"{value:.2f}" if weight is None else f"{value:.2f} (w {weight:g})"
-            for value, weight in rows.values()
-        ]
-        lines.append(f"| {run_folder} | " + " | ".join(cells) + " |")
-        print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print()
-    print(text)
-    if args.out:
-        atomic.write_text_atomic(args.out, text)
+    print_run_folder_table(__doc__.split("\n\n")[0], table_rows, argv)
 
 
 if __name__ == "__main__":
