@@ -28,6 +28,29 @@ def run(args, check=True, timeout=600):
     return run_python(args, backend="tensorflow", timeout=timeout, check=check)
 
 
+def start_training(flagfile, stderr=subprocess.DEVNULL):
+    """train.py with `flagfile` in the background on the TensorFlow backend
+    (stdout discarded, stderr as text)."""
+    return subprocess.Popen(
+        [sys.executable, "train.py", f"--flagfile={flagfile}"],
+        cwd=REPO,
+        env=python_environment(backend="tensorflow"),
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+    )
+
+
+def wait_until(condition, what, seconds=300):
+    """Polls `condition()` until it holds; AssertionError naming `what` after
+    `seconds`."""
+    deadline = time.time() + seconds
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"{what}: not in {seconds} s")
+        time.sleep(0.05)
+
+
 def tiny_flags(tmp_path, workdir, epochs=2):
     return tiny_run_flagfile(
         tmp_path, workdir, "--num_conv_layers=1", f"--epochs={epochs}"
@@ -82,24 +105,15 @@ def test_training_killed_mid_run_resumes_to_a_complete_folder(tmp_path):
     flagfile = tiny_flags(tmp_path, "killed", epochs=4)
     workdir = tmp_path / "killed"
     state_path = workdir / "proposal" / "state.json"
-    process = subprocess.Popen(
-        [sys.executable, "train.py", f"--flagfile={flagfile}"],
-        cwd=REPO,
-        env=python_environment(backend="tensorflow"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_training(flagfile)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if (
+        wait_until(
+            lambda: (
                 state_path.exists()
                 and json.loads(state_path.read_text())["epochs_done"] >= 1
-            ):
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("no epoch finished in time")
+            ),
+            "the first epoch",
+        )
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait()
@@ -134,18 +148,9 @@ def test_sigterm_ends_training_with_the_ctrl_c_line_and_a_consistent_folder(
     flagfile = tiny_flags(tmp_path, "stopped", epochs=50)
     workdir = tmp_path / "stopped"
     state_path = workdir / "proposal" / "state.json"
-    process = subprocess.Popen(
-        [sys.executable, "train.py", f"--flagfile={flagfile}"],
-        cwd=REPO,
-        env=python_environment(backend="tensorflow"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_training(flagfile, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not state_path.exists():
-            time.sleep(0.05)
+        wait_until(state_path.exists, "the run's state.json")
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=120)
     finally:
