@@ -567,19 +567,14 @@ def proposal_curve(
 
 
 def evaluate_proposals(
-    ground_truth,
-    proposals,
-    subset="validation",
-    max_avg_nr_proposals=100,
-    tiou_thresholds=DEFAULT_TIOU_THRESHOLDS,
-    blocked_videos=(),
-    ar_at=None,
+    ground_truth, proposals, *curve_args, ar_at=None, **curve_kwargs
 ):
     """Official ActivityNet proposal metrics: AR@k and AUC of the AR-AN curve.
 
     Args:
-        ground_truth, proposals, subset, max_avg_nr_proposals,
-            tiou_thresholds, blocked_videos: as `proposal_curve`.
+        ground_truth, proposals, and in `curve_args` / `curve_kwargs` subset,
+            max_avg_nr_proposals, tiou_thresholds, blocked_videos: passed on
+            to `proposal_curve` (its defaults are the defaults).
         ar_at: numbers of proposals per video to report AR at; each must be
             on the grid (k * max_avg_nr_proposals / 100). None: those of
             1, 5, 10, 100 that are on the grid (all four for the default 100).
@@ -589,14 +584,7 @@ def evaluate_proposals(
         "average_recall": [100 floats], "proposals_per_video": [100 floats]};
         fractions in [0, 1]. `proposal_curve` gives the per-threshold curve.
     """
-    curve = proposal_curve(
-        ground_truth,
-        proposals,
-        subset,
-        max_avg_nr_proposals,
-        tiou_thresholds,
-        blocked_videos,
-    )
+    curve = proposal_curve(ground_truth, proposals, *curve_args, **curve_kwargs)
     if ar_at is None:
         ar_at = [k for k in DEFAULT_AR_AT if curve.on_grid(k)]
     summary = {f"AR@{k}": curve.average_recall_at(k) for k in ar_at}
