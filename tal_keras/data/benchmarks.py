@@ -48,7 +48,6 @@ Usage:
 """
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -58,6 +57,7 @@ import numpy as np
 
 from tal_keras.atomic import atomic_folder
 from tal_keras.clips import HACS_TIMING
+from tal_keras.data.features import feature_writer
 
 FAMILIES = ("boundary", "lookalike", "scene")
 NOISE_LEVELS = {"low": 1.0, "high": 2.0}
@@ -277,7 +277,7 @@ def _write(root, parameters, database, videos):
     patterns = class_patterns(seed, len(names), feature_dim)
 
     database_out, dropped, instances = {}, 0, 0
-    with _feature_writer(root, parameters["format"]) as write_features:
+    with feature_writer(root, parameters["format"]) as write_features:
         for index, video_id in enumerate(videos):
             entry = database[video_id]
             duration = float(entry["duration"])
@@ -302,7 +302,9 @@ def _write(root, parameters, database, videos):
                 patterns,
                 parameters["noise_std"],
             )
-            write_features(video_id, features)
+            # The module docstring's names: v_ID.npy, or dataset ID in HDF5.
+            npy = parameters["format"] == "npy"
+            write_features(f"v_{video_id}" if npy else video_id, features)
             database_out[video_id] = {
                 "subset": entry["subset"],
                 "duration": duration,
@@ -410,27 +412,6 @@ def _scene(rng, centers, duration, feature_dim):
         axis=1,
     )
     return scene + SCENE_DRIFT_STD * drift
-
-
-@contextlib.contextmanager
-def _feature_writer(root, format):
-    if format == "npy":
-        directory = os.path.join(root, "features")
-        os.makedirs(directory)
-
-        def write(video_id, features):
-            np.save(os.path.join(directory, f"v_{video_id}.npy"), features)
-
-        yield write
-        return
-    import h5py  # only the HDF5 format needs it
-
-    with h5py.File(os.path.join(root, "features.h5"), "w", track_order=True) as handle:
-
-        def write(video_id, features):
-            handle.create_dataset(video_id, data=features, track_times=False)
-
-        yield write
 
 
 def dataset_paths(root, format="npy"):

@@ -16,6 +16,7 @@ looked up, so training, evaluation and serving skip it with one line and
 count it as they do any unusable video, and nothing outside the store is read.
 """
 
+import contextlib
 import logging
 import ntpath
 import os
@@ -382,6 +383,31 @@ class Hdf5FeatureStore(FeatureStore):
 
     def __repr__(self):
         return f"Hdf5FeatureStore({self.path!r})"
+
+
+@contextlib.contextmanager
+def feature_writer(root, format):
+    """Yields write(key, features [T, D]), which stores one video's array where
+    `open_feature_store` finds it: ROOT/features/KEY.npy ("npy") or dataset
+    KEY of ROOT/features.h5 ("hdf5": datasets in creation order, without
+    their own timestamps)."""
+    if format == "npy":
+        directory = os.path.join(root, "features")
+        os.makedirs(directory)
+
+        def write(key, features):
+            np.save(os.path.join(directory, key + ".npy"), features)
+
+        yield write
+        return
+    import h5py  # only the HDF5 format needs it
+
+    with h5py.File(os.path.join(root, "features.h5"), "w", track_order=True) as handle:
+
+        def write(key, features):
+            handle.create_dataset(key, data=features, track_times=False)
+
+        yield write
 
 
 def check_feature_length(where, num_steps, duration, timing=None):

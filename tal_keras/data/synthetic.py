@@ -58,7 +58,6 @@ Usage: python -m tal_keras.data.synthetic --out DIR [--num_videos 1000
 """
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -68,6 +67,7 @@ import numpy as np
 
 from tal_keras.atomic import atomic_folder
 from tal_keras.clips import HACS_TIMING
+from tal_keras.data.features import feature_writer
 
 FORMATS = ("npy", "hdf5")
 SUBSET_FRACTIONS = (("training", 0.7), ("validation", 0.2), ("testing", 0.1))
@@ -270,7 +270,7 @@ def _write(root, parameters):
     subsets = _subsets(num_videos, np.random.default_rng([seed, 3]))
 
     database = {}
-    with _feature_writer(root, parameters["format"]) as write_features:
+    with feature_writer(root, parameters["format"]) as write_features:
         for index, video_id in enumerate(video_ids):
             rng = np.random.default_rng([seed, 4, index])
             video = _video(rng, num_classes, timing, patterns, background_basis)
@@ -295,27 +295,6 @@ def _write(root, parameters):
     # Written last: its presence marks a finished dataset.
     with open(os.path.join(root, PARAMETERS_FILE), "w") as stream:
         json.dump(parameters, stream, indent=1)
-
-
-@contextlib.contextmanager
-def _feature_writer(root, format):
-    if format == "npy":
-        directory = os.path.join(root, "features")
-        os.makedirs(directory)
-
-        def write(key, features):
-            np.save(os.path.join(directory, key + ".npy"), features)
-
-        yield write
-        return
-    import h5py  # only the HDF5 format needs it
-
-    with h5py.File(os.path.join(root, "features.h5"), "w") as handle:
-
-        def write(key, features):
-            handle.create_dataset(key, data=features)
-
-        yield write
 
 
 def _video_ids(num_videos, rng):
