@@ -1,6 +1,7 @@
 """The results of finished runs as one markdown table: recipe, dataset,
 proposal AUC against the content-blind baseline's (same postprocessing),
-average mAP, and each network's kept and last epoch.
+average mAP, and each network's kept and last epoch, with the AUC and
+average mAP the last epochs give.
 
     python bench/recipe_table.py RUN_FOLDER [RUN_FOLDER ...] [--out table.md]
 
@@ -20,7 +21,8 @@ from tal_keras import atomic
 
 HEADER = (
     "| recipe | dataset | AUC | baseline AUC | AUC - baseline | average mAP "
-    "| kept / last epoch (proposal) | kept / last epoch (classifier) |"
+    "| kept / last epoch (proposal) | kept / last epoch (classifier) "
+    "| last epochs: AUC | last epochs: average mAP |"
 )
 
 
@@ -33,9 +35,16 @@ def row(run_folder):
     dataset = os.path.basename(os.path.dirname(config["data"]["annotations"]))
     auc = 100 * metrics["proposals"]["AUC"]
     baseline = 100 * metrics["baseline"]["proposals"]["AUC"]
-    detection = metrics.get("detection")
-    average_map = "-" if detection is None else f"{100 * detection['average_mAP']:.2f}"
     epochs = metrics.get("epochs", {})
+    last = metrics.get("last_epoch", {})
+
+    def average_map(results):
+        detection = results.get("detection")
+        return "-" if detection is None else f"{100 * detection['average_mAP']:.2f}"
+
+    last_auc = (
+        "-" if "proposals" not in last else f"{100 * last['proposals']['AUC']:.2f}"
+    )
 
     def kept(network):
         item = epochs.get(network)
@@ -43,8 +52,9 @@ def row(run_folder):
 
     return (
         f"| {config.get('recipe', 'paper')} | {dataset} | {auc:.2f} | "
-        f"{baseline:.2f} | {auc - baseline:+.2f} | {average_map} | "
-        f"{kept('proposal')} | {kept('classifier')} |"
+        f"{baseline:.2f} | {auc - baseline:+.2f} | {average_map(metrics)} | "
+        f"{kept('proposal')} | {kept('classifier')} | {last_auc} | "
+        f"{average_map(last)} |"
     )
 
 
