@@ -57,7 +57,7 @@ import numpy as np
 
 from tal_keras.atomic import atomic_folder
 from tal_keras.clips import HACS_TIMING
-from tal_keras.data.features import feature_writer
+from tal_keras.data.features import feature_writer, written_features_path
 
 FAMILIES = ("boundary", "lookalike", "scene")
 NOISE_LEVELS = {"low": 1.0, "high": 2.0}
@@ -416,10 +416,10 @@ def _scene(rng, centers, duration, feature_dim):
 
 def dataset_paths(root, format="npy"):
     """(annotations, features, classes) paths of a generated dataset."""
-    features = "features.h5" if format == "hdf5" else "features"
-    return tuple(
-        os.path.join(root, name)
-        for name in ("annotations.json", features, "classes.txt")
+    return (
+        os.path.join(root, "annotations.json"),
+        written_features_path(root, format),
+        os.path.join(root, "classes.txt"),
     )
 
 

@@ -385,24 +385,30 @@ class Hdf5FeatureStore(FeatureStore):
         return f"Hdf5FeatureStore({self.path!r})"
 
 
+def written_features_path(root, format):
+    """Where `feature_writer(root, format)` writes: ROOT/features (a folder of
+    .npy files) or ROOT/features.h5."""
+    return os.path.join(root, "features.h5" if format == "hdf5" else "features")
+
+
 @contextlib.contextmanager
 def feature_writer(root, format):
     """Yields write(key, features [T, D]), which stores one video's array where
     `open_feature_store` finds it: ROOT/features/KEY.npy ("npy") or dataset
     KEY of ROOT/features.h5 ("hdf5": datasets in creation order, without
     their own timestamps)."""
+    path = written_features_path(root, format)
     if format == "npy":
-        directory = os.path.join(root, "features")
-        os.makedirs(directory)
+        os.makedirs(path)
 
         def write(key, features):
-            np.save(os.path.join(directory, key + ".npy"), features)
+            np.save(os.path.join(path, key + ".npy"), features)
 
         yield write
         return
     import h5py  # only the HDF5 format needs it
 
-    with h5py.File(os.path.join(root, "features.h5"), "w", track_order=True) as handle:
+    with h5py.File(path, "w", track_order=True) as handle:
 
         def write(key, features):
             handle.create_dataset(key, data=features, track_times=False)

@@ -67,7 +67,7 @@ import numpy as np
 
 from tal_keras.atomic import atomic_folder
 from tal_keras.clips import HACS_TIMING
-from tal_keras.data.features import feature_writer
+from tal_keras.data.features import feature_writer, written_features_path
 
 FORMATS = ("npy", "hdf5")
 SUBSET_FRACTIONS = (("training", 0.7), ("validation", 0.2), ("testing", 0.1))
@@ -233,12 +233,11 @@ def _parameters(num_videos, num_classes, feature_dim, format, seed):
 
 
 def _dataset(root, parameters):
-    features = "features.h5" if parameters["format"] == "hdf5" else "features"
     return SyntheticDataset(
         root=root,
         annotations_path=os.path.join(root, "annotations.json"),
         classes_path=os.path.join(root, "classes.txt"),
-        features_path=os.path.join(root, features),
+        features_path=written_features_path(root, parameters["format"]),
         parameters=parameters,
     )
 
