@@ -1,0 +1,266 @@
+"""The paper config's band conv (N 256, scales 64,32,32, H 512, K 9, L 4) in
+onnxruntime, layer by layer, in the forms the export writes: tap by tap
+(one Gather, MatMul and Add per tap) and regrouped (`export.unroll`, 9 taps
+per product), float32 and int8 (`export.onnx_export.to_int8`), against the
+Keras layer (`BandMapConv`, TensorFlow) on the same batch.
+
+    python bench/ort_band_layers.py [--hidden 512] [--runs 1] [--threads 1]
+        [--forms taps,grouped,grouped-int8] [--keras]
+
+Each layer's graph is built from its `MapBand` tables and random weights
+(the shapes and gather tables of the export; not the export itself, which at
+this width needs more memory in tf2onnx than a 23 GiB machine shared with
+other jobs had), fed [1, n_in + 1, H] random features. The table gives the
+median wall and CPU seconds of --runs calls after one warm-up, per layer and
+summed; with --keras, one call of the Keras layer on [1, P, H] (all four
+layers) is timed the same way. The band conv is about 99 % of the paper
+config's multiply-adds.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+# Runnable from a checkout without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tal_keras.lattice import Lattice
+from tal_keras.map_band import MapBand
+
+FORMS = ("taps", "grouped", "grouped-int8")
+
+
+def layer_graph(band, layer, weights, taps_per_product):
+    """onnx.ModelProto of conv layer `layer` (1-based) without bias and mask:
+    features [B, n_in + 1, C] -> sum over taps [B, n_out + 1, H], the taps
+    in groups of `taps_per_product` as `export.unroll` writes them."""
+    rows = band.forward_index[layer - 1].astype(np.int64)  # [K * K, n_out + 1]
+    taps, channels, hidden = weights.shape
+    gather_first = band.gather_first[layer - 1]
+    nodes, initializers, total = [], [], None
+    for begin in range(0, taps, taps_per_product):
+        group = list(range(begin, min(begin + taps_per_product, taps)))
+        name = f"taps{begin}"
+        count = len(group)
+        if gather_first and count == 1:  # as the export writes one tap
+            constants = {"rows": rows[begin].copy(), "kernel": weights[begin]}
+            nodes += [
+                helper.make_node(
+                    "Gather", ["features", f"{name}/rows"], [f"{name}/g"], axis=1
+                ),
+                helper.make_node(
+                    "MatMul", [f"{name}/g", f"{name}/kernel"], [f"{name}/term"]
+                ),
+            ]
+        elif gather_first:
+            constants = {
+                "rows": rows[group].T.copy(),
+                "kernel": weights[group].reshape(count * channels, hidden),
+                "shape": np.array([0, 0, -1], np.int64),
+            }
+            nodes += [
+                helper.make_node(
+                    "Gather", ["features", f"{name}/rows"], [f"{name}/g"], axis=1
+                ),
+                helper.make_node(
+                    "Reshape", [f"{name}/g", f"{name}/shape"], [f"{name}/flat"]
+                ),
+                helper.make_node(
+                    "MatMul", [f"{name}/flat", f"{name}/kernel"], [f"{name}/term"]
+                ),
+            ]
+        elif count == 1:  # as the export writes one tap: no sum over taps
+            constants = {
+                "rows": rows[begin].copy(),
+                "kernel": weights[begin],
+            }
+            nodes += [
+                helper.make_node(
+                    "MatMul", ["features", f"{name}/kernel"], [f"{name}/p"]
+                ),
+                helper.make_node(
+                    "Gather",
+                    [f"{name}/p", f"{name}/rows"],
+                    [f"{name}/term"],
+                    axis=1,
+                ),
+            ]
+        else:
+            constants = {
+                "rows": (rows[group].T * count + np.arange(count)).copy(),
+                "kernel": weights[group]
+                .transpose(1, 0, 2)
+                .reshape(channels, count * hidden),
+                "shape": np.array([0, -1, hidden], np.int64),
+                "axes": np.array([2], np.int64),
+            }
+            nodes += [
+                helper.make_node(
+                    "MatMul", ["features", f"{name}/kernel"], [f"{name}/p"]
+                ),
+                helper.make_node(
+                    "Reshape", [f"{name}/p", f"{name}/shape"], [f"{name}/per_tap"]
+                ),
+                helper.make_node(
+                    "Gather",
+                    [f"{name}/per_tap", f"{name}/rows"],
+                    [f"{name}/g"],
+                    axis=1,
+                ),
+                helper.make_node(
+                    "ReduceSum",
+                    [f"{name}/g", f"{name}/axes"],
+                    [f"{name}/term"],
+                    keepdims=0,
+                ),
+            ]
+        initializers += [
+            numpy_helper.from_array(np.ascontiguousarray(value), f"{name}/{key}")
+            for key, value in constants.items()
+        ]
+        if total is None:
+            total = f"{name}/term"
+        else:
+            nodes.append(
+                helper.make_node("Add", [total, f"{name}/term"], [f"{name}/sum"])
+            )
+            total = f"{name}/sum"
+    nodes.append(helper.make_node("Identity", [total], ["output"]))
+    graph = helper.make_graph(
+        nodes,
+        f"band_layer_{layer}",
+        [
+            helper.make_tensor_value_info(
+                "features",
+                TensorProto.FLOAT,
+                ["batch", band.band_sizes[layer - 1] + 1, channels],
+            )
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+        initializers,
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8
+    )
+
+
+def timed(function, runs):
+    """(median wall seconds, median CPU seconds) of `runs` calls after a warm-up."""
+    function()
+    walls, cpus = [], []
+    for _ in range(runs):
+        begin, cpu_begin = time.perf_counter(), time.process_time()
+        function()
+        cpus.append(time.process_time() - cpu_begin)
+        walls.append(time.perf_counter() - begin)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="0: default.")
+    parser.add_argument("--forms", default=",".join(FORMS))
+    parser.add_argument("--keras", action="store_true", help="Time the Keras layer.")
+    args = parser.parse_args(argv)
+    import onnxruntime as ort
+
+    from export.detector import session_options
+    from export.onnx_export import to_int8
+    from export.unroll import TAPS_PER_PRODUCT
+
+    forms = args.forms.split(",")
+    band = MapBand(Lattice(256, (64, 32, 32)), 9, 4)
+    rng = np.random.default_rng(0)
+    scale = 1 / np.sqrt(81 * args.hidden)
+    rows, totals = [], dict.fromkeys(forms, (0.0, 0.0))
+    for layer in range(1, 5):
+        weights = (scale * rng.standard_normal((81, args.hidden, args.hidden))).astype(
+            np.float32
+        )
+        features = rng.standard_normal(
+            (1, band.band_sizes[layer - 1] + 1, args.hidden), dtype=np.float32
+        )
+        outputs = {}
+        for form in forms:
+            graph = layer_graph(
+                band, layer, weights, 1 if form == "taps" else TAPS_PER_PRODUCT
+            )
+            if form.endswith("int8"):
+                graph = to_int8(graph)
+            options = session_options()
+            options.intra_op_num_threads = args.threads
+            session = ort.InferenceSession(
+                graph.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+            outputs[form] = session.run(None, {"features": features})[0]
+            wall, cpu = timed(
+                lambda session=session, feeds={"features": features}: session.run(
+                    None, feeds
+                ),
+                args.runs,
+            )
+            totals[form] = (totals[form][0] + wall, totals[form][1] + cpu)
+            difference = float(np.abs(outputs[form] - outputs[forms[0]]).max())
+            scale_of = float(np.abs(outputs[forms[0]]).max())
+            rows.append(
+                [
+                    str(layer),
+                    "gather first"
+                    if band.gather_first[layer - 1]
+                    else "multiply first",
+                    form,
+                    f"{wall:.2f}",
+                    f"{cpu:.2f}",
+                    f"{difference:.1e} (of {scale_of:.1f})",
+                ]
+            )
+            print(" | ".join(rows[-1]), flush=True)
+        del outputs
+    for form, (wall, cpu) in totals.items():
+        rows.append(["1-4", "", form, f"{wall:.2f}", f"{cpu:.2f}", ""])
+    if args.keras:
+        import keras
+        import tensorflow as tf
+
+        if args.threads:
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+
+        from tal_keras.layers.band_map_conv import BandMapConv
+
+        keras.utils.set_random_seed(0)
+        conv = BandMapConv(256, (64, 32, 32), hidden_size=args.hidden)
+        proposals = rng.standard_normal(
+            (1, band.band_sizes[0], args.hidden), dtype=np.float32
+        )
+        conv(proposals)
+        wall, cpu = timed(lambda: conv(proposals), args.runs)
+        rows.append(
+            ["1-4", "", "Keras (TF), bias, ReLU, mask", f"{wall:.2f}", f"{cpu:.2f}", ""]
+        )
+    header = ["layer", "order", "form", "wall s", "CPU s", "max |diff| vs first form"]
+    print()
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(
+        f"\nbatch 1, H {args.hidden}, {args.runs} timed call(s) after one warm-up, "
+        f"intra-op threads {args.threads or 'default'}; load average {load} "
+        f"({os.cpu_count()} CPUs)."
+    )
+
+
+if __name__ == "__main__":
+    main()
