@@ -1,6 +1,6 @@
 """What the proposals' NMS costs the AUC: a trained run's proposals, the
 content-blind baseline and the IoU oracle under NMS and Gaussian soft-NMS
-of several widths (docs/benchmarks.md, "Session 7").
+of several widths (docs/benchmarks.md, "Postprocessing").
 
     python bench/proposal_nms.py RUN_FOLDER [RUN_FOLDER ...] \
         [--sigmas 0,1,1.5,2,3,5] [--oracle] [--out nms.md]

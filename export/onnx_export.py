@@ -36,7 +36,7 @@ DEFAULT_NAME = "s2dtan.onnx"
 DEFAULT_FP16_NAME = "s2dtan.fp16.onnx"
 DEFAULT_INT8_NAME = "s2dtan.int8.onnx"
 DEFAULT_OPSET = 17
-FP32_TOLERANCE = 1e-4  # the bound on max |ONNX - Keras| in float32
+FP32_TOLERANCE = 1e-4  # bound on max |ONNX - Keras| in float32
 # float16 keeps ~3 significant digits; sigmoid and softmax outputs lie in
 # [0, 1], so errors of a few 1e-3 are expected and 1e-2 flags a broken graph.
 FP16_TOLERANCE = 1e-2

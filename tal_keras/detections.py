@@ -126,7 +126,7 @@ def video_proposals(
     each selection (threshold 0, Bodla et al.'s original; `soft_nms`), and
     the decayed scores are returned. Near-duplicates of a good proposal then
     come back further down the list instead of never, which is what recall
-    at high tIoU needs (docs/benchmarks.md, "Session 7").
+    at high tIoU needs (docs/benchmarks.md, "Postprocessing").
 
     Args:
         lattice: the `Lattice` the scores are in.

@@ -151,7 +151,7 @@ def write_npy_with_header(path, shape, payload_bytes):
 
 @pytest.fixture
 def bad_features(tmp_path):
-    """A store with one good video and the bad kinds the issue lists."""
+    """A store with one good video and each bad kind of docs/faults.md."""
     directory = tmp_path / "features"
     directory.mkdir()
     steps = TIMING.num_steps(20.0)

@@ -1,4 +1,4 @@
-"""train.py on the JAX backend (the GPU path of issue 9) as a user runs it,
+"""train.py on the JAX backend (the GPU path) as a user runs it,
 on the CPU: a tiny run, resumed to more epochs, whose checkpoints load and
 score the same on the TensorFlow backend."""
 
