@@ -5,7 +5,7 @@ per product), float32 and int8 (`export.onnx_export.to_int8`), against the
 Keras layer (`BandMapConv`, TensorFlow) on the same batch.
 
     python bench/ort_band_layers.py [--hidden 512] [--runs 1] [--threads 1]
-        [--forms taps,grouped,grouped-int8] [--keras]
+        [--forms taps,grouped,taps-int8,grouped-int8] [--keras]
 
 Each layer's graph is built from its `MapBand` tables and random weights
 (the shapes and gather tables of the export; not the export itself, which at
@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tal_keras.lattice import Lattice
 from tal_keras.map_band import MapBand
 
-FORMS = ("taps", "grouped", "grouped-int8")
+FORMS = ("taps", "grouped", "taps-int8", "grouped-int8")
 
 
 def layer_graph(band, layer, weights, taps_per_product):
@@ -193,7 +193,10 @@ def main(argv=None):
         outputs = {}
         for form in forms:
             graph = layer_graph(
-                band, layer, weights, 1 if form == "taps" else TAPS_PER_PRODUCT
+                band,
+                layer,
+                weights,
+                1 if form.startswith("taps") else TAPS_PER_PRODUCT,
             )
             if form.endswith("int8"):
                 graph = to_int8(graph)

@@ -9,17 +9,18 @@ its Gather and MatMul. Written out with the tap number known, that row and
 the tap's kernel slice are constants: what is left per tap is one Gather,
 one MatMul and the Add of the running sum.
 
-Then the taps of one layer are regrouped, `TAPS_PER_PRODUCT` at a time
-(`_grouped_taps`): per group one Gather of all its taps' rows and one
-matrix product with their kernel slices stacked ([n, G * C] x [G * C, H]
-when the layer gathers first; [n, C] x [C, G * H], one Gather and a sum over
-the G taps when it multiplies first), so that a layer is a few large
-products instead of K * K small ones and K * K running-sum Adds. The sums
-are the same up to the order of float additions.
+On request (`taps_per_product` > 1; the export does not ask) the taps of
+one layer are then regrouped, G at a time (`_grouped_taps`): per group one
+Gather of all its taps' rows and one matrix product with their kernel slices
+stacked ([n, G * C] x [G * C, H] when the layer gathers first; [n, C] x
+[C, G * H], one Gather and a sum over the G taps when it multiplies first),
+so that a layer is a few large products instead of K * K small ones and
+K * K running-sum Adds. The sums are the same up to the order of float
+additions.
 
 The nodes are emitted so that onnxruntime's default execution order runs the
-groups one after the other (see `_interleaved`): one group's temporaries are
-alive at a time, as in the Loop.
+taps (or groups) one after the other (see `_interleaved`): one tap's
+temporaries are alive at a time, as in the Loop.
 """
 
 import numpy as np
@@ -28,16 +29,17 @@ from onnx.reference import ReferenceEvaluator
 
 # A Loop longer than this stays a Loop (the paper config's taps: 81).
 MAX_ITERATIONS = 1024
-# Taps per matrix product once regrouped (`_grouped_taps`): one kernel row
-# at K = 9. At the paper config (bench/ort_profile.py, one thread) a layer
-# that gathers first took 11.1 s of CPU in groups of 9 against 18.0 s tap by
-# tap and 14.9 s in groups of 27; a group's gathered rows take G times one
-# tap's memory (at batch 1, 9 taps: 0.4 GiB).
+# Taps per matrix product when regrouping is asked for: one kernel row at
+# K = 9 (groups of 27 were slower). Not the export's default: at the paper
+# config (bench/ort_band_layers.py, one thread, load 3) the four layers took
+# 39.4 s of CPU in groups of 9 against 39.6 s tap by tap in float32, and
+# 14.1 against 15.1 s in int8 (more under heavy load: one layer 11.1 against
+# 18.0 s at load 15), while a group's gathered rows take 9 times one tap's
+# memory (paper config, batch 32: 13 GiB against 1.5 GiB).
 TAPS_PER_PRODUCT = 9
 # Taps are regrouped only where a tap's kernel slice [C, H] holds at least
 # this many weights: at the demo config (C = H = 128) groups of 9 took 5 to
-# 12 % more CPU time than tap by tap (batch 1 and 32, one thread), at the
-# paper config (512 x 512) the figures above.
+# 12 % more CPU time than tap by tap (batch 1 and 32, one thread).
 MIN_WEIGHTS_TO_GROUP = 256 * 256
 # A constant node output is stored in the file only if it is at most this
 # large or no larger than its largest input (no big tensors made from shapes).
@@ -48,7 +50,7 @@ _NOT_FOLDED = {"Loop", "If", "Scan", "SequenceMap"}
 def unroll_loops(
     model,
     max_iterations=MAX_ITERATIONS,
-    taps_per_product=TAPS_PER_PRODUCT,
+    taps_per_product=1,
     min_weights_to_group=MIN_WEIGHTS_TO_GROUP,
 ):
     """The model with its Loops of a known trip count written out (in place).

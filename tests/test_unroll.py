@@ -96,16 +96,18 @@ def test_the_written_out_graph_has_no_loop_and_matches_keras(taps_per_product):
         np.testing.assert_allclose(found[name], keras_found[name], atol=1e-5)
 
 
-def test_grouped_taps_match_keras_on_near_ties_and_narrow_layers_stay_taps():
+def test_grouped_taps_match_keras_on_near_ties_and_the_export_writes_taps():
     model, with_loops = _tiny_graphs()
     grouped = _written_out(with_loops, TAPS_PER_PRODUCT)
     tap_by_tap = _written_out(with_loops, 1)
     assert _op_count(grouped, "MatMul") < _op_count(tap_by_tap, "MatMul")
-    # The tiny layers' kernel slices (8 x 8) are below the width at which
-    # the export regroups: it writes them out tap by tap.
-    assert TINY_MODEL.hidden_size**2 < MIN_WEIGHTS_TO_GROUP
+    # The export writes the taps out one by one.
     exported = onnx_export.convert(model, TINY_MODEL, onnx_export.DEFAULT_OPSET)
     assert _op_count(exported, "MatMul") == _op_count(tap_by_tap, "MatMul")
+    # Asked for, regrouping skips layers below the width (8 x 8 here).
+    assert TINY_MODEL.hidden_size**2 < MIN_WEIGHTS_TO_GROUP
+    narrow = _written_out(with_loops, TAPS_PER_PRODUCT, MIN_WEIGHTS_TO_GROUP)
+    assert _op_count(narrow, "MatMul") == _op_count(tap_by_tap, "MatMul")
     at_the_width = _written_out(with_loops, TAPS_PER_PRODUCT, TINY_MODEL.hidden_size**2)
     assert _op_count(at_the_width, "MatMul") == _op_count(grouped, "MatMul")
     # Features of a few distinct values, a little apart: the max-pool ties
