@@ -40,7 +40,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path[:0] = [REPO, BENCH]
 
-from bench_gpu import PAPER, TINY
+from bench_gpu import PAPER, TINY, parse_or_run_child
 
 COMPONENTS = ("encoder", "pool", "band_conv", "heads", "proposal", "classifier")
 BACKENDS = ("tensorflow", "jax")
@@ -273,13 +273,16 @@ def header_lines(config_name, config, batch, runs):
     ]
 
 
-def print_table(lines, rows, out):
-    """Prints the table's lines; with `out`, also writes rows and lines as JSON."""
+def print_table(args, config, rows, format_rows):
+    """Prints the table of `rows` (`format_rows`) under `header_lines` of the
+    parsed `args` and `config`; with --out, also writes rows and lines as JSON."""
+    lines = header_lines(args.config, config, args.batch, args.runs)
+    lines += format_rows(rows)
     print("\n".join(lines), flush=True)
-    if out:
+    if args.out:
         from tal_keras.atomic import write_json_atomic
 
-        write_json_atomic(out, {"rows": rows, "table": lines}, indent=1)
+        write_json_atomic(args.out, {"rows": rows, "table": lines}, indent=1)
 
 
 def _seconds(value):
@@ -313,11 +316,8 @@ def main(argv=None):
         help="timed calls per row; 0: JAX compiles only, TensorFlow's compile "
         "row is then its first call (compile and one step)",
     )
-    parser.add_argument("--out", default="", help="also write the rows as JSON")
-    parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args._child:
-        child_main(json.loads(args._child))
+    args = parse_or_run_child(parser, argv, child_main)
+    if args is None:
         return 0
     components = [name for name in args.components.split(",") if name]
     backends = [name for name in args.backends.split(",") if name]
@@ -336,12 +336,7 @@ def main(argv=None):
     rows = []
     for backend in backends:
         rows += run_backend(backend, spec)
-    print_table(
-        header_lines(args.config, CONFIGS[args.config], args.batch, args.runs)
-        + format_table(rows),
-        rows,
-        args.out,
-    )
+    print_table(args, CONFIGS[args.config], rows, format_table)
     return 0
 
 

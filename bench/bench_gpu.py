@@ -752,6 +752,19 @@ def target_lines(results):
     return lines
 
 
+def parse_or_run_child(parser, argv, child_main):
+    """The parsed `argv` (with --out, where the rows also go as JSON); None
+    after running `child_main` when the process is a benchmark's child
+    (--_child SPEC), as the bench scripts start their measurements."""
+    parser.add_argument("--out", default="", help="also write the rows as JSON")
+    parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._child:
+        child_main(json.loads(args._child))
+        return None
+    return args
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="paper", choices=sorted(CONFIGS))
@@ -763,11 +776,8 @@ def main(argv=None):
     parser.add_argument("--xla_flags", default="", help="added to XLA_FLAGS")
     parser.add_argument("--budget_s", type=float, default=420.0)
     parser.add_argument("--group_timeout_s", type=float, default=150.0)
-    parser.add_argument("--out", default="", help="also write the rows as JSON")
-    parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args._child:
-        child_main(json.loads(args._child))
+    args = parse_or_run_child(parser, argv, child_main)
+    if args is None:
         return 0
 
     batch_sizes = [

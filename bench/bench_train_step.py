@@ -48,8 +48,8 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path[:0] = [REPO, BENCH]
 
-from bench_compile import child_rows, header_lines, load_average, print_table
-from bench_gpu import PAPER, TINY
+from bench_compile import child_rows, load_average, print_table
+from bench_gpu import PAPER, TINY, parse_or_run_child
 
 ENGINES = ("tensorflow-xla", "tensorflow", "jax", "torch-2dtan")
 DEFAULT_ENGINES = ("tensorflow-xla", "jax", "torch-2dtan")
@@ -224,11 +224,8 @@ def main(argv=None):
     parser.add_argument(
         "--tan_git_dir", default="", help="a git directory of microsoft/2D-TAN"
     )
-    parser.add_argument("--out", default="", help="also write the rows as JSON")
-    parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args._child:
-        child_main(json.loads(args._child))
+    args = parse_or_run_child(parser, argv, child_main)
+    if args is None:
         return 0
     engines = [name for name in args.engines.split(",") if name]
     for name in engines:
@@ -252,12 +249,7 @@ def main(argv=None):
                 "tan_lib": os.path.abspath(tan_lib) if tan_lib else "",
             }
             rows.append(run_engine(spec))
-    print_table(
-        header_lines(args.config, CONFIGS[args.config], args.batch, args.runs)
-        + format_table(rows),
-        rows,
-        args.out,
-    )
+    print_table(args, CONFIGS[args.config], rows, format_table)
     return 0
 
 
