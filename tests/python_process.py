@@ -49,3 +49,13 @@ def run_python(args, backend=None, changes=None, timeout=600, check=True):
             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def worst_difference_on(backend, script, timeout=600):
+    """Runs `script` (Python code whose output ends with its Keras backend
+    and a worst difference) on `backend`; returns that difference after
+    checking the backend it ran on."""
+    result = run_python(["-c", script], backend=backend, timeout=timeout)
+    ran_on, worst = result.stdout.split()[-2:]
+    assert ran_on == backend
+    return float(worst)

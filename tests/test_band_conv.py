@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from python_process import run_python
+from python_process import worst_difference_on
 
 from tal_keras.lattice import Lattice
 from tal_keras.layers import BandMapConv, MaskedMapConv, SubMapNetwork
@@ -327,7 +327,4 @@ JAX_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_jax_backend_band_matches_whole_maps():
-    result = run_python(["-c", JAX_SCRIPT], backend="jax", timeout=300)
-    backend, worst = result.stdout.split()[-2:]
-    assert backend == "jax"
-    assert float(worst) < 1e-5
+    assert worst_difference_on("jax", JAX_SCRIPT, timeout=300) < 1e-5

@@ -17,8 +17,7 @@ import sys
 
 import numpy as np
 import pytest
-
-from tal_keras.data import synthetic
+from tiny_configs import tiny_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,13 +40,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return synthetic.generate(
-        tmp_path_factory.mktemp("faults") / "data",
-        num_videos=20,
-        num_classes=3,
-        feature_dim=8,
-        seed=2,
-    )
+    return tiny_dataset(tmp_path_factory.mktemp("faults") / "data", num_videos=20)
 
 
 def data_flags(data, **overrides):

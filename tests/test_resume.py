@@ -16,14 +16,13 @@ import keras
 import numpy as np
 import pytest
 from python_process import python_environment
-from tiny_configs import data_config_of, tiny_model
+from tiny_configs import data_config_of, tiny_dataset, tiny_model
 
 import tal_keras.layers
 import tal_keras.losses  # noqa: F401  (the losses of their compile config)
 from tal_keras import experiment, pipeline, run
 from tal_keras.clips import FeatureTiming
 from tal_keras.config import RunConfig, TrainConfig
-from tal_keras.data import synthetic
 from tal_keras.data.annotations import load_annotations
 from tal_keras.data.cache import (
     CacheSubset,
@@ -109,13 +108,7 @@ def test_a_cache_subset_view_is_shuffled_and_read_like_a_cache():
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    return synthetic.generate(
-        tmp_path_factory.mktemp("data") / "data",
-        num_videos=24,
-        num_classes=3,
-        feature_dim=8,
-        seed=2,
-    )
+    return tiny_dataset(tmp_path_factory.mktemp("data") / "data", num_videos=24)
 
 
 def train(workdir, data, epochs, resume=False):

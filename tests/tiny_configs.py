@@ -34,6 +34,16 @@ def tiny_model(**changes):
     return ModelConfig(**{**TINY_MODEL_FIELDS, **changes})
 
 
+def tiny_dataset(folder, num_videos):
+    """A `synthetic.generate` dataset in `folder`: `num_videos` videos of 3
+    classes and 8-d features."""
+    from tal_keras.data import synthetic
+
+    return synthetic.generate(
+        folder, num_videos=num_videos, num_classes=3, feature_dim=8, seed=2
+    )
+
+
 def data_config_of(dataset):
     """`DataConfig` of a `synthetic.generate` dataset."""
     return DataConfig(
