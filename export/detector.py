@@ -325,7 +325,7 @@ class Detector:
 
 
 def _auto_session(model_path):
-    """A session on CUDA when its provider loads, else on the CPU.
+    """An onnxruntime session on CUDA when its provider loads, else on the CPU.
 
     onnxruntime-gpu lists the CUDA provider even where the CUDA libraries are
     missing; asking for it then logs an error and falls back to the CPU. The
