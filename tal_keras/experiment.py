@@ -112,20 +112,34 @@ class EpochChoice:
 
 def epoch_choice(run_config, train_annotations, train_cache, eval_cache, eval_truth):
     """(the cache the networks train on, `EpochChoice`) under
-    `run_config.train.select_epoch_on`: held-out training videos
-    (`selection.held_out_rows`), which then do not train, or the evaluation
-    subset."""
+    `run_config.train.select_epoch_on`: held-out training videos with
+    segments (`selection.held_out_rows`), which then do not train, or the
+    evaluation subset."""
     train = run_config.train
     if train.select_epoch_on == "eval_subset":
         return train_cache, EpochChoice(
             eval_cache, eval_truth, epoch_choice_description(run_config)
         )
-    rows = held_out_rows(train_cache.video_ids, train.selection_fraction)
+    # Held out from the videos with segments: the official scoring needs some.
+    annotated = np.asarray(
+        [
+            row
+            for row, video_id in enumerate(train_cache.video_ids)
+            if len(train_annotations[video_id].segments)
+        ],
+        np.int64,
+    )
+    rows = annotated[
+        held_out_rows(
+            [train_cache.video_ids[row] for row in annotated],
+            train.selection_fraction,
+        )
+    ]
     if not len(rows):
         raise DataError(
             f"{run_config.data.annotations}: subset {run_config.data.train_subset!r} "
-            f"has {len(train_cache)} usable video(s), too few to hold any out for "
-            "choosing the kept epoch; pass --select_epoch_on=eval_subset."
+            f"has {len(annotated)} usable video(s) with segments, too few to hold "
+            "any out for choosing the kept epoch; pass --select_epoch_on=eval_subset."
         )
     held_out = train_cache.subset(rows)
     fit_cache = train_cache.subset(np.setdiff1d(np.arange(len(train_cache)), rows))

@@ -8,6 +8,10 @@ import pytest
 from python_process import run_python
 from tiny_configs import tiny_run_flagfile
 
+from tal_keras.config import DataConfig, RunConfig, TrainConfig
+from tal_keras.data.annotations import load_annotations
+from tal_keras.data.cache import ClipCache
+from tal_keras.experiment import epoch_choice
 from tal_keras.selection import held_out_rows
 
 
@@ -54,3 +58,35 @@ def test_metrics_say_how_the_kept_epoch_was_chosen(tmp_path, where):
     # 40 videos, 28 of them training: 3 held out, 25 train.
     trained_on = 25 if where == "held_out" else 28
     assert f"training on {trained_on} videos" in result.stderr
+
+
+def test_videos_without_segments_are_never_held_out(tmp_path):
+    database = {
+        f"v{n}": {
+            "subset": "training",
+            "duration": 30.0,
+            "annotations": (
+                [{"label": "Jump", "segment": [1.0, 9.0]}] if n % 2 else []
+            ),
+        }
+        for n in range(20)
+    }
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps({"database": database}))
+    annotations = load_annotations(str(path), subset="training")
+    cache = ClipCache.__new__(ClipCache)
+    cache.video_ids = sorted(database)
+    cache.durations = np.full(20, 30.0)
+    cache.clips = np.zeros((20, 4, 2), "float32")
+    cache.max_iou = np.zeros((20, 3), "float32")
+    cache.classes = np.zeros((20, 3), "int16")
+    run_config = RunConfig(
+        workdir=str(tmp_path / "run"),
+        data=DataConfig(annotations=str(path)),
+        train=TrainConfig(selection_fraction=0.2),
+    )
+    fit_cache, choice = epoch_choice(run_config, annotations, cache, None, None)
+    held_out = choice.cache.video_ids
+    assert len(held_out) == 2 and all(int(v[1:]) % 2 for v in held_out)
+    assert len(fit_cache) == 18 and not set(held_out) & set(fit_cache.video_ids)
+    assert set(choice.ground_truth.video_ids) == set(held_out)
