@@ -108,11 +108,6 @@ class ModelConfig:
     def lattice(self):
         return Lattice(self.num_clips, self.scale_layers)
 
-    @property
-    def uses_class_means(self):
-        """Whether a network of this config holds class means."""
-        return bool(self.class_mean_evidence or self.class_mean_logits)
-
     def to_dict(self):
         config = dataclasses.asdict(self)
         config["scale_layers"] = list(self.scale_layers)
