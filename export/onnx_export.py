@@ -216,13 +216,17 @@ def convert(inference_model, model_config, opset, unroll=True):
     "batch", static proposal and class dimensions, outputs in the order
     (overlap_scores, class_scores).
 
-    unroll: write the band conv's tap Loops out as plain nodes
-    (`export.unroll`); False keeps tf2onnx's Loops.
+    unroll: the band conv's taps as plain nodes, traced tap by tap
+    (`band_map_conv.taps_written_out`; converting its loops instead needs
+    more than 24 GiB at the paper config), then any Loop of a known trip
+    count left written out and constants folded (`export.unroll`); False
+    keeps tf2onnx's Loops.
     """
     import onnx
     import tensorflow as tf
 
     from export.unroll import unroll_loops
+    from tal_keras.layers.band_map_conv import taps_written_out
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     signature = [
@@ -236,7 +240,11 @@ def convert(inference_model, model_config, opset, unroll=True):
         path = os.path.join(folder, "model.onnx")
         # An explicit signature: the model need not have been called (a paper
         # config forward takes minutes on a CPU).
-        with warnings.catch_warnings(), _tf2onnx_optimizers_in_place():
+        with (
+            warnings.catch_warnings(),
+            _tf2onnx_optimizers(run=not unroll),
+            taps_written_out() if unroll else contextlib.nullcontext(),
+        ):
             warnings.simplefilter("ignore", FutureWarning)  # keras' tf2onnx numpy patch
             inference_model.export(
                 path,
@@ -290,22 +298,33 @@ def convert(inference_model, model_config, opset, unroll=True):
 
 
 @contextlib.contextmanager
-def _tf2onnx_optimizers_in_place():
-    """tf2onnx's graph optimizers run on the graph itself, not each on a deep
-    copy kept to fall back on if it raises: at the paper config the copies
-    took the conversion past 14 GiB (19 GiB when the machine ran out).
-    tf2onnx reads TF2ONNX_CATCH_ERRORS (any value set turns the copies off in
-    tf2onnx 1.17; "FALSE" says so to a version that reads the value)."""
+def _tf2onnx_optimizers(run):
+    """tf2onnx converts with its graph optimizer passes (`run`) or without.
+
+    Each pass leaves another copy of every constant of the graph in memory
+    (tf2onnx 1.17: 39 passes at the paper config, 15 GiB of its 19 GiB
+    peak), so the export runs none: it folds constants and merges repeated
+    nodes itself (`export.unroll`), and onnxruntime optimises the graph when
+    it loads it. The passes run for graphs with Loops (`export.unroll`
+    reads their tap bodies in the optimised form), and then without their
+    deep copies (TF2ONNX_CATCH_ERRORS).
+    """
+    from tf2onnx import optimizer
+
     name = "TF2ONNX_CATCH_ERRORS"
-    previous = os.environ.get(name)
+    previous = os.environ.get(name), getattr(optimizer, "_optimizers", None)
     os.environ[name] = "FALSE"
+    if previous[1] is not None and not run:
+        optimizer._optimizers = {}
     try:
         yield
     finally:
-        if previous is None:
+        if previous[1] is not None:
+            optimizer._optimizers = previous[1]
+        if previous[0] is None:
             del os.environ[name]
         else:
-            os.environ[name] = previous
+            os.environ[name] = previous[0]
 
 
 def to_float16(model):

@@ -100,6 +100,7 @@ def unroll_loops(
                 taps_per_product,
                 min_weights_to_group,
             )
+    nodes = _without_duplicates(nodes, folder, [value.name for value in graph.output])
     nodes = _live(nodes, [value.name for value in graph.output])
     used = {name for node in nodes for name in _inputs_with_subgraphs(node)}
     used.update(value.name for value in graph.output)
@@ -131,6 +132,12 @@ class _Folder:
 
     def known(self, name):
         return name in self._tensors or name in self._arrays
+
+    def size(self, name):
+        """The number of elements of a known value."""
+        if name in self._arrays:
+            return self._arrays[name].size
+        return int(np.prod(self._tensors[name].dims))
 
     def value(self, name):
         if name not in self._arrays:
@@ -222,6 +229,52 @@ def _without_zero_products(nodes, folder, model):
                 continue
         if not folder.fold(node):
             kept.append(node)
+    return kept
+
+
+def _without_duplicates(nodes, folder, outputs):
+    """The nodes, each value computed once: a node of the op, attributes and
+    inputs of an earlier one (small constants compared by value) is dropped
+    and what reads its outputs reads that one's. Nothing is merged in a graph
+    with subgraphs, or where a graph output would be renamed.
+
+    tf2onnx's own merge runs in its optimizer passes, each of which keeps
+    another copy of every constant of the graph (3 GiB at H 256, 15 GiB at
+    the paper config), so the export runs none of them (`onnx_export`); the
+    band conv's taps each repeat the same shape computations.
+    """
+    if any(
+        attribute.g.node or attribute.graphs
+        for node in nodes
+        for attribute in node.attribute
+    ):
+        return nodes
+    outputs = set(outputs)
+    renamed, first_of_value, first_of_node, kept = {}, {}, {}, []
+
+    def first_name(name):
+        name = renamed.get(name, name)
+        if folder.known(name) and folder.size(name) <= MAX_NEW_CONSTANT:
+            value = folder.value(name)
+            key = (value.dtype.str, value.shape, value.tobytes())
+            return first_of_value.setdefault(key, name)
+        return name
+
+    for node in nodes:
+        inputs = [first_name(name) if name else name for name in node.input]
+        del node.input[:]
+        node.input.extend(inputs)
+        key = (
+            node.domain,
+            node.op_type,
+            tuple(inputs),
+            tuple(attribute.SerializeToString() for attribute in node.attribute),
+        )
+        if key in first_of_node and not outputs.intersection(node.output):
+            renamed.update(zip(node.output, first_of_node[key].output))
+            continue
+        first_of_node.setdefault(key, node)
+        kept.append(node)
     return kept
 
 

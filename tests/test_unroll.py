@@ -245,3 +245,60 @@ def test_a_loop_whose_trip_count_is_an_input_stays():
         None, {"x": np.zeros(2, np.float32), "trips": np.array(4, np.int64)}
     )[0]
     np.testing.assert_array_equal(found, [6.0, 6.0])
+
+
+def test_the_export_traces_the_taps_written_out_without_shape_work_per_tap():
+    model, with_loops = _tiny_graphs()
+    exported = onnx_export.convert(model, TINY_MODEL, onnx_export.DEFAULT_OPSET)
+    taps = TINY_MODEL.kernel_size**2 * TINY_MODEL.num_conv_layers
+    assert _op_count(exported, "Loop") == 0
+    assert _op_count(exported, "MatMul") >= taps
+    # Constant-shape products: the shape work does not grow with the taps.
+    for op_type in ("Shape", "Concat", "ReduceProd", "Unsqueeze"):
+        assert _op_count(exported, op_type) < taps, op_type
+    clips = random_clips(2)
+    found = onnx_export.onnx_scores(_session(exported), clips)
+    expected = onnx_export.keras_scores(model, clips, 2)
+    for name in expected:
+        np.testing.assert_allclose(found[name], expected[name], atol=1e-5)
+
+
+def test_repeated_nodes_are_merged_and_graph_outputs_kept():
+    shape_of = [
+        helper.make_node("Shape", ["x"], [f"shape{index}"]) for index in range(2)
+    ]
+    ones = [
+        helper.make_node(
+            "ConstantOfShape",
+            [f"shape{index}"],
+            [f"ones{index}"],
+            value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]),
+        )
+        for index in range(2)
+    ]
+    added = [
+        helper.make_node("Add", ["x", "ones0"], ["y"]),
+        helper.make_node("Add", ["x", "ones1"], ["z"]),  # the same value as y
+        helper.make_node("Mul", ["y", "z"], ["w"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])
+    outputs = [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+        for name in ("w", "z")
+    ]
+    model = helper.make_model(
+        helper.make_graph([*shape_of, *ones, *added], "g", [x], outputs),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model.ir_version = 8
+    merged, _ = unroll_loops(onnx.ModelProto.FromString(model.SerializeToString()))
+    # One Shape and one ConstantOfShape; z is a graph output, so its Add stays.
+    assert [_op_count(merged, op) for op in ("Shape", "ConstantOfShape", "Add")] == [
+        1,
+        1,
+        2,
+    ]
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    expected = _session(model).run(None, {"x": values})
+    for found, wanted in zip(_session(merged).run(None, {"x": values}), expected):
+        np.testing.assert_array_equal(found, wanted)

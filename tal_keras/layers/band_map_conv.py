@@ -1,6 +1,8 @@
 """The shared conv network over the proposal maps, with 2D-TAN's mask step
 (docs/design.md section 5), computed only on the cells that can matter."""
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -113,11 +115,14 @@ def _band_layer(
     @ops.custom_gradient
     def layer(features, kernel, bias):
         def tap_output(tap):
-            rows = ops.take(forward_table, tap, axis=0)
+            if isinstance(tap, int):  # written out: the tap's own row
+                rows, times = forward_index[tap], _times
+            else:
+                rows, times = ops.take(forward_table, tap, axis=0), ops.matmul
             weights = ops.take(kernel, tap, axis=0)
             if gather_first:
-                return ops.matmul(ops.take(features, rows, axis=1), weights)
-            return ops.take(ops.matmul(features, weights), rows, axis=1)
+                return times(ops.take(features, rows, axis=1), weights)
+            return ops.take(times(features, weights), rows, axis=1)
 
         conv = _one_tap_at_a_time(
             1, taps, lambda tap, total: total + tap_output(tap), tap_output(0)
@@ -181,8 +186,38 @@ def _band_layer(
     return layer(features, kernel, bias)
 
 
+_WRITTEN_OUT = []
+
+
+@contextlib.contextmanager
+def taps_written_out():
+    """Band conv layers traced inside it run their taps as K * K plain steps,
+    each with its index row and kernel slice a constant, instead of a loop.
+
+    For the ONNX export (`export.onnx_export.convert`): converting the loop
+    (tf2onnx, with TensorFlow's graph optimizer) held copies of the whole
+    kernels per tap step and needed more than 24 GiB at the paper config;
+    written out, the converter gets per tap one Gather, one MatMul and one
+    Add, what the export serves. The computation is the same.
+    """
+    _WRITTEN_OUT.append(True)
+    try:
+        yield
+    finally:
+        _WRITTEN_OUT.pop()
+
+
+def _times(values, weights):
+    """[B, n, C] x [C, H] -> [B, n, H], as one [B * n, C] product whose
+    reshapes have constant shapes (no shape computation per tap in ONNX)."""
+    rows, channels = values.shape[1], values.shape[2]
+    product = ops.matmul(ops.reshape(values, (-1, channels)), weights)
+    return ops.reshape(product, (-1, rows, weights.shape[-1]))
+
+
 def _one_tap_at_a_time(lower, upper, body, initial):
-    """`ops.fori_loop`, but on TensorFlow one iteration at a time.
+    """`ops.fori_loop`, but on TensorFlow one iteration at a time (written
+    out inside `taps_written_out`).
 
     TensorFlow's while loop starts up to 10 iterations at once by default, so
     10 taps' gathers and products would be alive together; ops.scan runs one
@@ -190,6 +225,11 @@ def _one_tap_at_a_time(lower, upper, body, initial):
     TensorFlow this is a plain tf.while_loop with parallel_iterations=1 (an
     ONNX Loop); other backends run their fori_loop, which is sequential.
     """
+    if _WRITTEN_OUT:
+        total = initial
+        for index in range(lower, upper):
+            total = body(index, total)
+        return total
     if keras.backend.backend() != "tensorflow":
         return ops.fori_loop(lower, upper, body, initial)
     import tensorflow as tf
