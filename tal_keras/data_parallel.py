@@ -5,10 +5,10 @@ TensorFlow: `tf.distribute.MirroredStrategy`; JAX:
 and the gradients are summed, so a step on R devices equals one device's
 step on the whole batch (to float rounding): the losses average over the
 whole batch on both backends (see `ProposalClassLoss`). A batch must split
-evenly on JAX, so the training batches are cut to a multiple of R (only the
-last batch of an epoch can be shorter; it loses at most R - 1 videos, a
-different few each epoch as the videos are shuffled) and inference batches
-are padded to one (`pad_batches`).
+evenly on JAX: the pipeline pads the last batch of a pass to the full batch
+size (`tal_keras.pipeline`), inference rounds its batch size up to a
+multiple of R, and training batches are cut to a multiple of R
+(`trim_batches`; nothing is cut when the batch size is a multiple of R).
 
 By default the visible GPUs are used when there are several, else the
 default single device.
@@ -98,16 +98,3 @@ def trim_batches(dataset, multiple):
 
     return dataset.map(trim).filter(lambda features, _: tf.shape(features)[0] > 0)
 
-
-def pad_batches(dataset, multiple):
-    """A tf.data dataset of feature batches padded with zero videos to a
-    multiple of `multiple`; the caller drops the padded outputs."""
-    if multiple == 1:
-        return dataset
-    import tensorflow as tf
-
-    def pad(features):
-        missing = -tf.shape(features)[0] % multiple
-        return tf.pad(features, [[0, missing], [0, 0], [0, 0]])
-
-    return dataset.map(pad)

@@ -18,12 +18,13 @@ def predict_scores(model, cache, batch_size):
     """Runs `model` over every video of `cache`; numpy outputs in cache order."""
     from tal_keras import data_parallel, pipeline
 
-    # Inside a data parallel training scope (JAX) every batch must split evenly.
+    # Inside a data parallel training scope (JAX) every batch must split
+    # evenly; the last batch is padded to the same size (one compiled shape),
+    # so a subset smaller than a batch is run as one smaller batch.
     replicas = data_parallel.replicas_in_scope()
+    batch_size = min(batch_size, max(len(cache), 1))
     batch_size = -(-batch_size // replicas) * replicas
-    dataset = data_parallel.pad_batches(
-        pipeline.make_inference_dataset(cache, batch_size), replicas
-    )
+    dataset = pipeline.make_inference_dataset(cache, batch_size)
     outputs = model.predict(dataset, verbose=0)
     if isinstance(outputs, dict):
         return {

@@ -17,9 +17,12 @@ class ScaledOverlapLoss(keras.losses.Loss):
     bias). With positive_weight W != 1 each proposal's term is multiplied by
     1 + (W - 1) * y (a departure from the report: the high-IoU proposals,
     the few that the top of the ranking needs, weigh more). Averaged over the
-    proposals of each video, then over the batch;
-    every lattice proposal is valid in every video (all are resampled to N
-    clips), so no mask is needed.
+    proposals of each video, then over the batch's videos; a padding video
+    (every target < 0, `pipeline.PADDING`) is left out of both. Every
+    lattice proposal is valid in every video (all are resampled to N clips),
+    so no other mask is needed. The average is returned as per-video values
+    whose mean is that average (as `ProposalClassLoss`): keep the default
+    reduction "sum_over_batch_size".
 
     Args:
         t_min: IoU at and below which the target is 0 (docs/design.md: 0.5).
@@ -28,7 +31,8 @@ class ScaledOverlapLoss(keras.losses.Loss):
             to one of target 0 (the report: 1, unweighted).
         name, reduction, dtype: as `keras.losses.Loss`.
 
-    y_true: float [batch, num_proposals], max IoU in [0, 1].
+    y_true: float [batch, num_proposals], max IoU in [0, 1] (< 0 all over a
+        padding video).
     y_pred: float [batch, num_proposals], P_over in (0, 1).
     Returns: scalar (default reduction).
 
@@ -67,7 +71,12 @@ class ScaledOverlapLoss(keras.losses.Loss):
             cross_entropy = cross_entropy * (
                 1.0 + (self.positive_weight - 1.0) * targets
             )
-        return ops.mean(cross_entropy, axis=-1)
+        real = ops.cast(ops.max(y_true, axis=-1) >= 0.0, cross_entropy.dtype)
+        per_video = ops.mean(cross_entropy, axis=-1) * real
+        batch_size = ops.cast(ops.shape(real)[0], real.dtype)
+        replicas, real_count = _sum_over_replicas(ops.sum(real))
+        # Exactly 1 in a batch without padding (one replica).
+        return per_video * (batch_size * replicas / ops.maximum(real_count, 1.0))
 
     def get_config(self):
         config = super().get_config()

@@ -6,6 +6,11 @@ a pure function of (seed, e): a run resumed at epoch e sees the same batches
 as one that never stopped. Keras `fit` tells the dataset its epoch through
 `epoch_callbacks(dataset)`; iterated without them, successive passes are
 epochs 0, 1, 2, ...
+
+Every batch holds exactly `batch_size` videos: the last batch of a pass is
+filled up with padding videos (all-zero clips, every target `PADDING`),
+which the losses leave out and inference drops, so each network compiles
+one step shape per pass instead of a second one for a shorter last batch.
 """
 
 import keras
@@ -15,6 +20,9 @@ import tensorflow as tf
 from tal_keras.data.cache import drop_mapped_pages
 
 TARGETS = ("max_iou", "classes")
+# The target of every proposal of a padding video: no overlap value (real
+# ones are >= 0) and no class (as an unlabelled proposal).
+PADDING = -1
 
 
 def epoch_order(num_videos, seed, epoch):
@@ -68,7 +76,8 @@ def make_dataset(cache, target, batch_size, shuffle=False, seed=0):
     Args:
         cache: a `ClipCache` or a `CacheSubset` of one.
         target: "max_iou" (proposal network) or "classes" (classifier).
-        batch_size: videos per batch; the last batch may be smaller.
+        batch_size: B, videos per batch; the last batch of a pass ends with
+            padding videos (zero clips, targets `PADDING`) to make up B.
         shuffle: a new order every epoch, `epoch_order(V, seed, epoch)`; pass
             `epoch_callbacks(dataset)` to Keras `fit`.
         seed: shuffling seed.
@@ -84,14 +93,23 @@ def make_dataset(cache, target, batch_size, shuffle=False, seed=0):
     def load(indices):
         # Sorted reads are sequential in a memory-mapped cache.
         indices = np.sort(indices)
-        batch = (  # copies: fancy indexing never returns a view of the map
-            np.asarray(clips[indices]),
-            np.asarray(targets[indices], dtype=target_dtype.as_numpy_dtype),
-        )
+        padding = batch_size - len(indices)
+        batch_clips = np.asarray(clips[indices])  # a copy, never a view of the map
+        batch_targets = np.asarray(targets[indices], dtype=target_dtype.as_numpy_dtype)
+        if padding:
+            batch_clips = np.concatenate(
+                [batch_clips, np.zeros((padding, *clips.shape[1:]), clips.dtype)]
+            )
+            batch_targets = np.concatenate(
+                [
+                    batch_targets,
+                    np.full((padding, targets.shape[1]), PADDING, batch_targets.dtype),
+                ]
+            )
         # The RSS of a pass over a HACS-sized cache stays that of a few batches.
         drop_mapped_pages(clips)
         drop_mapped_pages(targets)
-        return batch
+        return batch_clips, batch_targets
 
     def load_batch(indices):
         batch_clips, batch_targets = tf.numpy_function(
@@ -99,8 +117,8 @@ def make_dataset(cache, target, batch_size, shuffle=False, seed=0):
         )
         # TensorFlow's float16 -> float32 cast is vectorised; numpy's is not.
         batch_clips = tf.cast(batch_clips, tf.float32)
-        batch_clips.set_shape([None, clips.shape[1], clips.shape[2]])
-        batch_targets.set_shape([None, targets.shape[1]])
+        batch_clips.set_shape([batch_size, clips.shape[1], clips.shape[2]])
+        batch_targets.set_shape([batch_size, targets.shape[1]])
         return batch_clips, batch_targets
 
     order = None
@@ -135,5 +153,6 @@ def epoch_callbacks(dataset):
 
 
 def make_inference_dataset(cache, batch_size):
-    """Batches of clip features [B, N, D] float32, in cache order."""
+    """Batches of clip features [B, N, D] float32, in cache order; the last
+    one ends with all-zero padding videos, whose outputs the caller drops."""
     return make_dataset(cache, "max_iou", batch_size).map(lambda clips, _: clips)

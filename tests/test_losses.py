@@ -149,3 +149,38 @@ def test_train_config_positive_weight_reaches_the_proposal_loss():
     assert NETWORKS["proposal"].loss(TrainConfig()).positive_weight == 1.0
     with pytest.raises(ValueError, match="overlap_positive_weight"):
         TrainConfig(overlap_positive_weight=-1.0)
+
+
+def test_padding_videos_leave_both_losses_and_their_gradients_unchanged():
+    import tensorflow as tf
+
+    from tal_keras.pipeline import PADDING
+
+    rng = np.random.default_rng(3)
+    max_iou = rng.uniform(0, 1, size=(3, 20)).astype("float32")
+    max_iou[2] = 0.0  # a real video without any overlap still counts
+    labels = rng.integers(-1, 4, size=(3, 20)).astype("int32")
+    scores = rng.uniform(0.05, 0.95, size=(5, 20)).astype("float32")
+    probabilities = rng.dirichlet(np.ones(4), size=(5, 20)).astype("float32")
+    padded_iou = np.concatenate([max_iou, np.full((2, 20), PADDING, "float32")])
+    padded_labels = np.concatenate([labels, np.full((2, 20), PADDING, "int32")])
+    cases = [
+        (ScaledOverlapLoss(), max_iou, padded_iou, scores),
+        (ProposalClassLoss(), labels, padded_labels, probabilities),
+    ]
+    for loss, targets, padded_targets, predictions in cases:
+        variable = tf.Variable(predictions)
+        with tf.GradientTape(persistent=True) as tape:
+            values = tf.identity(variable)
+            alone = loss(targets, values[:3])
+            with_padding = loss(padded_targets, values)
+        np.testing.assert_allclose(float(with_padding), float(alone), rtol=1e-6)
+        gradient = tape.gradient(with_padding, variable).numpy()
+        np.testing.assert_allclose(
+            gradient[:3], tape.gradient(alone, variable).numpy()[:3], atol=1e-7
+        )
+        assert not gradient[3:].any()
+    # No padding: the factor is exactly one.
+    assert float(ScaledOverlapLoss()(max_iou, scores[:3])) == pytest.approx(
+        numpy_overlap_loss(max_iou, scores[:3]), rel=1e-5
+    )

@@ -63,9 +63,11 @@ class ArrayCache(types.SimpleNamespace):
 
 
 def videos_of_each_batch(dataset):
-    """[[video rows of batch 0], ...] of one pass (each batch is read sorted)."""
+    """[[video rows of batch 0], ...] of one pass (each batch is read sorted),
+    padding videos left out."""
     return [
-        sorted(targets[:, 0].astype(int)) for _, targets in dataset.as_numpy_iterator()
+        sorted(row for row in targets[:, 0].astype(int) if row != pipeline.PADDING)
+        for _, targets in dataset.as_numpy_iterator()
     ]
 
 
@@ -101,9 +103,28 @@ def test_a_cache_subset_view_is_shuffled_and_read_like_a_cache():
     view = CacheSubset(ArrayCache(), [1, 3, 4, 8, 9])
     dataset = pipeline.make_dataset(view, "max_iou", 2, shuffle=True, seed=0)
     rows = np.concatenate([targets[:, 0] for _, targets in dataset]).astype(int)
-    assert sorted(rows) == [1, 3, 4, 8, 9]
+    # Every batch holds 2 videos: the last one is made up with a padding video.
+    assert sorted(rows) == [pipeline.PADDING, 1, 3, 4, 8, 9]
     clips = np.concatenate([clips for clips, _ in dataset])
-    assert clips.dtype == np.float32 and clips.shape == (5, 2, 3)
+    assert clips.dtype == np.float32 and clips.shape == (6, 2, 3)
+    assert not clips[rows == pipeline.PADDING].any()
+
+
+def test_the_last_batch_is_padded_to_the_batch_size_in_both_targets():
+    cache = ArrayCache(num_videos=5)
+    for target, shuffle in (("max_iou", True), ("classes", False)):
+        batches = list(
+            pipeline.make_dataset(cache, target, 4, shuffle=shuffle).as_numpy_iterator()
+        )
+        assert [clips.shape[0] for clips, _ in batches] == [4, 4]
+        clips, targets = batches[-1]
+        real = targets[:, 0] != pipeline.PADDING
+        assert real.sum() == 1
+        assert (targets[~real] == pipeline.PADDING).all()
+        assert not clips[~real].any()
+        assert clips[real].any() or int(targets[real][0, 0]) == 0
+    inference = pipeline.make_inference_dataset(cache, 4)
+    assert [batch.shape for batch in inference.as_numpy_iterator()] == [(4, 2, 3)] * 2
 
 
 @pytest.fixture(scope="module")
