@@ -248,7 +248,7 @@ def test_a_loop_whose_trip_count_is_an_input_stays():
 
 
 def test_the_export_traces_the_taps_written_out_without_shape_work_per_tap():
-    model, with_loops = _tiny_graphs()
+    model, _ = _tiny_graphs()
     exported = onnx_export.convert(model, TINY_MODEL, onnx_export.DEFAULT_OPSET)
     taps = TINY_MODEL.kernel_size**2 * TINY_MODEL.num_conv_layers
     assert _op_count(exported, "Loop") == 0
