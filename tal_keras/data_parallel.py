@@ -97,4 +97,3 @@ def trim_batches(dataset, multiple):
         return features[:size], targets[:size]
 
     return dataset.map(trim).filter(lambda features, _: tf.shape(features)[0] > 0)
-
