@@ -21,7 +21,9 @@ scores against a max IoU rescaled from [0.5, 1] (2D-TAN's bce_rescale_loss,
 on the valid cells; this project's `ScaledOverlapLoss`), on the same shapes:
 batch `--batch` of random clip features [N, D] and random max IoU. "first s"
 is the first step (Keras: tracing and compiling included), "step s" the
-median of `--runs` later steps, "peak RSS GiB" the subprocess's peak resident
+median of `--runs` later steps (with `--runs=0`, the first step itself:
+at the paper config one step takes minutes on a CPU and the compile a few
+seconds, `bench/bench_compile.py`), "peak RSS GiB" the subprocess's peak resident
 memory (ru_maxrss, imports included) and "RSS before GiB" its resident memory
 after building the model and data, before the first step.
 
@@ -77,13 +79,14 @@ def peak_rss_gib():
 
 
 def timed_steps(step, runs):
-    """(first step s, median of `runs` later steps s, losses)."""
+    """(first step s, median of `runs` later steps s, losses); with `runs`
+    0 the first step is both (the compile included)."""
     times, losses = [], []
     for _ in range(runs + 1):
         start = time.perf_counter()
         losses.append(step())  # returns a float: the step has finished
         times.append(time.perf_counter() - start)
-    return times[0], statistics.median(times[1:]), losses
+    return times[0], statistics.median(times[1:] or times), losses
 
 
 def run_keras(spec):
@@ -219,7 +222,12 @@ def main(argv=None):
     parser.add_argument("--config", default="paper", choices=sorted(CONFIGS))
     parser.add_argument("--engines", default=",".join(DEFAULT_ENGINES))
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=3, help="timed steps per engine")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="timed steps per engine after the first (0: the first only)",
+    )
     parser.add_argument("--tan_lib", default="", help="2D-TAN's lib/ folder")
     parser.add_argument(
         "--tan_git_dir", default="", help="a git directory of microsoft/2D-TAN"
@@ -233,8 +241,8 @@ def main(argv=None):
             parser.error(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")
     if "torch-2dtan" in engines and not (args.tan_lib or args.tan_git_dir):
         parser.error("torch-2dtan needs --tan_lib or --tan_git_dir")
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
+    if args.runs < 0:
+        parser.error("--runs must be at least 0")
     with tempfile.TemporaryDirectory() as folder:
         tan_lib = args.tan_lib
         if args.tan_git_dir and "torch-2dtan" in engines:

@@ -1,0 +1,124 @@
+"""Peak memory and time of the ONNX export at the paper's maps and kernels,
+per hidden width H: one table.
+
+    python bench/export_memory.py                    # H 512, the paper config
+    python bench/export_memory.py --hidden 128,256,512 --check
+
+Each width is converted in its own subprocess (`export.onnx_export.convert`
+of the inference model, both networks, random weights): "peak RSS GiB" is
+that process's peak resident memory (VmHWM, imports and the Keras model
+included), "convert s" the conversion's wall time, "nodes" and "MatMul" the
+written graph's. With `--check` the graph's outputs are compared with Keras
+on one random video (max |ONNX - Keras|; a paper-config forward takes tens
+of seconds on a CPU).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+sys.path[:0] = [REPO, BENCH]
+
+
+def peak_rss_gib():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def child(hidden, check):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import numpy as np
+    from bench_serving import CONFIGS
+
+    from export import onnx_export
+    from tal_keras.models import (
+        build_classifier_network,
+        build_inference_model,
+        build_proposal_network,
+    )
+
+    config = dataclasses.replace(CONFIGS["paper"], hidden_size=hidden)
+    keras.utils.set_random_seed(0)
+    model = build_inference_model(
+        build_proposal_network(config), build_classifier_network(config)
+    )
+    start = time.perf_counter()
+    graph = onnx_export.convert(model, config, onnx_export.DEFAULT_OPSET)
+    seconds = time.perf_counter() - start
+    row = {
+        "hidden": hidden,
+        "peak_rss_gib": peak_rss_gib(),
+        "convert_s": seconds,
+        "nodes": len(graph.graph.node),
+        "matmuls": sum(node.op_type == "MatMul" for node in graph.graph.node),
+        "size_gib": graph.ByteSize() / 2**30,
+        "max_diff": None,
+    }
+    if check:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(
+            graph.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        clips = np.random.default_rng(0).standard_normal(
+            (1, config.num_clips, config.feature_dim), dtype=np.float32
+        )
+        found = onnx_export.onnx_scores(session, clips)
+        expected = onnx_export.keras_scores(model, clips, 1)
+        row["max_diff"] = max(
+            float(np.abs(found[name] - expected[name]).max()) for name in found
+        )
+    print("row: " + json.dumps(row), flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden", default="512", help="comma-separated H")
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("--_child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._child is not None:
+        child(args._child, args.check)
+        return
+    rows = []
+    for hidden in [int(value) for value in args.hidden.split(",")]:
+        command = [sys.executable, __file__, f"--_child={hidden}"]
+        command += ["--check"] if args.check else []
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("row: ")]
+        if done.returncode != 0 or not lines:
+            tail = done.stderr.strip().splitlines()[-3:]
+            print(f"H {hidden}: the export failed ({done.returncode}): {tail}")
+            continue
+        rows.append(json.loads(lines[-1][len("row: ") :]))
+    with open("/proc/loadavg") as load:
+        load_average = "/".join(load.read().split()[:3])
+    print(
+        "paper maps and kernels (N 256, scales 64,32,32, D 2304, K 9, L 4), "
+        f"both networks, opset default; load average after: {load_average}\n"
+    )
+    print(
+        "| H | peak RSS GiB | convert s | nodes | MatMul | file GiB | "
+        "max abs ONNX - Keras |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        diff = "-" if row["max_diff"] is None else f"{row['max_diff']:.1e}"
+        print(
+            f"| {row['hidden']} | {row['peak_rss_gib']:.2f} | {row['convert_s']:.1f} "
+            f"| {row['nodes']} | {row['matmuls']} | {row['size_gib']:.2f} | {diff} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
