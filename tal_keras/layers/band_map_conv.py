@@ -115,7 +115,7 @@ def _band_layer(
     @ops.custom_gradient
     def layer(features, kernel, bias):
         def tap_output(tap):
-            if isinstance(tap, int):  # written out: the tap's own row
+            if isinstance(tap, int):  # known when tracing: its row a constant
                 rows, times = forward_index[tap], _times
             else:
                 rows, times = ops.take(forward_table, tap, axis=0), ops.matmul
@@ -194,11 +194,9 @@ def taps_written_out():
     """Band conv layers traced inside it run their taps as K * K plain steps,
     each with its index row and kernel slice a constant, instead of a loop.
 
-    For the ONNX export (`export.onnx_export.convert`): converting the loop
-    (tf2onnx, with TensorFlow's graph optimizer) held copies of the whole
-    kernels per tap step and needed more than 24 GiB at the paper config;
-    written out, the converter gets per tap one Gather, one MatMul and one
-    Add, what the export serves. The computation is the same.
+    For the ONNX export (`export.onnx_export.convert`): the converter gets
+    per tap one Gather, one MatMul and one Add, the form the export serves,
+    with no Loop to write out after converting. The computation is the same.
     """
     _WRITTEN_OUT.append(True)
     try:
