@@ -34,8 +34,8 @@ class BandMapConv(MapConvBase):
     whole network multiplies about 1.14x the rows of the proposal cells alone
     at the paper's config (whole maps: 4.34x). Gathers and matrix products
     are plain ONNX Gather and MatMul; the taps run in a loop, one at a time,
-    so that one tap's temporaries are alive at once (tf2onnx makes it an ONNX
-    Loop, which the export writes out tap by tap: `export/unroll.py`). Bias,
+    so that one tap's temporaries are alive at once (the ONNX export traces
+    the taps written out instead, `taps_written_out`). Bias,
     ReLU and the mask step are part of the layer, and its gradient is
     written by hand (`keras.ops.custom_gradient`): a gather's transpose is
     again a gather (`MapBand.backward_index`), both products use the cheaper
