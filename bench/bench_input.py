@@ -244,8 +244,9 @@ def child_pipeline(cache_folder, max_batches):
         next(batches)  # the first batch starts the pipeline's threads
         first = time.perf_counter() - started
         videos, cpu, started = 0, cpu_seconds(), time.perf_counter()
-        for clips, _ in batches:
-            videos += int(clips.shape[0])
+        for _, targets in batches:
+            # Real videos only: the last batch is padded (pipeline.PADDING).
+            videos += int(np.sum(np.max(targets, axis=1) >= 0))
         report[kind] = {
             "videos": videos,
             "seconds": time.perf_counter() - started,

@@ -302,3 +302,32 @@ def test_repeated_nodes_are_merged_and_graph_outputs_kept():
     expected = _session(model).run(None, {"x": values})
     for found, wanted in zip(_session(merged).run(None, {"x": values}), expected):
         np.testing.assert_array_equal(found, wanted)
+
+
+def test_the_exported_taps_run_one_after_the_other(tmp_path):
+    """onnxruntime's default order runs each tap's Gather, MatMul and Add
+    before the next tap's: one tap's temporaries alive at a time."""
+    model, _ = _tiny_graphs()
+    exported = onnx_export.convert(model, TINY_MODEL, onnx_export.DEFAULT_OPSET)
+    session = _session(
+        exported,
+        enable_profiling=True,
+        profile_file_prefix=str(tmp_path / "profile"),
+        intra_op_num_threads=1,
+    )
+    session.run(None, {"clip_features": random_clips(1)})
+    with open(session.end_profiling()) as stream:
+        events = json.load(stream)
+    op_types = {node.name: node.op_type for node in exported.graph.node}
+    letters = {"Gather": "G", "MatMul": "M", "Add": "A"}
+    executed = "".join(
+        letters.get(op_types.get(event["name"].removesuffix("_kernel_time")), "")
+        for event in events
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
+    )
+    taps = TINY_MODEL.kernel_size**2 * TINY_MODEL.num_conv_layers
+    # A tap after the first of its layer: gather then multiply, or multiply
+    # then gather, then its Add to the running sum.
+    steps = len(re.findall("GMA|MGA", executed))
+    assert steps >= taps - TINY_MODEL.num_conv_layers, executed
+    assert max(len(run) for run in re.findall("G+", executed)) < 5, executed
