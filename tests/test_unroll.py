@@ -63,6 +63,25 @@ def _written_out(with_loops, taps_per_product, min_weights_to_group=0):
     )[0]
 
 
+def _executed_nodes(model, tmp_path, clips):
+    """The model's node names in the order onnxruntime ran them (one
+    thread, from its profile)."""
+    session = _session(
+        model,
+        enable_profiling=True,
+        profile_file_prefix=str(tmp_path / "profile"),
+        intra_op_num_threads=1,
+    )
+    session.run(None, {"clip_features": clips})
+    with open(session.end_profiling()) as stream:
+        events = json.load(stream)
+    return [
+        event["name"].removesuffix("_kernel_time")
+        for event in events
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
+    ]
+
+
 def _steps_per_layer(config, taps_per_product):
     # The first tap of each layer is outside the Loop.
     return math.ceil((config.kernel_size**2 - 1) / taps_per_product)
@@ -157,20 +176,7 @@ def test_onnxruntime_runs_the_written_out_taps_one_step_at_a_time(
     steps_per_layer = _steps_per_layer(config, taps_per_product)
     assert len(sums) == config.num_conv_layers * steps_per_layer
 
-    session = _session(
-        unrolled,
-        enable_profiling=True,
-        profile_file_prefix=str(tmp_path / "profile"),
-        intra_op_num_threads=1,
-    )
-    session.run(None, {"clip_features": random_clips(2)})
-    with open(session.end_profiling()) as stream:
-        events = json.load(stream)
-    executed = [
-        event["name"].removesuffix("_kernel_time")
-        for event in events
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
-    ]
+    executed = _executed_nodes(unrolled, tmp_path, random_clips(2))
     matmuls = {
         node.name
         for node in unrolled.graph.node
@@ -309,21 +315,11 @@ def test_the_exported_taps_run_one_after_the_other(tmp_path):
     before the next tap's: one tap's temporaries alive at a time."""
     model, _ = _tiny_graphs()
     exported = onnx_export.convert(model, TINY_MODEL, onnx_export.DEFAULT_OPSET)
-    session = _session(
-        exported,
-        enable_profiling=True,
-        profile_file_prefix=str(tmp_path / "profile"),
-        intra_op_num_threads=1,
-    )
-    session.run(None, {"clip_features": random_clips(1)})
-    with open(session.end_profiling()) as stream:
-        events = json.load(stream)
     op_types = {node.name: node.op_type for node in exported.graph.node}
     letters = {"Gather": "G", "MatMul": "M", "Add": "A"}
     executed = "".join(
-        letters.get(op_types.get(event["name"].removesuffix("_kernel_time")), "")
-        for event in events
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
+        letters.get(op_types.get(name), "")
+        for name in _executed_nodes(exported, tmp_path, random_clips(1))
     )
     taps = TINY_MODEL.kernel_size**2 * TINY_MODEL.num_conv_layers
     # A tap after the first of its layer: gather then multiply, or multiply
