@@ -222,12 +222,7 @@ def main(argv=None):
     parser.add_argument("--config", default="paper", choices=sorted(CONFIGS))
     parser.add_argument("--engines", default=",".join(DEFAULT_ENGINES))
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument(
-        "--runs",
-        type=int,
-        default=3,
-        help="timed steps per engine after the first (0: the first only)",
-    )
+    parser.add_argument("--runs", type=int, default=3, help="steps after the first")
     parser.add_argument("--tan_lib", default="", help="2D-TAN's lib/ folder")
     parser.add_argument(
         "--tan_git_dir", default="", help="a git directory of microsoft/2D-TAN"
