@@ -217,10 +217,10 @@ def convert(inference_model, model_config, opset, unroll=True):
     (overlap_scores, class_scores).
 
     unroll: the band conv's taps as plain nodes, traced tap by tap
-    (`band_map_conv.taps_written_out`; converting its loops instead needs
-    more than 24 GiB at the paper config), then any Loop of a known trip
-    count left written out and constants folded (`export.unroll`); False
-    keeps tf2onnx's Loops.
+    (`band_map_conv.taps_written_out`) and converted without tf2onnx's
+    optimizer passes (`_tf2onnx_optimizers`), then any Loop of a known trip
+    count written out, constants folded and repeated nodes merged
+    (`export.unroll`); False keeps tf2onnx's Loops.
     """
     import onnx
     import tensorflow as tf
@@ -302,8 +302,9 @@ def _tf2onnx_optimizers(run):
     """tf2onnx converts with its graph optimizer passes (`run`) or without.
 
     Each pass leaves another copy of every constant of the graph in memory
-    (tf2onnx 1.17: 39 passes at the paper config, 15 GiB of its 19 GiB
-    peak), so the export runs none: it folds constants and merges repeated
+    (tf2onnx 1.17: 39 passes at the paper config; its written-out graph
+    converted in 18.8 GiB of peak memory with them, 9.2 GiB without), so
+    the export runs none: it folds constants and merges repeated
     nodes itself (`export.unroll`), and onnxruntime optimises the graph when
     it loads it. The passes run for graphs with Loops (`export.unroll`
     reads their tap bodies in the optimised form), and then without their

@@ -239,9 +239,9 @@ def _without_duplicates(nodes, folder, outputs):
     with subgraphs, or where a graph output would be renamed.
 
     tf2onnx's own merge runs in its optimizer passes, each of which keeps
-    another copy of every constant of the graph (3 GiB at H 256, 15 GiB at
-    the paper config), so the export runs none of them (`onnx_export`); the
-    band conv's taps each repeat the same shape computations.
+    another copy of every constant of the graph, so the export runs none of
+    them (`onnx_export._tf2onnx_optimizers`); what is left to merge is
+    mostly shape work that the graph repeats.
     """
     if any(
         attribute.g.node or attribute.graphs
