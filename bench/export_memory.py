@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -25,17 +24,11 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path[:0] = [REPO, BENCH]
 
-
-def peak_rss_gib():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
+from bench_compile import child_rows, load_average
+from bench_input import memory_status
 
 
 def child(hidden, check):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import numpy as np
     from bench_serving import CONFIGS
@@ -57,7 +50,7 @@ def child(hidden, check):
     seconds = time.perf_counter() - start
     row = {
         "hidden": hidden,
-        "peak_rss_gib": peak_rss_gib(),
+        "peak_rss_gib": memory_status()["peak_rss"] / 2**30,
         "convert_s": seconds,
         "nodes": len(graph.graph.node),
         "matmuls": sum(node.op_type == "MatMul" for node in graph.graph.node),
@@ -81,31 +74,29 @@ def child(hidden, check):
     print("row: " + json.dumps(row), flush=True)
 
 
+def describe(row):
+    return f"H {row['hidden']}: peak RSS {row['peak_rss_gib']:.2f} GiB"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden", default="512", help="comma-separated H")
     parser.add_argument("--check", action="store_true")
-    parser.add_argument("--_child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child is not None:
-        child(args._child, args.check)
+        child(**json.loads(args._child))
         return
     rows = []
     for hidden in [int(value) for value in args.hidden.split(",")]:
-        command = [sys.executable, __file__, f"--_child={hidden}"]
-        command += ["--check"] if args.check else []
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("row: ")]
-        if done.returncode != 0 or not lines:
-            tail = done.stderr.strip().splitlines()[-3:]
-            print(f"H {hidden}: the export failed ({done.returncode}): {tail}")
-            continue
-        rows.append(json.loads(lines[-1][len("row: ") :]))
-    with open("/proc/loadavg") as load:
-        load_average = "/".join(load.read().split()[:3])
+        spec = {"hidden": hidden, "check": args.check}
+        try:
+            rows += child_rows(__file__, spec, "tensorflow", describe)
+        except RuntimeError as error:
+            print(f"H {hidden}: the export failed: {error}")
     print(
         "paper maps and kernels (N 256, scales 64,32,32, D 2304, K 9, L 4), "
-        f"both networks, opset default; load average after: {load_average}\n"
+        f"both networks, opset default; load average after: {load_average()}\n"
     )
     print(
         "| H | peak RSS GiB | convert s | nodes | MatMul | file GiB | "

@@ -24,8 +24,11 @@ import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+sys.path[:0] = [REPO, BENCH]
+
+from bench_compile import load_average
 
 ROWS, CHANNELS = 27064, 512
 
@@ -166,8 +169,7 @@ def main(argv=None):
                 f"| {engine} | {threads} | {rate / 1e9:.0f} | {band / rate:.1f} "
                 f"| {valid / rate:.1f} |"
             )
-    with open("/proc/loadavg") as load:
-        print("\nload average after: " + "/".join(load.read().split()[:3]))
+    print(f"\nload average after: {load_average()}")
 
 
 if __name__ == "__main__":
