@@ -20,20 +20,27 @@ with respect to its weights. Components (`--components`, in this order):
     classifier   the classifier network (the paper recipe, no prototypes)
 
 JAX: `jax.jit(jax.value_and_grad(...))`, compiled ahead of time, so "compile
-s" is tracing + lowering + XLA compilation, before the first call.
+s" is tracing + lowering + XLA compilation, before the first call, and "XLA
+s" the XLA compilation alone (`Lowered.compile`).
 TensorFlow: `tf.function(jit_compile=True)` of a GradientTape step; its first
 call traces, compiles and runs, so "compile s" is the first call's time minus
-the median call's. "step s" is the median of `--runs` calls after the first.
+the median call's, and "XLA s" is the compile time TensorFlow's XLA logs
+itself for the step's clusters (device_compilation_profiler), which holds
+neither the tracing nor the first run's allocations. "step s" is the median
+of `--runs` calls after the first.
 Each backend runs in its own subprocess; the load average (1, 5, 15 min) is
 printed before and after each, since the machine may be shared.
 """
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -156,8 +163,11 @@ def run_jax(model, loss, inputs, target, runs, input_gradient):
     argnums = (0, 2) if input_gradient else 0
     step = jax.jit(jax.value_and_grad(value, argnums=argnums))
     start = time.perf_counter()
-    compiled = step.lower(trainable, non_trainable, inputs, target).compile()
+    lowered = step.lower(trainable, non_trainable, inputs, target)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
+    xla_s = time.perf_counter() - lowered_at
     times, values = [], []
     for _ in range(runs + 1 if runs else 0):  # --runs=0: compile only
         start = time.perf_counter()
@@ -166,7 +176,7 @@ def run_jax(model, loss, inputs, target, runs, input_gradient):
         )
         times.append(time.perf_counter() - start)
         values.append(float(result[0]))
-    return compile_s, _median(times[1:]), values
+    return compile_s, xla_s, _median(times[1:]), values
 
 
 def _median(times):
@@ -188,16 +198,54 @@ def run_tensorflow(model, loss, inputs, target, runs, input_gradient):
         return value, tape.gradient(value, sources)
 
     times, values = [], []
-    for _ in range(runs + 1):
-        start = time.perf_counter()
-        value, _gradients = step(inputs, target)
-        value = float(value)  # waits for the step
-        times.append(time.perf_counter() - start)
+    for run in range(runs + 1):
+        with xla_compile_log() if run == 0 else contextlib.nullcontext([]) as logged:
+            start = time.perf_counter()
+            value, _gradients = step(inputs, target)
+            value = float(value)  # waits for the step
+            times.append(time.perf_counter() - start)
         values.append(value)
+        if run == 0:  # None where nothing was logged (another environment)
+            xla_s = sum(logged) if logged else None
     median = _median(times[1:])
     # Without a timed call, the first call's time bounds the compile's.
     compile_s = times[0] if median is None else max(times[0] - median, 0.0)
-    return compile_s, median, values
+    return compile_s, xla_s, median, values
+
+
+# TensorFlow's line per compiled XLA cluster (device_compilation_profiler.cc).
+_XLA_COMPILE_LINE = re.compile(r"Compiled \S+ \d+ times, compile time: (\d+) us")
+# The environment under which TensorFlow logs that line (read when it loads).
+XLA_LOG_ENVIRONMENT = {
+    "TF_CPP_MIN_LOG_LEVEL": "0",
+    "TF_CPP_VMODULE": "device_compilation_profiler=1",
+}
+
+
+@contextlib.contextmanager
+def xla_compile_log():
+    """Captures the process's standard error (file descriptor 2) while the
+    block runs; after it, the yielded list holds the seconds of each XLA
+    compile TensorFlow logged meanwhile, and the captured lines that are not
+    TensorFlow's info lines are written back to standard error."""
+    compiles = []
+    with tempfile.TemporaryFile(mode="w+") as log:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield compiles
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            for line in log:
+                match = _XLA_COMPILE_LINE.search(line)
+                if match:
+                    compiles.append(int(match.group(1)) / 1e6)
+                elif not line.startswith("I0000"):
+                    sys.stderr.write(line)
 
 
 def child_main(spec):
@@ -216,7 +264,7 @@ def child_main(spec):
         inputs = rng.normal(size=(spec["batch"], *shape)).astype("float32")
         input_gradient = name not in ("proposal", "classifier")
         row = {"backend": backend, "component": name, "load_before": load_average()}
-        row["compile_s"], row["step_s"], row["losses"] = run(
+        row["compile_s"], row["xla_s"], row["step_s"], row["losses"] = run(
             model, loss, inputs, targets(spec["batch"]), spec["runs"], input_gradient
         )
         row["load_after"] = load_average()
@@ -227,22 +275,28 @@ def run_backend(backend, spec):
     def describe(row):
         return (
             f"{row['backend']} {row['component']} compile "
-            f"{row['compile_s']:.2f} s, step {_seconds(row['step_s'])} s"
+            f"{row['compile_s']:.2f} s (XLA {_seconds(row['xla_s'])} s), "
+            f"step {_seconds(row['step_s'])} s"
         )
 
-    return child_rows(__file__, spec, backend, describe)
+    logging = XLA_LOG_ENVIRONMENT if backend == "tensorflow" else {}
+    return child_rows(__file__, spec, backend, describe, logging)
 
 
-def child_rows(script, spec, backend, describe):
-    """Runs `python SCRIPT --_child SPEC` with KERAS_BACKEND=`backend`; returns
-    the rows it prints as "row: JSON" lines, each shown by `describe(row)` as
-    it comes. Raises RuntimeError if it fails."""
-    environment = dict(
-        os.environ,
-        KERAS_BACKEND=backend,
-        TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
-    )
+def child_rows(script, spec, backend, describe, environment=None):
+    """Runs `python SCRIPT --_child SPEC` with KERAS_BACKEND=`backend` (and
+    the variables of `environment`, a dict); returns the rows it prints as
+    "row: JSON" lines, each shown by `describe(row)` as it comes. Raises
+    RuntimeError if it fails."""
+    environment = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [REPO, os.environ.get("PYTHONPATH")])
+        ),
+        **(environment or {}),
+    }
     command = [sys.executable, os.path.abspath(script), "--_child", json.dumps(spec)]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, text=True, env=environment
@@ -291,14 +345,18 @@ def _seconds(value):
 
 def format_table(rows):
     lines = [
-        "| backend | component | compile s | step s | load avg before | load avg after |",
-        "| --- | --- | --- | --- | --- | --- |",
+        (
+            "| backend | component | compile s | XLA s | step s | load avg before "
+            "| load avg after |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     names = {"tensorflow": "TF-XLA", "jax": "JAX"}
     for row in rows:
         lines.append(
             f"| {names[row['backend']]} | {row['component']} | {row['compile_s']:.2f} "
-            f"| {_seconds(row['step_s'])} | {row['load_before']} | {row['load_after']} |"
+            f"| {_seconds(row['xla_s'])} | {_seconds(row['step_s'])} "
+            f"| {row['load_before']} | {row['load_after']} |"
         )
     return lines
 

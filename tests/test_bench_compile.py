@@ -23,7 +23,10 @@ def test_compile_table_has_every_component_on_both_backends(tmp_path):
     ]
     for row in rows:
         assert row["compile_s"] > 0 and row["step_s"] > 0
+        # XLA's own compile time: TensorFlow's log line, JAX's Lowered.compile.
+        assert row["xla_s"] > 0
         assert all(math.isfinite(loss) for loss in row["losses"])
+    assert "| compile s | XLA s |" in result.stdout
     assert "| TF-XLA | band_conv |" in result.stdout
     assert "| JAX | proposal |" in result.stdout
 
