@@ -24,7 +24,7 @@ slow onnxruntime's many small allocations, hence the separate timing runs.
 
 Forward passes use batch 1 (one video); the training step (forward, backward
 and Adam update through `train_on_batch`) uses demo.flags' batch size.
-Configs: "demo" (demo.flags), "paper" (the report's) and "paper_maps" (the
+Configs: "demo" (demo.flags' maps and widths, the paper recipe), "paper" (the report's) and "paper_maps" (the
 paper's maps and kernels at the demo's widths D and H, so that whole maps
 train in minutes). Training rows with path "none" run the same network
 without its map convs: the memory and time both paths share. The machine is shared: timings vary with its load, so
@@ -47,38 +47,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from tal_keras.config import ModelConfig
+from tal_keras.flags import flagfile_run_config
 from tal_keras.flops import model_cost
 
-FLAG_FIELDS = {
-    "num_clips": ("num_clips", int),
-    "scale_layers": ("scale_layers", lambda text: tuple(map(int, text.split(",")))),
-    "feature_dim": ("feature_dim", int),
-    "hidden_size": ("hidden_size", int),
-    "kernel_size": ("kernel_size", int),
-    "num_conv_layers": ("num_conv_layers", int),
-    "map": ("map_mode", str),
-    "proposal_features": ("proposal_features", str),
-}
-
-
-def flag_file_config(path):
-    """(ModelConfig, batch size) of the model flags in a --flagfile."""
-    fields, batch_size = {}, 32
-    with open(path) as flags:
-        for line in flags:
-            name, _, value = line.strip().partition("=")
-            name = name.lstrip("-")
-            if name in FLAG_FIELDS:
-                field, parse = FLAG_FIELDS[name]
-                fields[field] = parse(value)
-            elif name == "batch_size":
-                batch_size = int(value)
-    return ModelConfig(**fields), batch_size
-
-
-# The demo's model and batch size are read from demo.flags; the paper's are
+# The demo's maps, widths and batch size are read from demo.flags, around
+# the paper recipe's network with the report's classes; the paper's config is
 # the report's (hacs.flags, ModelConfig's defaults).
-DEMO_CONFIG, TRAIN_BATCH = flag_file_config(os.path.join(REPO, "demo.flags"))
+_DEMO_RUN = flagfile_run_config(
+    os.path.join(REPO, "demo.flags"),
+    "--recipe=paper",
+    f"--num_classes={ModelConfig.num_classes}",
+)[0]
+DEMO_CONFIG, TRAIN_BATCH = _DEMO_RUN.model, _DEMO_RUN.train.batch_size
 CONFIGS = {
     "demo": DEMO_CONFIG,
     "paper": ModelConfig(),

@@ -42,18 +42,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tal_keras.atomic import write_text_atomic
 from tal_keras.config import ModelConfig
+from tal_keras.flags import flagfile_run_config
 
 CONFIGS = {
-    # demo.flags: N 64, scales 16,8,8, D 256, H 128, K 5, L 2, 20 classes.
-    "demo": ModelConfig(
-        num_clips=64,
-        scale_layers=(16, 8, 8),
-        feature_dim=256,
-        hidden_size=128,
-        kernel_size=5,
-        num_conv_layers=2,
-        num_classes=20,
-    ),
+    # The demo's model: demo.flags with its recipe (N 64, scales 16,8,8, D 256,
+    # H 64, K 5, L 2, the tuned recipe's layers), and the synthetic data's 20
+    # classes.
+    "demo": flagfile_run_config(
+        os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo.flags"
+        ),
+        "--num_classes=20",
+    )[0].model,
     # The report's S-2D-TAN on HACS: N 256, H 512, K 9, L 4, D 2304, 200 classes.
     "paper": ModelConfig(),
 }

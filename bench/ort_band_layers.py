@@ -1,16 +1,19 @@
 """The paper config's band conv (N 256, scales 64,32,32, H 512, K 9, L 4) in
-onnxruntime, layer by layer, in the forms the export writes: tap by tap
-(one Gather, MatMul and Add per tap) and regrouped (`export.unroll`, 9 taps
-per product), float32 and int8 (`export.onnx_export.to_int8`), against the
-Keras layer (`BandMapConv`, TensorFlow) on the same batch.
+onnxruntime, layer by layer, in the forms the export can write
+(`band_map_conv.taps_written_out`): tap by tap (one Gather, MatMul and Add
+per tap, in the layer's cheaper order) and grouped (gather first,
+--taps_per_product taps per product, the form the export takes where a
+group's gathered rows fit its budget), float32 and int8
+(`export.onnx_export.to_int8`), against the Keras layer (`BandMapConv`,
+TensorFlow) on the same batch.
 
     python bench/ort_band_layers.py [--hidden 512] [--runs 1] [--threads 1]
-        [--forms taps,grouped,taps-int8,grouped-int8] [--keras]
+        [--forms taps,grouped,taps-int8,grouped-int8] [--taps_per_product 9]
+        [--keras]
 
 Each layer's graph is built from its `MapBand` tables and random weights
-(the shapes and gather tables of the export; not the export itself, which at
-this width needs more memory in tf2onnx than a 23 GiB machine shared with
-other jobs had), fed [1, n_in + 1, H] random features. The table gives the
+(the shapes and gather tables of the export, without the rest of the
+model), fed [1, n_in + 1, H] random features. The table gives the
 median wall and CPU seconds of --runs calls after one warm-up, per layer and
 summed; with --keras, one call of the Keras layer on [1, P, H] (all four
 layers) is timed the same way. The band conv is about 99 % of the paper
@@ -41,7 +44,9 @@ FORMS = ("taps", "grouped", "taps-int8", "grouped-int8")
 def layer_graph(band, layer, weights, taps_per_product):
     """onnx.ModelProto of conv layer `layer` (1-based) without bias and mask:
     features [B, n_in + 1, C] -> sum over taps [B, n_out + 1, H], the taps
-    in groups of `taps_per_product` as `export.unroll` writes them."""
+    in groups of `taps_per_product` (gather first) or one by one (in the
+    layer's cheaper order), as the export writes them
+    (`band_map_conv.taps_written_out`)."""
     rows = band.forward_index[layer - 1].astype(np.int64)  # [K * K, n_out + 1]
     taps, channels, hidden = weights.shape
     gather_first = band.gather_first[layer - 1]
@@ -50,7 +55,7 @@ def layer_graph(band, layer, weights, taps_per_product):
         group = list(range(begin, min(begin + taps_per_product, taps)))
         name = f"taps{begin}"
         count = len(group)
-        if gather_first and count == 1:  # as the export writes one tap
+        if gather_first and count == 1:  # one tap, as the export writes it
             constants = {"rows": rows[begin].copy(), "kernel": weights[begin]}
             nodes += [
                 helper.make_node(
@@ -60,7 +65,7 @@ def layer_graph(band, layer, weights, taps_per_product):
                     "MatMul", [f"{name}/g", f"{name}/kernel"], [f"{name}/term"]
                 ),
             ]
-        elif gather_first:
+        elif count > 1:  # a group, gather first, as the export writes it
             constants = {
                 "rows": rows[group].T.copy(),
                 "kernel": weights[group].reshape(count * channels, hidden),
@@ -77,49 +82,14 @@ def layer_graph(band, layer, weights, taps_per_product):
                     "MatMul", [f"{name}/flat", f"{name}/kernel"], [f"{name}/term"]
                 ),
             ]
-        elif count == 1:  # as the export writes one tap: no sum over taps
-            constants = {
-                "rows": rows[begin].copy(),
-                "kernel": weights[begin],
-            }
+        else:  # one tap, multiply first, as the export writes it
+            constants = {"rows": rows[begin].copy(), "kernel": weights[begin]}
             nodes += [
                 helper.make_node(
                     "MatMul", ["features", f"{name}/kernel"], [f"{name}/p"]
                 ),
                 helper.make_node(
-                    "Gather",
-                    [f"{name}/p", f"{name}/rows"],
-                    [f"{name}/term"],
-                    axis=1,
-                ),
-            ]
-        else:
-            constants = {
-                "rows": (rows[group].T * count + np.arange(count)).copy(),
-                "kernel": weights[group]
-                .transpose(1, 0, 2)
-                .reshape(channels, count * hidden),
-                "shape": np.array([0, -1, hidden], np.int64),
-                "axes": np.array([2], np.int64),
-            }
-            nodes += [
-                helper.make_node(
-                    "MatMul", ["features", f"{name}/kernel"], [f"{name}/p"]
-                ),
-                helper.make_node(
-                    "Reshape", [f"{name}/p", f"{name}/shape"], [f"{name}/per_tap"]
-                ),
-                helper.make_node(
-                    "Gather",
-                    [f"{name}/per_tap", f"{name}/rows"],
-                    [f"{name}/g"],
-                    axis=1,
-                ),
-                helper.make_node(
-                    "ReduceSum",
-                    [f"{name}/g", f"{name}/axes"],
-                    [f"{name}/term"],
-                    keepdims=0,
+                    "Gather", [f"{name}/p", f"{name}/rows"], [f"{name}/term"], axis=1
                 ),
             ]
         initializers += [
@@ -171,12 +141,17 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="0: default.")
     parser.add_argument("--forms", default=",".join(FORMS))
     parser.add_argument("--keras", action="store_true", help="Time the Keras layer.")
+    parser.add_argument(
+        "--taps_per_product",
+        type=int,
+        default=9,
+        help="Taps per group (grouped forms).",
+    )
     args = parser.parse_args(argv)
     import onnxruntime as ort
 
     from export.detector import session_options
     from export.onnx_export import to_int8
-    from export.unroll import TAPS_PER_PRODUCT
 
     forms = args.forms.split(",")
     band = MapBand(Lattice(256, (64, 32, 32)), 9, 4)
@@ -196,7 +171,7 @@ def main(argv=None):
                 band,
                 layer,
                 weights,
-                1 if form.startswith("taps") else TAPS_PER_PRODUCT,
+                1 if form.startswith("taps") else args.taps_per_product,
             )
             if form.endswith("int8"):
                 graph = to_int8(graph)

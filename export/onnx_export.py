@@ -36,6 +36,14 @@ DEFAULT_NAME = "s2dtan.onnx"
 DEFAULT_FP16_NAME = "s2dtan.fp16.onnx"
 DEFAULT_INT8_NAME = "s2dtan.int8.onnx"
 DEFAULT_OPSET = 17
+# A band conv layer whose gathered rows of several taps fit in this many bytes
+# per video sums its taps in a few large products, not one product per tap
+# (`band_map_conv.taps_written_out`). At the demo config (H 64) all 25 taps
+# of each layer fit (11 MB per video) and onnxruntime served 0.83x the time
+# of tap by tap at batch 32 and 0.75x at batch 1; at the paper config one
+# tap's rows take 45 MB, so it stays tap by tap (groups of 9 were no faster
+# there, for 9 times the memory). docs/performance.md has the measurements.
+GROUPED_TAP_BYTES = 16 * 2**20
 FP32_TOLERANCE = 1e-4  # bound on max |ONNX - Keras| in float32
 # float16 keeps ~3 significant digits; sigmoid and softmax outputs lie in
 # [0, 1], so errors of a few 1e-3 are expected and 1e-2 flags a broken graph.
@@ -211,16 +219,23 @@ def onnx_scores(session, clip_features):
     return dict(zip(names, values))
 
 
-def convert(inference_model, model_config, opset, unroll=True):
+def convert(
+    inference_model,
+    model_config,
+    opset,
+    unroll=True,
+    grouped_tap_bytes=GROUPED_TAP_BYTES,
+):
     """onnx.ModelProto of the Keras inference model, with a dynamic batch named
     "batch", static proposal and class dimensions, outputs in the order
     (overlap_scores, class_scores).
 
-    unroll: the band conv's taps as plain nodes, traced tap by tap
-    (`band_map_conv.taps_written_out`) and converted without tf2onnx's
-    optimizer passes (`_tf2onnx_optimizers`), then any Loop of a known trip
-    count written out, constants folded and repeated nodes merged
-    (`export.unroll`); False keeps tf2onnx's Loops.
+    unroll: the band conv's taps as plain nodes, traced written out (a few
+    at a time where their gathered rows fit in `grouped_tap_bytes` per
+    video, else tap by tap: `band_map_conv.taps_written_out`) and converted
+    without tf2onnx's optimizer passes (`_tf2onnx_optimizers`), then any Loop
+    of a known trip count written out, constants folded and repeated nodes
+    merged (`export.unroll`); False keeps tf2onnx's Loops.
     """
     import onnx
     import tensorflow as tf
@@ -243,7 +258,7 @@ def convert(inference_model, model_config, opset, unroll=True):
         with (
             warnings.catch_warnings(),
             _tf2onnx_optimizers(run=not unroll),
-            taps_written_out() if unroll else contextlib.nullcontext(),
+            taps_written_out(grouped_tap_bytes) if unroll else contextlib.nullcontext(),
         ):
             warnings.simplefilter("ignore", FutureWarning)  # keras' tf2onnx numpy patch
             inference_model.export(

@@ -12,6 +12,7 @@ flags.
 """
 
 import contextlib
+import copy
 import dataclasses
 import sys
 
@@ -369,6 +370,22 @@ def run_config_from_flags(flag_values=FLAGS):
     return RunConfig(
         workdir=flag_values["workdir"].value, recipe=recipe, **sections
     ), classes_from_data
+
+
+def flagfile_run_config(path, *arguments):
+    """(RunConfig, classes_from_data) that `train.py --flagfile=PATH
+    ARGUMENTS` runs with (`run_config_from_flags`), parsed on a copy of the
+    flags, so the caller's own flags are untouched (the bench scripts read
+    demo.flags this way).
+
+    Raises:
+        ValueError: a flag the flagfile sets that the configs reject.
+        absl.flags.Error: an unknown flag or an unreadable file.
+    """
+    flag_values = copy.deepcopy(FLAGS)
+    flag_values.unparse_flags()
+    flag_values(["train.py", f"--flagfile={path}", *arguments])
+    return run_config_from_flags(flag_values)
 
 
 def _int_list(values, name):

@@ -1,6 +1,6 @@
 """bench/ort_profile.py sums onnxruntime's profile by op type and by
 written-out loop; bench/ort_band_layers.py's layer graphs (tap by tap and
-regrouped) compute the band conv's sum over taps."""
+grouped) compute the band conv's sum over taps."""
 
 import numpy as np
 import onnxruntime as ort

@@ -2,6 +2,7 @@
 promise (a misspelt or removed flag would break README's first command),
 checked against the one recipe table (tal_keras/recipes.py)."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -73,3 +74,23 @@ def test_a_settings_own_flag_overrides_its_recipe():
     assert config["model"]["class_mean_evidence"] == 0
     assert config["eval"]["nms_threshold"] == 0.5
     assert config["model"]["class_mean_logits"] is True  # still the recipe's
+
+
+def test_a_flagfile_parses_in_process_without_touching_the_flags():
+    from tal_keras import flags
+
+    def state():
+        hidden = flags.FLAGS["hidden_size"]
+        return flags.FLAGS.is_parsed(), hidden.value, hidden.present
+
+    before = state()
+    config, classes_from_data = flags.flagfile_run_config(
+        str(ROOT / "demo.flags"), "--num_classes=20"
+    )
+    expected = parsed("--flagfile=demo.flags", "--num_classes=20")
+    assert (
+        json.loads(json.dumps(dataclasses.asdict(config.model), default=str))
+        == (expected["model"])
+    )
+    assert (config.recipe, classes_from_data) == ("tuned", False)
+    assert config.model.hidden_size == 64 and state() == before

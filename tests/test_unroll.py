@@ -1,21 +1,20 @@
-"""export.unroll: Loops of a known trip count written out, the band conv's
-taps regrouped into a few products per layer, the same outputs as the Loop
-graph and Keras (near-ties too), one tap or group at a time in onnxruntime's
-execution order, and Loops it cannot write out left alone."""
+"""export.unroll and the export's written-out band conv: Loops of a known
+trip count written out, the same outputs as the Loop graph and Keras, one
+tap at a time in onnxruntime's execution order, Loops it cannot write out
+left alone; the export's taps traced written out, grouped into a few
+products per layer within its byte budget (near-ties too)."""
 
 import json
-import math
 import re
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from onnx import TensorProto, helper
 from test_export import TINY_MODEL, random_clips
 
 from export import onnx_export
-from export.unroll import MIN_WEIGHTS_TO_GROUP, TAPS_PER_PRODUCT, unroll_loops
+from export.unroll import unroll_loops
 from tal_keras.map_band import MapBand
 from tal_keras.models import (
     build_classifier_network,
@@ -54,13 +53,18 @@ def _tiny_graphs():
     return _BUILT["graphs"]
 
 
-def _written_out(with_loops, taps_per_product, min_weights_to_group=0):
+def _written_out(with_loops):
     copy = onnx.ModelProto.FromString(with_loops.SerializeToString())
-    return unroll_loops(
-        copy,
-        taps_per_product=taps_per_product,
-        min_weights_to_group=min_weights_to_group,
-    )[0]
+    return unroll_loops(copy)[0]
+
+
+def _exported(grouped_tap_bytes):
+    return onnx_export.convert(
+        _tiny_graphs()[0],
+        TINY_MODEL,
+        onnx_export.DEFAULT_OPSET,
+        grouped_tap_bytes=grouped_tap_bytes,
+    )
 
 
 def _executed_nodes(model, tmp_path, clips):
@@ -82,21 +86,15 @@ def _executed_nodes(model, tmp_path, clips):
     ]
 
 
-def _steps_per_layer(config, taps_per_product):
-    # The first tap of each layer is outside the Loop.
-    return math.ceil((config.kernel_size**2 - 1) / taps_per_product)
-
-
-@pytest.mark.parametrize("taps_per_product", [1, 3, TAPS_PER_PRODUCT])
-def test_the_written_out_graph_has_no_loop_and_matches_keras(taps_per_product):
+def test_the_written_out_graph_has_no_loop_and_matches_keras():
     model, with_loops = _tiny_graphs()
-    unrolled = _written_out(with_loops, taps_per_product)
+    unrolled = _written_out(with_loops)
     # One tap Loop per band conv layer, none once written out.
     assert _op_count(with_loops, "Loop") == TINY_MODEL.num_conv_layers
     assert _op_count(unrolled, "Loop") == 0
-    # One MatMul per tap, or per group of taps.
-    steps = _steps_per_layer(TINY_MODEL, taps_per_product)
-    matmuls = _op_count(with_loops, "MatMul") + TINY_MODEL.num_conv_layers * steps
+    # One MatMul per tap (the first tap of each layer is outside the Loop).
+    taps_in_loops = (TINY_MODEL.kernel_size**2 - 1) * TINY_MODEL.num_conv_layers
+    matmuls = _op_count(with_loops, "MatMul") + taps_in_loops
     assert _op_count(unrolled, "MatMul") == matmuls
     # The tap's index row and kernel slice are constants: nothing is left of
     # keras.ops.take's handling of negative indices (on the tap number, and
@@ -115,65 +113,67 @@ def test_the_written_out_graph_has_no_loop_and_matches_keras(taps_per_product):
         np.testing.assert_allclose(found[name], keras_found[name], atol=1e-5)
 
 
-def test_grouped_taps_match_keras_on_near_ties_and_the_export_writes_taps():
-    model, with_loops = _tiny_graphs()
-    grouped = _written_out(with_loops, TAPS_PER_PRODUCT)
-    tap_by_tap = _written_out(with_loops, 1)
-    assert _op_count(grouped, "MatMul") < _op_count(tap_by_tap, "MatMul")
-    # The export writes the taps out one by one.
-    exported = onnx_export.convert(model, TINY_MODEL, onnx_export.DEFAULT_OPSET)
-    assert _op_count(exported, "MatMul") == _op_count(tap_by_tap, "MatMul")
-    # Asked for, regrouping skips layers below the width (8 x 8 here).
-    assert TINY_MODEL.hidden_size**2 < MIN_WEIGHTS_TO_GROUP
-    narrow = _written_out(with_loops, TAPS_PER_PRODUCT, MIN_WEIGHTS_TO_GROUP)
-    assert _op_count(narrow, "MatMul") == _op_count(tap_by_tap, "MatMul")
-    at_the_width = _written_out(with_loops, TAPS_PER_PRODUCT, TINY_MODEL.hidden_size**2)
-    assert _op_count(at_the_width, "MatMul") == _op_count(grouped, "MatMul")
+def test_the_export_groups_taps_within_its_budget_and_matches_keras_on_near_ties():
+    config = TINY_MODEL
+    band = MapBand(
+        config.lattice, config.kernel_size, config.num_conv_layers, config.map_mode
+    )
+    taps, layers = config.kernel_size**2, config.num_conv_layers
+    tap_by_tap = _exported(0)
+    # At the default budget every layer's taps fit: one product per layer.
+    assert onnx_export.GROUPED_TAP_BYTES >= 4 * taps * config.hidden_size * (
+        max(band.band_sizes) + 1
+    )
+    grouped = _exported(onnx_export.GROUPED_TAP_BYTES)
+    outside = _op_count(tap_by_tap, "MatMul") - taps * layers
+    assert _op_count(grouped, "MatMul") == outside + layers
+    # A budget of 4 taps' rows in the largest band: 4 taps or more per
+    # product, never one product per layer.
+    four_taps = 4 * 4 * config.hidden_size * (max(band.band_sizes) + 1)
+    in_groups = _op_count(_exported(four_taps), "MatMul") - outside
+    assert layers < in_groups <= layers * -(-taps // 4)
     # Features of a few distinct values, a little apart: the max-pool ties
     # and the taps add equal terms, in another order than Keras.
     rng = np.random.default_rng(4)
-    shape = (2, TINY_MODEL.num_clips, TINY_MODEL.feature_dim)
+    shape = (2, config.num_clips, config.feature_dim)
     clips = rng.integers(-2, 3, size=shape).astype(np.float32)
     clips += 1e-6 * rng.standard_normal(shape, dtype=np.float32)
-    found = onnx_export.onnx_scores(_session(grouped), clips)
-    expected = onnx_export.keras_scores(model, clips, 2)
-    for name in expected:
-        np.testing.assert_allclose(found[name], expected[name], atol=1e-5)
+    expected = onnx_export.keras_scores(_tiny_graphs()[0], clips, 2)
+    for model in (grouped, tap_by_tap):
+        found = onnx_export.onnx_scores(_session(model), clips)
+        for name in expected:
+            np.testing.assert_allclose(found[name], expected[name], atol=1e-5)
 
 
-@pytest.mark.parametrize("taps_per_product", [1, 3])
-def test_onnxruntime_runs_the_written_out_taps_one_step_at_a_time(
-    tmp_path, taps_per_product
-):
+def test_onnxruntime_runs_the_written_out_taps_one_step_at_a_time(tmp_path):
     # Both orders of the band conv: gather then multiply, multiply then gather.
     config = TINY_MODEL
     band = MapBand(
         config.lattice, config.kernel_size, config.num_conv_layers, config.map_mode
     )
     assert set(band.gather_first) == {True, False}
-    unrolled = _written_out(_tiny_graphs()[1], taps_per_product)
+    unrolled = _written_out(_tiny_graphs()[1])
     producers = {output: node for node in unrolled.graph.node for output in node.output}
 
-    def place(node):  # (loop, first tap) of a written-out tap or group of taps
-        found = re.match(r"(.*)/unrolled(\d+)/", node.name) or re.match(
-            r"(.*)/unrolled/taps(\d+)-\d+/", node.name
-        )
+    def place(node):  # (loop, tap) of a written-out tap
+        found = re.match(r"(.*)/unrolled(\d+)/", node.name)
         return (found.group(1), int(found.group(2))) if found else None
 
-    # The running sum: Adds that take an Add of the step before.
+    # The running sum: Adds that take an Add of the tap before.
     sums = set()
     for node in unrolled.graph.node:
         if node.op_type == "Add" and place(node):
-            loop, first_tap = place(node)
+            loop, tap = place(node)
             for name in node.input:
                 before = producers.get(name)
                 if (
                     before is not None
                     and before.op_type == "Add"
-                    and place(before) == (loop, first_tap - taps_per_product)
+                    and place(before) == (loop, tap - 1)
                 ):
                     sums.update({node.name, before.name})
-    steps_per_layer = _steps_per_layer(config, taps_per_product)
+    # The first tap of each layer is outside the Loop.
+    steps_per_layer = config.kernel_size**2 - 1
     assert len(sums) == config.num_conv_layers * steps_per_layer
 
     executed = _executed_nodes(unrolled, tmp_path, random_clips(2))
@@ -190,7 +190,7 @@ def test_onnxruntime_runs_the_written_out_taps_one_step_at_a_time(
             for name in executed
             if (name in matmuls or name in sums) and name.startswith(loop + "/")
         ]
-        # A step's product is added before the next step's is made.
+        # A tap's product is added before the next tap's is made.
         assert steps == ["M", "A"] * steps_per_layer, (loop, steps)
 
 
@@ -255,7 +255,7 @@ def test_a_loop_whose_trip_count_is_an_input_stays():
 
 def test_the_export_traces_the_taps_written_out_without_shape_work_per_tap():
     model, _ = _tiny_graphs()
-    exported = onnx_export.convert(model, TINY_MODEL, onnx_export.DEFAULT_OPSET)
+    exported = _exported(0)  # tap by tap
     taps = TINY_MODEL.kernel_size**2 * TINY_MODEL.num_conv_layers
     assert _op_count(exported, "Loop") == 0
     assert _op_count(exported, "MatMul") >= taps
@@ -313,8 +313,7 @@ def test_repeated_nodes_are_merged_and_graph_outputs_kept():
 def test_the_exported_taps_run_one_after_the_other(tmp_path):
     """onnxruntime's default order runs each tap's Gather, MatMul and Add
     before the next tap's: one tap's temporaries alive at a time."""
-    model, _ = _tiny_graphs()
-    exported = onnx_export.convert(model, TINY_MODEL, onnx_export.DEFAULT_OPSET)
+    exported = _exported(0)  # tap by tap
     op_types = {node.name: node.op_type for node in exported.graph.node}
     letters = {"Gather": "G", "MatMul": "M", "Add": "A"}
     executed = "".join(

@@ -4,6 +4,7 @@
 import contextlib
 
 import keras
+import numpy as np
 from keras import ops
 
 from tal_keras.layers.map_conv_base import MapConvBase
@@ -124,9 +125,13 @@ def _band_layer(
                 return times(ops.take(features, rows, axis=1), weights)
             return ops.take(times(features, weights), rows, axis=1)
 
-        conv = _one_tap_at_a_time(
-            1, taps, lambda tap, total: total + tap_output(tap), tap_output(0)
-        )
+        group = _taps_per_group(forward_index.shape[1], features.shape[-1], taps)
+        if group > 1:
+            conv = _grouped_taps(features, kernel, forward_index, group)
+        else:
+            conv = _one_tap_at_a_time(
+                1, taps, lambda tap, total: total + tap_output(tap), tap_output(0)
+            )
         output = ops.relu(conv + bias) * mask_weights[None, :, None]
 
         def grad(*args, upstream=None):
@@ -186,23 +191,59 @@ def _band_layer(
     return layer(features, kernel, bias)
 
 
+# The byte budgets per video of the `taps_written_out` blocks entered, innermost last.
 _WRITTEN_OUT = []
 
 
 @contextlib.contextmanager
-def taps_written_out():
-    """Band conv layers traced inside it run their taps as K * K plain steps,
-    each with its index row and kernel slice a constant, instead of a loop.
+def taps_written_out(group_bytes=0):
+    """Band conv layers traced inside it run their taps as plain steps, each
+    with its index rows and kernel slices constants, instead of a loop.
 
-    For the ONNX export (`export.onnx_export.convert`): the converter gets
-    per tap one Gather, one MatMul and one Add, the form the export serves,
-    with no Loop to write out after converting. The computation is the same.
+    For the ONNX export (`export.onnx_export.convert`): the converter gets no
+    Loop to write out after converting. A layer whose gathered rows of G >= 2
+    taps fit in `group_bytes` per video (float32) sums its taps G at a time:
+    one Gather of the G taps' rows [B, n_out + 1, G, C] and one product with
+    their kernel slices stacked [G * C, H], gather first whatever the layer's
+    cheaper order; G is as large as the budget allows, up to K * K. Other
+    layers take one Gather, one MatMul and one Add per tap, in their cheaper
+    order. The sums are the same up to the order of float additions.
     """
-    _WRITTEN_OUT.append(True)
+    _WRITTEN_OUT.append(group_bytes)
     try:
         yield
     finally:
         _WRITTEN_OUT.pop()
+
+
+def _taps_per_group(rows, channels, taps):
+    """Taps per product of a layer with `rows` output rows (its zero row
+    included) and `channels` input channels: 1 outside `taps_written_out` or
+    where two taps' gathered rows exceed its budget per video."""
+    if not _WRITTEN_OUT:
+        return 1
+    return int(max(1, min(taps, _WRITTEN_OUT[-1] // (rows * channels * 4))))
+
+
+def _grouped_taps(features, kernel, forward_index, group):
+    """Sum over taps of gather then multiply, `group` taps per product.
+
+    features: [B, n_in + 1, C]; kernel: [K * K, C, H]; forward_index: int32
+    numpy [K * K, n_out + 1]. Returns [B, n_out + 1, H].
+    """
+    taps, channels = kernel.shape[0], kernel.shape[1]
+    total = None
+    for begin in range(0, taps, group):
+        end = min(begin + group, taps)
+        rows = np.ascontiguousarray(forward_index[begin:end].T)  # [n_out + 1, G]
+        gathered = ops.take(features, rows, axis=1)  # [B, n_out + 1, G, C]
+        stacked = (end - begin) * channels
+        term = _times(
+            ops.reshape(gathered, (-1, rows.shape[0], stacked)),
+            ops.reshape(kernel[begin:end], (stacked, kernel.shape[-1])),
+        )
+        total = term if total is None else total + term
+    return total
 
 
 def _times(values, weights):
