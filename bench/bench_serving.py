@@ -4,7 +4,7 @@ postprocessing timed apart.
 
     python bench/bench_serving.py [--configs demo,paper] [--batch_sizes 1,32]
         [--runs 5] [--paper_runs 1] [--threads 0] [--markdown table.md]
-        [--exported DIR]
+        [--exported DIR] [--grouped_tap_bytes BYTES]
 
 Both networks are built with random weights (latency does not depend on
 them) and exported with `export.onnx_export.convert`; the int8 graph is that
@@ -158,18 +158,19 @@ def postprocess_seconds(config, overlap_scores, class_scores, repeats=5):
     return statistics.median(times)
 
 
-def exported_model(config, seed=0, cache=None):
+def exported_model(config, seed=0, cache=None, grouped_tap_bytes=None):
     """(Keras inference model with random weights, its onnx.ModelProto as
     `export.onnx_export.convert` writes it).
 
     cache: an ONNX file; read instead of converting when it exists (the same
     config and seed make the same weights; the timed inputs' max |ONNX -
-    Keras| shows a mismatch), else written.
+    Keras| shows a mismatch), else written. grouped_tap_bytes: `convert`'s,
+    None for its default.
     """
     import keras
     import onnx
 
-    from export.onnx_export import DEFAULT_OPSET, convert
+    from export.onnx_export import DEFAULT_OPSET, GROUPED_TAP_BYTES, convert
     from tal_keras.models import (
         build_classifier_network,
         build_inference_model,
@@ -182,7 +183,11 @@ def exported_model(config, seed=0, cache=None):
     )
     if cache and os.path.exists(cache):
         return model, onnx.load(cache)
-    exported = convert(model, config, DEFAULT_OPSET)
+    if grouped_tap_bytes is None:
+        grouped_tap_bytes = GROUPED_TAP_BYTES
+    exported = convert(
+        model, config, DEFAULT_OPSET, grouped_tap_bytes=grouped_tap_bytes
+    )
     if cache:
         from tal_keras.atomic import atomic_path
 
@@ -195,7 +200,15 @@ KERAS, ORT, ORT_INT8 = "Keras (TF)", "onnxruntime", "onnxruntime int8"
 
 
 def bench_config(
-    name, config, batch_sizes, runs, extrapolate_above, threads, seed=0, cache=None
+    name,
+    config,
+    batch_sizes,
+    runs,
+    extrapolate_above,
+    threads,
+    seed=0,
+    cache=None,
+    grouped_tap_bytes=None,
 ):
     """Rows of one config, and {engine: max |ONNX - Keras|} seen."""
     import onnxruntime as ort
@@ -204,7 +217,7 @@ def bench_config(
     from export.onnx_export import to_int8
 
     begin = time.perf_counter()
-    model, exported = exported_model(config, seed, cache)
+    model, exported = exported_model(config, seed, cache, grouped_tap_bytes)
     print(f"{name}: exported in {time.perf_counter() - begin:.1f} s", flush=True)
     # The session options export.detector.Detector serves with.
     options = session_options()
@@ -295,6 +308,13 @@ def main():
         help="Intra-op threads of each engine (TensorFlow's inter-op pool too); "
         "0: the engines' defaults.",
     )
+    parser.add_argument(
+        "--grouped_tap_bytes",
+        type=int,
+        default=None,
+        help="The export's budget per video for grouping a layer's taps "
+        "(export.onnx_export.GROUPED_TAP_BYTES when not given; 0: tap by tap).",
+    )
     parser.add_argument("--markdown", default=None, help="Also write the table here.")
     parser.add_argument(
         "--exported",
@@ -328,6 +348,7 @@ def main():
             cache=os.path.join(args.exported, f"{name}.onnx")
             if args.exported
             else None,
+            grouped_tap_bytes=args.grouped_tap_bytes,
         )
         rows += config_rows
     table = markdown(rows)
