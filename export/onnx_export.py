@@ -39,9 +39,9 @@ DEFAULT_OPSET = 17
 # A band conv layer whose gathered rows of several taps fit in this many bytes
 # per video sums its taps in a few large products, not one product per tap
 # (`band_map_conv.taps_written_out`). At the demo config (H 64) all 25 taps
-# of each layer fit (11 MB per video) and onnxruntime served 0.83x the time
-# of tap by tap at batch 32 and 0.75x at batch 1; at the paper config one
-# tap's rows take 45 MB, so it stays tap by tap (groups of 9 were no faster
+# of each layer fit (11 MB per video) and onnxruntime took 0.90x the time of
+# tap by tap at batch 32 and 0.75x at batch 1; at the paper config one tap's
+# rows take 45 MB, so it stays tap by tap (groups of 9 took 1.07x the time
 # there, for 9 times the memory). docs/performance.md has the measurements.
 GROUPED_TAP_BYTES = 16 * 2**20
 FP32_TOLERANCE = 1e-4  # bound on max |ONNX - Keras| in float32
