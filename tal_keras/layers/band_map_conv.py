@@ -159,10 +159,11 @@ def _band_layer(
             def kernel_grad_step(unused, tap):
                 forward_rows, backward_rows = tap
                 if gather_first:
-                    # One [C, B * n] x [B * n, H] product: XLA's CPU dot ran
-                    # the [B, n, C] x [B, n, H] contraction at 0.7x this
-                    # rate at the paper config (multiply first, below, the
-                    # other way round).
+                    # One [C, B * n] x [B * n, H] product (what TensorFlow's
+                    # tensordot computes): on JAX, XLA's CPU dot ran the
+                    # [B, n, C] x [B, n, H] contraction at 0.7x this rate at
+                    # the paper config (multiply first, below, the other way
+                    # round).
                     tap_features = ops.take(features, forward_rows, axis=1)
                     kernel_grad = ops.matmul(
                         ops.transpose(
