@@ -37,8 +37,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runnable from a checkout without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
 
 from tal_keras.atomic import write_text_atomic
 from tal_keras.config import ModelConfig
@@ -48,12 +49,9 @@ CONFIGS = {
     # The demo's model: demo.flags with its recipe (N 64, scales 16,8,8, D 256,
     # H 64, K 5, L 2, the tuned recipe's layers), and the synthetic data's 20
     # classes.
-    "demo": flagfile_run_config(
-        os.path.join(
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo.flags"
-        ),
-        "--num_classes=20",
-    )[0].model,
+    "demo": flagfile_run_config(os.path.join(REPO, "demo.flags"), "--num_classes=20")[
+        0
+    ].model,
     # The report's S-2D-TAN on HACS: N 256, H 512, K 9, L 4, D 2304, 200 classes.
     "paper": ModelConfig(),
 }

@@ -59,12 +59,16 @@ def _written_out(with_loops):
 
 
 def _exported(grouped_tap_bytes):
-    return onnx_export.convert(
-        _tiny_graphs()[0],
-        TINY_MODEL,
-        onnx_export.DEFAULT_OPSET,
-        grouped_tap_bytes=grouped_tap_bytes,
-    )
+    """The export of `_tiny_graphs`' model at this budget, converted once."""
+    key = ("exported", grouped_tap_bytes)
+    if key not in _BUILT:
+        _BUILT[key] = onnx_export.convert(
+            _tiny_graphs()[0],
+            TINY_MODEL,
+            onnx_export.DEFAULT_OPSET,
+            grouped_tap_bytes=grouped_tap_bytes,
+        )
+    return _BUILT[key]
 
 
 def _executed_nodes(model, tmp_path, clips):
