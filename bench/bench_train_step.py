@@ -7,10 +7,12 @@ PyTorch modules, in one run: step time medians and peak memory (RSS).
 
 Engines (`--engines`, each in its own subprocess, in this order):
 
-    tensorflow-xla  this project's proposal network (band conv), Keras on
-                    TensorFlow, `model.compile(jit_compile=True)`
-    tensorflow      the same without XLA (a tf.function graph, as Keras runs
-                    it on a CPU by default)
+    tensorflow      this project's proposal network (band conv), Keras on
+                    TensorFlow as train.py runs it on a machine without a
+                    GPU: a tf.function graph (Keras' jit_compile="auto" turns
+                    XLA off there), its matrix products in oneDNN
+    tensorflow-xla  the same, `model.compile(jit_compile=True)` (what
+                    "auto" picks where TensorFlow sees a GPU)
     jax             the same on JAX (Keras jits its train step)
     torch-2dtan     2D-TAN's SparsePropMaxPool and MapConv (microsoft/2D-TAN
                     lib/models), a 1x1 conv D -> H before and a 1x1 head
@@ -53,8 +55,7 @@ sys.path[:0] = [REPO, BENCH]
 from bench_compile import child_rows, load_average, print_table
 from bench_gpu import PAPER, TINY, parse_or_run_child
 
-ENGINES = ("tensorflow-xla", "tensorflow", "jax", "torch-2dtan")
-DEFAULT_ENGINES = ("tensorflow-xla", "jax", "torch-2dtan")
+ENGINES = ("tensorflow", "tensorflow-xla", "jax", "torch-2dtan")
 # The paper's config (hacs.flags), at H 128 (1/16 of its map-conv FLOPs), at
 # narrow widths (D 256, H 64), and bench_gpu.py's tiny one.
 CONFIGS = {
@@ -220,7 +221,7 @@ def tan_lib_from_git(git_dir, folder):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="paper", choices=sorted(CONFIGS))
-    parser.add_argument("--engines", default=",".join(DEFAULT_ENGINES))
+    parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3, help="steps after the first")
     parser.add_argument("--tan_lib", default="", help="2D-TAN's lib/ folder")
