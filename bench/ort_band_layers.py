@@ -11,9 +11,10 @@ TensorFlow) on the same batch.
         [--forms taps,grouped,taps-int8,grouped-int8] [--taps_per_product 9]
         [--keras]
 
-Each layer's graph is built from its `MapBand` tables and random weights
-(the shapes and gather tables of the export, without the rest of the
-model), fed [1, n_in + 1, H] random features. The table gives the
+Each layer's graph is the layer (`band_map_conv.band_layer`: its taps,
+bias, ReLU and mask step) with random weights, traced and converted as the
+export does it (`export.onnx_export.traced_graph`), without the rest of the
+model, fed [1, n_in + 1, H] random features. The table gives the
 median wall and CPU seconds of --runs calls after one warm-up, per layer and
 summed; with --keras, one call of the Keras layer on [1, P, H] (all four
 layers) is timed the same way. The band conv is about 99 % of the paper
@@ -30,7 +31,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
 
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,83 +42,41 @@ FORMS = ("taps", "grouped", "taps-int8", "grouped-int8")
 
 
 def layer_graph(band, layer, weights, taps_per_product):
-    """onnx.ModelProto of conv layer `layer` (1-based) without bias and mask:
-    features [B, n_in + 1, C] -> sum over taps [B, n_out + 1, H], the taps
-    in groups of `taps_per_product` (gather first) or one by one (in the
-    layer's cheaper order), as the export writes them
-    (`band_map_conv.taps_written_out`)."""
-    rows = band.forward_index[layer - 1].astype(np.int64)  # [K * K, n_out + 1]
-    taps, channels, hidden = weights.shape
-    gather_first = band.gather_first[layer - 1]
-    nodes, initializers, total = [], [], None
-    for begin in range(0, taps, taps_per_product):
-        group = list(range(begin, min(begin + taps_per_product, taps)))
-        name = f"taps{begin}"
-        count = len(group)
-        if gather_first and count == 1:  # one tap, as the export writes it
-            constants = {"rows": rows[begin].copy(), "kernel": weights[begin]}
-            nodes += [
-                helper.make_node(
-                    "Gather", ["features", f"{name}/rows"], [f"{name}/g"], axis=1
-                ),
-                helper.make_node(
-                    "MatMul", [f"{name}/g", f"{name}/kernel"], [f"{name}/term"]
-                ),
-            ]
-        elif count > 1:  # a group, gather first, as the export writes it
-            constants = {
-                "rows": rows[group].T.copy(),
-                "kernel": weights[group].reshape(count * channels, hidden),
-                "shape": np.array([0, 0, -1], np.int64),
-            }
-            nodes += [
-                helper.make_node(
-                    "Gather", ["features", f"{name}/rows"], [f"{name}/g"], axis=1
-                ),
-                helper.make_node(
-                    "Reshape", [f"{name}/g", f"{name}/shape"], [f"{name}/flat"]
-                ),
-                helper.make_node(
-                    "MatMul", [f"{name}/flat", f"{name}/kernel"], [f"{name}/term"]
-                ),
-            ]
-        else:  # one tap, multiply first, as the export writes it
-            constants = {"rows": rows[begin].copy(), "kernel": weights[begin]}
-            nodes += [
-                helper.make_node(
-                    "MatMul", ["features", f"{name}/kernel"], [f"{name}/p"]
-                ),
-                helper.make_node(
-                    "Gather", [f"{name}/p", f"{name}/rows"], [f"{name}/term"], axis=1
-                ),
-            ]
-        initializers += [
-            numpy_helper.from_array(np.ascontiguousarray(value), f"{name}/{key}")
-            for key, value in constants.items()
-        ]
-        if total is None:
-            total = f"{name}/term"
-        else:
-            nodes.append(
-                helper.make_node("Add", [total, f"{name}/term"], [f"{name}/sum"])
-            )
-            total = f"{name}/sum"
-    nodes.append(helper.make_node("Identity", [total], ["output"]))
-    graph = helper.make_graph(
-        nodes,
-        f"band_layer_{layer}",
-        [
-            helper.make_tensor_value_info(
-                "features",
-                TensorProto.FLOAT,
-                ["batch", band.band_sizes[layer - 1] + 1, channels],
-            )
-        ],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
-        initializers,
-    )
-    return helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8
+    """onnx.ModelProto of band conv layer `layer` (1-based; bias 0, then ReLU
+    and the mask step) traced as the export traces it
+    (`export.onnx_export.traced_graph`): features [B, n_in + 1, C], last row
+    zero -> [B, n_out + 1, H]. Its taps in groups of `taps_per_product`
+    (gather first; the group budget `band_map_conv.taps_written_out` gets
+    is sized for that many), or one by one in the layer's cheaper order."""
+    import keras
+    from keras import ops
+
+    from export.onnx_export import DEFAULT_OPSET, traced_graph
+    from tal_keras.layers.band_map_conv import band_layer
+
+    index = layer - 1
+    channels, hidden = weights.shape[1:]
+
+    def conv_layer(features):
+        return band_layer(
+            features,
+            ops.convert_to_tensor(weights),
+            ops.zeros((hidden,)),
+            ops.convert_to_tensor(band.mask_weights[index]),
+            band.forward_index[index],
+            band.backward_index[index],
+            band.gather_first[index],
+        )
+
+    input_shape = (band.band_sizes[index] + 1, channels)
+    features = keras.Input(input_shape)
+    model = keras.Model(features, keras.layers.Lambda(conv_layer)(features))
+    output_rows = band.forward_index[index].shape[1]
+    return traced_graph(
+        model,
+        {"features": input_shape},
+        DEFAULT_OPSET,
+        grouped_tap_bytes=taps_per_product * output_rows * channels * 4,
     )
 
 

@@ -238,39 +238,14 @@ def convert(
     merged (`export.unroll`); False keeps tf2onnx's Loops.
     """
     import onnx
-    import tensorflow as tf
 
-    from export.unroll import unroll_loops
-    from tal_keras.layers.band_map_conv import taps_written_out
-
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-    signature = [
-        tf.TensorSpec(
-            (None, model_config.num_clips, model_config.feature_dim),
-            tf.float32,
-            name=metadata.INPUT_NAME,
-        )
-    ]
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "model.onnx")
-        # An explicit signature: the model need not have been called (a paper
-        # config forward takes minutes on a CPU).
-        with (
-            warnings.catch_warnings(),
-            _tf2onnx_optimizers(run=not unroll),
-            taps_written_out(grouped_tap_bytes) if unroll else contextlib.nullcontext(),
-        ):
-            warnings.simplefilter("ignore", FutureWarning)  # keras' tf2onnx numpy patch
-            inference_model.export(
-                path,
-                format="onnx",
-                input_signature=signature,
-                opset_version=opset,
-                verbose=False,
-            )
-        model = onnx.load(path)
-    if unroll:
-        model, _ = unroll_loops(model)
+    model = traced_graph(
+        inference_model,
+        {metadata.INPUT_NAME: (model_config.num_clips, model_config.feature_dim)},
+        opset,
+        unroll,
+        grouped_tap_bytes,
+    )
     graph = model.graph
     if [value.name for value in graph.input] != [metadata.INPUT_NAME]:
         raise RuntimeError(
@@ -309,6 +284,49 @@ def convert(
         "class_scores (P_class) of every lattice proposal; see metadata_props."
     )
     onnx.checker.check_model(model)
+    return model
+
+
+def traced_graph(
+    keras_model, inputs, opset, unroll=True, grouped_tap_bytes=GROUPED_TAP_BYTES
+):
+    """onnx.ModelProto of a Keras model traced by Keras' tf2onnx export.
+
+    inputs: {name: shape without the batch dimension} of its float32
+    inputs, in the model's order (the batch stays dynamic); unroll,
+    grouped_tap_bytes: as in `convert`. The outputs are named by tf2onnx.
+    """
+    import onnx
+    import tensorflow as tf
+
+    from export.unroll import unroll_loops
+    from tal_keras.layers.band_map_conv import taps_written_out
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    signature = [
+        tf.TensorSpec((None, *shape), tf.float32, name=name)
+        for name, shape in inputs.items()
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        # An explicit signature: the model need not have been called (a paper
+        # config forward takes minutes on a CPU).
+        with (
+            warnings.catch_warnings(),
+            _tf2onnx_optimizers(run=not unroll),
+            taps_written_out(grouped_tap_bytes) if unroll else contextlib.nullcontext(),
+        ):
+            warnings.simplefilter("ignore", FutureWarning)  # keras' tf2onnx numpy patch
+            keras_model.export(
+                path,
+                format="onnx",
+                input_signature=signature,
+                opset_version=opset,
+                verbose=False,
+            )
+        model = onnx.load(path)
+    if unroll:
+        model, _ = unroll_loops(model)
     return model
 
 

@@ -77,7 +77,7 @@ class BandMapConv(MapConvBase):
         features = _with_zero_row(proposal_features)
         for layer, conv in enumerate(self.convs):
             kernel = ops.cast(conv.kernel, features.dtype)
-            features = _band_layer(
+            features = band_layer(
                 features,
                 ops.reshape(kernel, (self.kernel_size**2, *kernel.shape[2:])),
                 ops.cast(conv.bias, features.dtype),
@@ -94,7 +94,7 @@ def _with_zero_row(values):
     return ops.concatenate([values, ops.zeros_like(values[:, :1])], axis=1)
 
 
-def _band_layer(
+def band_layer(
     features, kernel, bias, mask_weights, forward_index, backward_index, gather_first
 ):
     """One layer, band m - 1 to band m: KxK conv by gathers, bias, ReLU, mask step.
