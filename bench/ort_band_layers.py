@@ -107,6 +107,11 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     import onnxruntime as ort
+    import tensorflow as tf
+
+    if args.threads:  # Keras' layer, and TensorFlow tracing the graphs
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
     from export.detector import session_options
     from export.onnx_export import to_int8
@@ -166,11 +171,6 @@ def main(argv=None):
         rows.append(["1-4", "", form, f"{wall:.2f}", f"{cpu:.2f}", ""])
     if args.keras:
         import keras
-        import tensorflow as tf
-
-        if args.threads:
-            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
         from tal_keras.layers.band_map_conv import BandMapConv
 
