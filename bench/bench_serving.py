@@ -41,6 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, REPO)
 
+from export.onnx_export import GROUPED_TAP_BYTES
 from tal_keras.atomic import write_text_atomic
 from tal_keras.config import ModelConfig
 from tal_keras.flags import flagfile_run_config
@@ -156,19 +157,18 @@ def postprocess_seconds(config, overlap_scores, class_scores, repeats=5):
     return statistics.median(times)
 
 
-def exported_model(config, seed=0, cache=None, grouped_tap_bytes=None):
+def exported_model(config, seed=0, cache=None, grouped_tap_bytes=GROUPED_TAP_BYTES):
     """(Keras inference model with random weights, its onnx.ModelProto as
     `export.onnx_export.convert` writes it).
 
     cache: an ONNX file; read instead of converting when it exists (the same
     config and seed make the same weights; the timed inputs' max |ONNX -
-    Keras| shows a mismatch), else written. grouped_tap_bytes: `convert`'s,
-    None for its default.
+    Keras| shows a mismatch), else written. grouped_tap_bytes: `convert`'s.
     """
     import keras
     import onnx
 
-    from export.onnx_export import DEFAULT_OPSET, GROUPED_TAP_BYTES, convert
+    from export.onnx_export import DEFAULT_OPSET, convert
     from tal_keras.models import (
         build_classifier_network,
         build_inference_model,
@@ -181,8 +181,6 @@ def exported_model(config, seed=0, cache=None, grouped_tap_bytes=None):
     )
     if cache and os.path.exists(cache):
         return model, onnx.load(cache)
-    if grouped_tap_bytes is None:
-        grouped_tap_bytes = GROUPED_TAP_BYTES
     exported = convert(
         model, config, DEFAULT_OPSET, grouped_tap_bytes=grouped_tap_bytes
     )
@@ -206,7 +204,7 @@ def bench_config(
     threads,
     seed=0,
     cache=None,
-    grouped_tap_bytes=None,
+    grouped_tap_bytes=GROUPED_TAP_BYTES,
 ):
     """Rows of one config, and {engine: max |ONNX - Keras|} seen."""
     import onnxruntime as ort
@@ -309,9 +307,9 @@ def main():
     parser.add_argument(
         "--grouped_tap_bytes",
         type=int,
-        default=None,
+        default=GROUPED_TAP_BYTES,
         help="The export's budget per video for grouping a layer's taps "
-        "(export.onnx_export.GROUPED_TAP_BYTES when not given; 0: tap by tap).",
+        "(0: tap by tap).",
     )
     parser.add_argument("--markdown", default=None, help="Also write the table here.")
     parser.add_argument(
