@@ -1,15 +1,17 @@
 """The paper config's band conv (N 256, scales 64,32,32, H 512, K 9, L 4) in
 onnxruntime, layer by layer, in the forms the export can write
-(`band_map_conv.taps_written_out`): tap by tap (one Gather, MatMul and Add
-per tap, in the layer's cheaper order) and grouped (gather first,
---taps_per_product taps per product, the form the export takes where a
-group's gathered rows fit its budget), float32 and int8
-(`export.onnx_export.to_int8`), against the Keras layer (`BandMapConv`,
-TensorFlow) on the same batch.
+(`band_map_conv.taps_written_out`): tap by tap in blocks of output rows
+(`blocks`: one Gather, MatMul and Add per tap and block, in the layer's
+cheaper order, blocks of `export.onnx_export.TAP_BLOCK_BYTES`; the export's
+form at the paper config), tap by tap over the whole band (`taps`: one
+block), and grouped (gather first, --taps_per_product taps per product, the
+form the export takes where a group's gathered rows fit its budget), float32
+and int8 (`export.onnx_export.to_int8`), against the Keras layer
+(`BandMapConv`, TensorFlow) on the same batch.
 
     python bench/ort_band_layers.py [--hidden 512] [--runs 1] [--threads 1]
-        [--forms taps,grouped,taps-int8,grouped-int8] [--taps_per_product 9]
-        [--keras]
+        [--forms blocks,taps,grouped,blocks-int8,taps-int8,grouped-int8]
+        [--taps_per_product 9] [--keras]
 
 Each layer's graph is the layer (`band_map_conv.band_layer`: its taps,
 bias, ReLU and mask step) with random weights, traced and converted as the
@@ -38,20 +40,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tal_keras.lattice import Lattice
 from tal_keras.map_band import MapBand
 
-FORMS = ("taps", "grouped", "taps-int8", "grouped-int8")
+FORMS = ("blocks", "taps", "grouped", "blocks-int8", "taps-int8", "grouped-int8")
 
 
-def layer_graph(band, layer, weights, taps_per_product):
+def layer_graph(band, layer, weights, form, taps_per_product):
     """onnx.ModelProto of band conv layer `layer` (1-based; bias 0, then ReLU
     and the mask step) traced as the export traces it
     (`export.onnx_export.traced_graph`): features [B, n_in + 1, C], last row
-    zero -> [B, n_out + 1, H]. Its taps in groups of `taps_per_product`
-    (gather first; the group budget `band_map_conv.taps_written_out` gets
-    is sized for that many), or one by one in the layer's cheaper order."""
+    zero -> [B, n_out + 1, H]. `form` (float32 part of FORMS): its taps in
+    groups of `taps_per_product` ("grouped": gather first; the group budget
+    `band_map_conv.taps_written_out` gets is sized for that many), or one by
+    one in the layer's cheaper order, in the export's blocks of rows
+    ("blocks") or over the whole band ("taps")."""
     import keras
     from keras import ops
 
-    from export.onnx_export import DEFAULT_OPSET, traced_graph
+    from export.onnx_export import DEFAULT_OPSET, TAP_BLOCK_BYTES, traced_graph
     from tal_keras.layers.band_map_conv import band_layer
 
     index = layer - 1
@@ -72,11 +76,13 @@ def layer_graph(band, layer, weights, taps_per_product):
     features = keras.Input(input_shape)
     model = keras.Model(features, keras.layers.Lambda(conv_layer)(features))
     output_rows = band.forward_index[index].shape[1]
+    group = taps_per_product if form == "grouped" else 1
     return traced_graph(
         model,
         {"features": input_shape},
         DEFAULT_OPSET,
-        grouped_tap_bytes=taps_per_product * output_rows * channels * 4,
+        grouped_tap_bytes=group * output_rows * channels * 4,
+        tap_block_bytes=TAP_BLOCK_BYTES if form == "blocks" else 0,
     )
 
 
@@ -131,10 +137,7 @@ def main(argv=None):
         outputs = {}
         for form in forms:
             graph = layer_graph(
-                band,
-                layer,
-                weights,
-                1 if form.startswith("taps") else args.taps_per_product,
+                band, layer, weights, form.removesuffix("-int8"), args.taps_per_product
             )
             if form.endswith("int8"):
                 graph = to_int8(graph)

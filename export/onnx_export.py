@@ -44,6 +44,12 @@ DEFAULT_OPSET = 17
 # rows take 45 MB, so it stays tap by tap (groups of 9 took 1.07x the time
 # there, for 9 times the memory). docs/performance.md has the measurements.
 GROUPED_TAP_BYTES = 16 * 2**20
+# Other layers compute their output rows in blocks whose gathered rows of one
+# tap take at most this many bytes per video (1,024 rows at H 512), so that a
+# block's Gather, MatMul and Add stay in the CPU's caches: at the paper config
+# onnxruntime took 0.84x to 0.87x the time of whole-band taps per layer
+# (docs/performance.md).
+TAP_BLOCK_BYTES = 2 * 2**20
 FP32_TOLERANCE = 1e-4  # bound on max |ONNX - Keras| in float32
 # float16 keeps ~3 significant digits; sigmoid and softmax outputs lie in
 # [0, 1], so errors of a few 1e-3 are expected and 1e-2 flags a broken graph.
@@ -225,6 +231,7 @@ def convert(
     opset,
     unroll=True,
     grouped_tap_bytes=GROUPED_TAP_BYTES,
+    tap_block_bytes=TAP_BLOCK_BYTES,
 ):
     """onnx.ModelProto of the Keras inference model, with a dynamic batch named
     "batch", static proposal and class dimensions, outputs in the order
@@ -232,7 +239,8 @@ def convert(
 
     unroll: the band conv's taps as plain nodes, traced written out (a few
     at a time where their gathered rows fit in `grouped_tap_bytes` per
-    video, else tap by tap: `band_map_conv.taps_written_out`) and converted
+    video, else tap by tap in blocks of rows whose gathered rows of one tap
+    fit in `tap_block_bytes`: `band_map_conv.taps_written_out`) and converted
     without tf2onnx's optimizer passes (`_tf2onnx_optimizers`), then any Loop
     of a known trip count written out, constants folded and repeated nodes
     merged (`export.unroll`); False keeps tf2onnx's Loops.
@@ -245,6 +253,7 @@ def convert(
         opset,
         unroll,
         grouped_tap_bytes,
+        tap_block_bytes,
     )
     graph = model.graph
     if [value.name for value in graph.input] != [metadata.INPUT_NAME]:
@@ -288,13 +297,19 @@ def convert(
 
 
 def traced_graph(
-    keras_model, inputs, opset, unroll=True, grouped_tap_bytes=GROUPED_TAP_BYTES
+    keras_model,
+    inputs,
+    opset,
+    unroll=True,
+    grouped_tap_bytes=GROUPED_TAP_BYTES,
+    tap_block_bytes=TAP_BLOCK_BYTES,
 ):
     """onnx.ModelProto of a Keras model traced by Keras' tf2onnx export.
 
     inputs: {name: shape without the batch dimension} of its float32
     inputs, in the model's order (the batch stays dynamic); unroll,
-    grouped_tap_bytes: as in `convert`. The outputs are named by tf2onnx.
+    grouped_tap_bytes, tap_block_bytes: as in `convert`. The outputs are
+    named by tf2onnx.
     """
     import onnx
     import tensorflow as tf
@@ -314,7 +329,9 @@ def traced_graph(
         with (
             warnings.catch_warnings(),
             _tf2onnx_optimizers(run=not unroll),
-            taps_written_out(grouped_tap_bytes) if unroll else contextlib.nullcontext(),
+            taps_written_out(grouped_tap_bytes, tap_block_bytes)
+            if unroll
+            else contextlib.nullcontext(),
         ):
             warnings.simplefilter("ignore", FutureWarning)  # keras' tf2onnx numpy patch
             keras_model.export(

@@ -1,6 +1,6 @@
 """bench/ort_profile.py sums onnxruntime's profile by op type and by
-written-out loop; bench/ort_band_layers.py's layer graphs (tap by tap and
-grouped) compute a band conv layer."""
+written-out loop; bench/ort_band_layers.py's layer graphs (tap by tap in
+blocks or over the whole band, and grouped) compute a band conv layer."""
 
 import numpy as np
 import onnxruntime as ort
@@ -49,7 +49,7 @@ def test_the_profile_is_summed_by_op_type_and_by_loop():
     ]
 
 
-def test_band_layer_graphs_compute_the_layer_tap_by_tap_and_grouped():
+def test_band_layer_graphs_compute_the_layer_in_each_form():
     band = MapBand(Lattice(16, (4, 2, 2)), 3, 2)
     assert set(band.gather_first) == {True, False}
     rng = np.random.default_rng(0)
@@ -62,10 +62,11 @@ def test_band_layer_graphs_compute_the_layer_tap_by_tap_and_grouped():
         rows = band.forward_index[layer - 1]
         conv = sum(features[:, rows[tap]] @ weights[tap] for tap in range(9))
         expected = np.maximum(conv, 0) * band.mask_weights[layer - 1][:, None]
-        for taps_per_product in (1, 4):
-            graph = ort_band_layers.layer_graph(band, layer, weights, taps_per_product)
+        # At this width one block holds the whole layer.
+        for form, product_count in (("blocks", 9), ("taps", 9), ("grouped", 3)):
+            graph = ort_band_layers.layer_graph(band, layer, weights, form, 4)
             products = [node for node in graph.graph.node if node.op_type == "MatMul"]
-            assert len(products) == {1: 9, 4: 3}[taps_per_product]
+            assert len(products) == product_count
             session = ort.InferenceSession(
                 graph.SerializeToString(), providers=["CPUExecutionProvider"]
             )

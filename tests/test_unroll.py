@@ -2,7 +2,8 @@
 trip count written out, the same outputs as the Loop graph and Keras, one
 tap at a time in onnxruntime's execution order, Loops it cannot write out
 left alone; the export's taps traced written out, grouped into a few
-products per layer within its byte budget (near-ties too)."""
+products per layer within its byte budget, or tap by tap in blocks of rows
+within its block budget (near-ties too)."""
 
 import json
 import re
@@ -58,17 +59,27 @@ def _written_out(with_loops):
     return unroll_loops(copy)[0]
 
 
-def _exported(grouped_tap_bytes):
-    """The export of `_tiny_graphs`' model at this budget, converted once."""
-    key = ("exported", grouped_tap_bytes)
+def _exported(grouped_tap_bytes, tap_block_bytes=onnx_export.TAP_BLOCK_BYTES):
+    """The export of `_tiny_graphs`' model at these budgets, converted once."""
+    key = ("exported", grouped_tap_bytes, tap_block_bytes)
     if key not in _BUILT:
         _BUILT[key] = onnx_export.convert(
             _tiny_graphs()[0],
             TINY_MODEL,
             onnx_export.DEFAULT_OPSET,
             grouped_tap_bytes=grouped_tap_bytes,
+            tap_block_bytes=tap_block_bytes,
         )
     return _BUILT[key]
+
+
+def _near_tie_clips(seed):
+    """Clips of a few distinct values, a little apart: the max-pool ties and
+    the taps add equal terms, in another order than Keras."""
+    rng = np.random.default_rng(seed)
+    shape = (2, TINY_MODEL.num_clips, TINY_MODEL.feature_dim)
+    clips = rng.integers(-2, 3, size=shape).astype(np.float32)
+    return clips + 1e-6 * rng.standard_normal(shape, dtype=np.float32)
 
 
 def _executed_nodes(model, tmp_path, clips):
@@ -136,17 +147,50 @@ def test_the_export_groups_taps_within_its_budget_and_matches_keras_on_near_ties
     four_taps = 4 * 4 * config.hidden_size * (max(band.band_sizes) + 1)
     in_groups = _op_count(_exported(four_taps), "MatMul") - outside
     assert layers < in_groups <= layers * -(-taps // 4)
-    # Features of a few distinct values, a little apart: the max-pool ties
-    # and the taps add equal terms, in another order than Keras.
-    rng = np.random.default_rng(4)
-    shape = (2, config.num_clips, config.feature_dim)
-    clips = rng.integers(-2, 3, size=shape).astype(np.float32)
-    clips += 1e-6 * rng.standard_normal(shape, dtype=np.float32)
+    clips = _near_tie_clips(4)
     expected = onnx_export.keras_scores(_tiny_graphs()[0], clips, 2)
     for model in (grouped, tap_by_tap):
         found = onnx_export.onnx_scores(_session(model), clips)
         for name in expected:
             np.testing.assert_allclose(found[name], expected[name], atol=1e-5)
+
+
+def test_the_export_computes_rows_in_blocks_within_its_budget_on_near_ties():
+    config = TINY_MODEL
+    band = MapBand(
+        config.lattice, config.kernel_size, config.num_conv_layers, config.map_mode
+    )
+    assert set(band.gather_first) == {True, False}
+    taps = config.kernel_size**2
+    # Tap by tap; at this width the default block holds each whole layer.
+    assert onnx_export.TAP_BLOCK_BYTES >= 4 * config.hidden_size * (
+        max(band.band_sizes) + 1
+    )
+    whole = _exported(0)
+    # Blocks of 5 output rows (one tap's gathered rows of 5 cells).
+    in_blocks = _exported(0, 5 * config.hidden_size * 4)
+    blocks = sum(-(-(size + 1) // 5) for size in band.band_sizes[1:])
+    assert blocks > 2 * config.num_conv_layers
+    # One product per tap and block; multiply first, a block that reads only
+    # the zero row through a tap makes the same product as another such block
+    # (the export merges repeated nodes).
+    products = 0
+    for layer, index in enumerate(band.forward_index):
+        zero_row = band.band_sizes[layer]
+        for rows in index:
+            reads = [
+                tuple(np.unique(block[block != zero_row]))
+                for block in np.array_split(rows, range(5, len(rows), 5))
+            ]
+            products += len(set(reads)) if not band.gather_first[layer] else len(reads)
+    assert products < taps * blocks
+    outside = _op_count(whole, "MatMul") - taps * config.num_conv_layers
+    assert _op_count(in_blocks, "MatMul") == outside + products
+    clips = _near_tie_clips(5)
+    expected = onnx_export.keras_scores(_tiny_graphs()[0], clips, 2)
+    found = onnx_export.onnx_scores(_session(in_blocks), clips)
+    for name in expected:
+        np.testing.assert_allclose(found[name], expected[name], atol=1e-5)
 
 
 def test_onnxruntime_runs_the_written_out_taps_one_step_at_a_time(tmp_path):
