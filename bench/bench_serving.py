@@ -4,7 +4,7 @@ postprocessing timed apart.
 
     python bench/bench_serving.py [--configs demo,paper] [--batch_sizes 1,32]
         [--runs 5] [--paper_runs 1] [--threads 0] [--markdown table.md]
-        [--exported DIR] [--grouped_tap_bytes BYTES]
+        [--exported DIR] [--grouped_tap_bytes BYTES] [--tap_block_bytes BYTES]
 
 Both networks are built with random weights (latency does not depend on
 them) and exported with `export.onnx_export.convert`; the int8 graph is that
@@ -41,7 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, REPO)
 
-from export.onnx_export import GROUPED_TAP_BYTES
+from export.onnx_export import GROUPED_TAP_BYTES, TAP_BLOCK_BYTES
 from tal_keras.atomic import write_text_atomic
 from tal_keras.config import ModelConfig
 from tal_keras.flags import flagfile_run_config
@@ -157,13 +157,20 @@ def postprocess_seconds(config, overlap_scores, class_scores, repeats=5):
     return statistics.median(times)
 
 
-def exported_model(config, seed=0, cache=None, grouped_tap_bytes=GROUPED_TAP_BYTES):
+def exported_model(
+    config,
+    seed=0,
+    cache=None,
+    grouped_tap_bytes=GROUPED_TAP_BYTES,
+    tap_block_bytes=TAP_BLOCK_BYTES,
+):
     """(Keras inference model with random weights, its onnx.ModelProto as
     `export.onnx_export.convert` writes it).
 
     cache: an ONNX file; read instead of converting when it exists (the same
     config and seed make the same weights; the timed inputs' max |ONNX -
-    Keras| shows a mismatch), else written. grouped_tap_bytes: `convert`'s.
+    Keras| shows a mismatch), else written. grouped_tap_bytes,
+    tap_block_bytes: `convert`'s.
     """
     import keras
     import onnx
@@ -182,7 +189,11 @@ def exported_model(config, seed=0, cache=None, grouped_tap_bytes=GROUPED_TAP_BYT
     if cache and os.path.exists(cache):
         return model, onnx.load(cache)
     exported = convert(
-        model, config, DEFAULT_OPSET, grouped_tap_bytes=grouped_tap_bytes
+        model,
+        config,
+        DEFAULT_OPSET,
+        grouped_tap_bytes=grouped_tap_bytes,
+        tap_block_bytes=tap_block_bytes,
     )
     if cache:
         from tal_keras.atomic import atomic_path
@@ -205,6 +216,7 @@ def bench_config(
     seed=0,
     cache=None,
     grouped_tap_bytes=GROUPED_TAP_BYTES,
+    tap_block_bytes=TAP_BLOCK_BYTES,
 ):
     """Rows of one config, and {engine: max |ONNX - Keras|} seen."""
     import onnxruntime as ort
@@ -213,7 +225,9 @@ def bench_config(
     from export.onnx_export import to_int8
 
     begin = time.perf_counter()
-    model, exported = exported_model(config, seed, cache, grouped_tap_bytes)
+    model, exported = exported_model(
+        config, seed, cache, grouped_tap_bytes, tap_block_bytes
+    )
     print(f"{name}: exported in {time.perf_counter() - begin:.1f} s", flush=True)
     # The session options export.detector.Detector serves with.
     options = session_options()
@@ -311,6 +325,13 @@ def main():
         help="The export's budget per video for grouping a layer's taps "
         "(0: tap by tap).",
     )
+    parser.add_argument(
+        "--tap_block_bytes",
+        type=int,
+        default=TAP_BLOCK_BYTES,
+        help="The export's budget per video for one tap's gathered rows of a "
+        "block of output rows, where taps are not grouped (0: one block).",
+    )
     parser.add_argument("--markdown", default=None, help="Also write the table here.")
     parser.add_argument(
         "--exported",
@@ -345,6 +366,7 @@ def main():
             if args.exported
             else None,
             grouped_tap_bytes=args.grouped_tap_bytes,
+            tap_block_bytes=args.tap_block_bytes,
         )
         rows += config_rows
     table = markdown(rows)

@@ -1,15 +1,19 @@
 """What float32 matrix products reach on this CPU, and what that means for
 the paper config's band conv: one table.
 
-    python bench/gemm_ceiling.py
+    python bench/gemm_ceiling.py [--rows 27064,1024] [--runs 5]
 
-Times one product of the band conv's shape ([27,064, 512] x [512, 512], the
-rows of its widest band at batch 1) in onnxruntime (the serving engine),
-TensorFlow (Keras' backend here) and numpy, and, where PyTorch is
-installed, that product and a 9 x 9 convolution of 512 channels on a
-64 x 64 map (oneDNN's direct convolution, what 2D-TAN's MapConv runs), each
-with 1 and 2 threads. "GFLOP/s" counts a multiply-add as 2 FLOPs, median of
-`--runs` calls after a warm-up. The last columns divide the paper config's
+Times one product of the band conv's shape ([rows, 512] x [512, 512]; 27,064
+rows: the widest band at batch 1; 1,024: one of the export's blocks of rows,
+`export.onnx_export.TAP_BLOCK_BYTES`) in onnxruntime (the serving engine;
+the [512, 512] factor a constant, as the kernel slices are in the export,
+so that onnxruntime packs it once), TensorFlow (Keras' backend here) and
+numpy, and, where PyTorch is installed, that product and a 9 x 9
+convolution of 512 channels on a 64 x 64 map (oneDNN's direct convolution,
+what 2D-TAN's MapConv runs; not per row count), each with 1 and 2 threads.
+"GFLOP/s" counts a multiply-add as 2 FLOPs, median of `--runs` calls after
+a warm-up (products of fewer rows are called as many times more in each
+timed call, so that each call does the same work). The last columns divide the paper config's
 band conv (the proposal network's map conv, `tal_keras.flops.model_cost`:
 on the band cells, and on the proposal cells alone, the least any exact
 scheme computes; the rest of both networks is under 0.5% of it) by
@@ -30,7 +34,8 @@ sys.path[:0] = [REPO, BENCH]
 
 from bench_compile import load_average
 
-ROWS, CHANNELS = 27064, 512
+CHANNELS = 512
+WIDEST_BAND = 27064  # rows of the paper config's widest band at batch 1
 
 
 def median_seconds(call, runs):
@@ -43,18 +48,16 @@ def median_seconds(call, runs):
     return statistics.median(times)
 
 
-def onnxruntime_product(threads):
+def onnxruntime_product(threads, b):
     import onnxruntime
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "b"], ["c"])],
         "product",
-        [
-            helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, CHANNELS]),
-            helper.make_tensor_value_info("b", TensorProto.FLOAT, [CHANNELS, CHANNELS]),
-        ],
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, CHANNELS])],
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(b, "b")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -64,7 +67,7 @@ def onnxruntime_product(threads):
     session = onnxruntime.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
-    return lambda a, b: session.run(None, {"a": a, "b": b})
+    return lambda a: session.run(None, {"a": a})
 
 
 def tensorflow_product(threads):
@@ -76,26 +79,35 @@ def tensorflow_product(threads):
     return lambda a, b: product(a, b).numpy()
 
 
-def measure(engine, threads, runs):
+def measure(engine, threads, rows, runs):
     """GFLOP/s of one engine; run in a fresh process per thread count."""
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((ROWS, CHANNELS), dtype=np.float32)
+    a = rng.standard_normal((rows, CHANNELS), dtype=np.float32)
     b = rng.standard_normal((CHANNELS, CHANNELS), dtype=np.float32)
-    flops = 2.0 * ROWS * CHANNELS * CHANNELS
+    repeats = max(1, WIDEST_BAND // rows)
+    flops = 2.0 * rows * CHANNELS * CHANNELS * repeats
+
+    def rate(product):
+        def call():
+            for _ in range(repeats):
+                product()
+
+        return flops / median_seconds(call, runs) / 1e9
+
     if engine == "onnxruntime MatMul":
-        call = onnxruntime_product(threads)
-        return flops / median_seconds(lambda: call(a, b), runs) / 1e9
+        session_call = onnxruntime_product(threads, b)
+        return rate(lambda: session_call(a))
     if engine == "TensorFlow matmul":
-        call = tensorflow_product(threads)
-        return flops / median_seconds(lambda: call(a, b), runs) / 1e9
+        tf_call = tensorflow_product(threads)
+        return rate(lambda: tf_call(a, b))
     if engine == "numpy matmul":
-        return flops / median_seconds(lambda: a @ b, runs) / 1e9
+        return rate(lambda: a @ b)
     import torch
 
     torch.set_num_threads(threads)
     if engine == "PyTorch matmul":
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        return flops / median_seconds(lambda: ta @ tb, runs) / 1e9
+        return rate(lambda: ta @ tb)
     x = torch.randn(1, CHANNELS, 64, 64)
     w = torch.randn(CHANNELS, CHANNELS, 9, 9)
     conv_flops = 2.0 * 64 * 64 * CHANNELS * CHANNELS * 81
@@ -118,11 +130,17 @@ ENGINES = (
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--rows",
+        default=f"{WIDEST_BAND},1024",
+        help="comma-separated rows of the products",
+    )
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child:
-        engine, threads = args._child.rsplit(":", 1)
-        print(f"gflops: {measure(engine, int(threads), args.runs)}", flush=True)
+        engine, threads, rows = args._child.rsplit(":", 2)
+        rate = measure(engine, int(threads), int(rows), args.runs)
+        print(f"gflops: {rate}", flush=True)
         return
     import subprocess
 
@@ -136,39 +154,47 @@ def main(argv=None):
         f"cells, {valid / 1e12:.2f} TFLOP on the proposal cells alone\n"
     )
     print(
-        "| engine | threads | GFLOP/s | band conv s at this rate | valid-cell minimum s |"
+        "| engine | rows | threads | GFLOP/s | band conv s at this rate "
+        "| valid-cell minimum s |"
     )
-    print("| --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    rows_list = [int(rows) for rows in args.rows.split(",")]
     for engine in ENGINES:
-        for threads in (1, 2):
-            # OMP_NUM_THREADS: numpy's BLAS reads it at import.
-            environment = dict(os.environ, OMP_NUM_THREADS=str(threads))
-            environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    f"--_child={engine}:{threads}",
-                    f"--runs={args.runs}",
-                ],
-                capture_output=True,
-                text=True,
-                env=environment,
-                check=False,
-            )
-            lines = [
-                line for line in done.stdout.splitlines() if line.startswith("gflops: ")
-            ]
-            if not lines:
-                print(
-                    f"| {engine} | {threads} | not run ({done.stderr.strip().splitlines()[-1:]}) | | |"
+        # The convolution's shape is its own: one row count.
+        for rows in rows_list[:1] if engine == "PyTorch conv2d 9x9" else rows_list:
+            for threads in (1, 2):
+                # OMP_NUM_THREADS: numpy's BLAS reads it at import.
+                environment = dict(os.environ, OMP_NUM_THREADS=str(threads))
+                environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+                done = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        f"--_child={engine}:{threads}:{rows}",
+                        f"--runs={args.runs}",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=environment,
+                    check=False,
                 )
-                continue
-            rate = float(lines[-1].split()[1]) * 1e9
-            print(
-                f"| {engine} | {threads} | {rate / 1e9:.0f} | {band / rate:.1f} "
-                f"| {valid / rate:.1f} |"
-            )
+                shown_rows = "64 x 64 map" if engine == "PyTorch conv2d 9x9" else rows
+                lines = [
+                    line
+                    for line in done.stdout.splitlines()
+                    if line.startswith("gflops: ")
+                ]
+                if not lines:
+                    why = done.stderr.strip().splitlines()[-1:]
+                    print(
+                        f"| {engine} | {shown_rows} | {threads} | not run ({why}) | | |"
+                    )
+                    continue
+                rate = float(lines[-1].split()[1]) * 1e9
+                print(
+                    f"| {engine} | {shown_rows} | {threads} | {rate / 1e9:.0f} "
+                    f"| {band / rate:.1f} | {valid / rate:.1f} |"
+                )
     print(f"\nload average after: {load_average()}")
 
 

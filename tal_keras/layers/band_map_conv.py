@@ -108,8 +108,17 @@ def band_layer(
 
     The gradient is written out so that the backward pass keeps only the
     layer's input and output (each also the neighbouring layer's output or
-    input): gathers of rows, not K^2 gathered copies.
+    input): gathers of rows, not K^2 gathered copies. Inside
+    `taps_written_out` (the ONNX export) the layer has no gradient.
     """
+
+    def activation(conv, bias):
+        return ops.relu(conv + bias) * mask_weights[None, :, None]
+
+    if _WRITTEN_OUT:
+        return activation(
+            _written_out_taps(features, kernel, forward_index, gather_first), bias
+        )
     forward_table = ops.convert_to_tensor(forward_index)
     taps = forward_index.shape[0]
 
@@ -122,13 +131,12 @@ def band_layer(
                 return ops.matmul(ops.take(features, rows, axis=1), weights)
             return ops.take(ops.matmul(features, weights), rows, axis=1)
 
-        if _WRITTEN_OUT:
-            conv = _written_out_taps(features, kernel, forward_index, gather_first)
-        else:
-            conv = _one_tap_at_a_time(
+        output = activation(
+            _one_tap_at_a_time(
                 1, taps, lambda tap, total: total + tap_output(tap), tap_output(0)
-            )
-        output = ops.relu(conv + bias) * mask_weights[None, :, None]
+            ),
+            bias,
+        )
 
         def grad(*args, upstream=None):
             if upstream is None:
@@ -281,28 +289,42 @@ def _taps_in_row_blocks(features, kernel, forward_index, gather_first, block_row
     """
     zero_row = features.shape[1] - 1
     taps, rows = forward_index.shape
+    # Sliced once: a slice per block and tap would be one more constant of
+    # C x H each once the converter folds them.
+    tap_kernels = [kernel[tap] for tap in range(taps)]
     blocks = []
     for begin in range(0, rows, block_rows):
         block = forward_index[:, begin : begin + block_rows]
         total = None
-        for tap in range(taps):
+        for tap, tap_kernel in enumerate(tap_kernels):
             if gather_first:
-                term = _times(ops.take(features, block[tap], axis=1), kernel[tap])
+                term = _times(_rows(features, block[tap]), tap_kernel)
             elif block.shape[1] == rows:
-                term = ops.take(_times(features, kernel[tap]), block[tap], axis=1)
+                term = _rows(_times(features, tap_kernel), block[tap])
             else:
                 # The rows read, ascending, then the zero row.
                 read = np.append(
                     np.unique(block[tap][block[tap] != zero_row]), zero_row
                 )
-                term = ops.take(
-                    _times(ops.take(features, read, axis=1), kernel[tap]),
+                term = _rows(
+                    _times(_rows(features, read), tap_kernel),
                     np.searchsorted(read, block[tap]).astype(np.int32),
-                    axis=1,
                 )
             total = term if total is None else total + term
         blocks.append(total)
     return blocks[0] if len(blocks) == 1 else ops.concatenate(blocks, axis=1)
+
+
+def _rows(values, index):
+    """values[:, index]: [B, n, C] -> [B, len(index), C], index a numpy array
+    of non-negative ints. On TensorFlow a plain gather: keras.ops.take would
+    add six ops per gather to handle negative indices, which the export
+    traces and folds again for each of its thousands of gathers."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.gather(values, index, axis=1)
+    return ops.take(values, index, axis=1)
 
 
 def _times(values, weights):
