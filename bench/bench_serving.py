@@ -7,8 +7,10 @@ postprocessing timed apart.
         [--exported DIR] [--grouped_tap_bytes BYTES] [--tap_block_bytes BYTES]
 
 Both networks are built with random weights (latency does not depend on
-them) and exported with `export.onnx_export.convert`; the int8 graph is that
-file through `export.onnx_export.to_int8` (as `--int8` exports). Each engine is warmed
+them) and exported with `export.onnx_export.convert`; the int8 graph is the
+same model converted with the band conv's taps over whole bands
+(`tap_block_bytes=0`) through `export.onnx_export.to_int8`, as `--int8`
+exports. Each engine is warmed
 up with one call per batch size, then timed over --runs calls (--paper_runs
 for the paper config), one call of each engine in turn, so that both see the
 same load; the median and the fastest call are reported, and the median
@@ -228,6 +230,14 @@ def bench_config(
     model, exported = exported_model(
         config, seed, cache, grouped_tap_bytes, tap_block_bytes
     )
+    # int8 quantizes the whole-band taps, as the export does (`to_int8`).
+    _, whole_band = exported_model(
+        config,
+        seed,
+        cache and cache.removesuffix(".onnx") + ".whole-band.onnx",
+        grouped_tap_bytes,
+        0,
+    )
     print(f"{name}: exported in {time.perf_counter() - begin:.1f} s", flush=True)
     # The session options export.detector.Detector serves with.
     options = session_options()
@@ -236,7 +246,7 @@ def bench_config(
         engine: ort.InferenceSession(
             graph.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
-        for engine, graph in ((ORT, exported), (ORT_INT8, to_int8(exported)))
+        for engine, graph in ((ORT, exported), (ORT_INT8, to_int8(whole_band)))
     }
     rng = np.random.default_rng(seed)
     rows, batch_one = [], {}

@@ -390,7 +390,13 @@ def to_float16(model):
 
 def to_int8(model):
     """The graph with its matrix products by constant weights in int8
-    (`INT8_SCHEME`); inputs, outputs and the other nodes stay float32."""
+    (`INT8_SCHEME`); inputs, outputs and the other nodes stay float32.
+
+    Give it a graph converted with `tap_block_bytes=0` (the band conv's taps
+    over whole bands): onnxruntime's quantizer looks nodes up by name in a
+    list, so its time grows with the square of the node count, and the
+    40,000 nodes of the paper config's blocks of rows took over 10 minutes
+    without finishing, against 1,601 nodes whole-band."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -498,7 +504,13 @@ def export_run(
     run_config, proposal_network, classifier_network = load_run(workdir)
     class_names = run_class_names(run_config, category_file)
     inference_model = build_inference_model(proposal_network, classifier_network)
-    model = convert(inference_model, run_config.model, opset)
+    # int8 quantizes the whole-band taps (`to_int8`).
+    model = convert(
+        inference_model,
+        run_config.model,
+        opset,
+        tap_block_bytes=0 if int8 else TAP_BLOCK_BYTES,
+    )
     if fp16:
         model = to_float16(model)
 
