@@ -276,8 +276,9 @@ def _taps_in_row_blocks(features, kernel, forward_index, gather_first, block_row
     """Sum over taps, one tap at a time, output rows in blocks of `block_rows`.
 
     A block's gathers, products and sums stay small enough for the CPU's
-    caches: onnxruntime's products of 1,024 rows ran at 1.1 to 1.2 times
-    their rate on 17,000 (docs/performance.md). Gather first: a block reads
+    caches: onnxruntime's [n, 512] x [512, 512] products ran 1.18 (one
+    thread) to 1.23 (two) times as fast at n 1,024 as at n 27,064
+    (`bench/gemm_ceiling.py`, docs/performance.md). Gather first: a block reads
     its rows of the tap's input. Multiply first, where the block is the
     whole layer: the whole input times the tap's kernel slice, then the
     block's rows of it; in a smaller block: only the input rows the block
