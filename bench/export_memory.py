@@ -3,6 +3,7 @@ per hidden width H: one table.
 
     python bench/export_memory.py                    # H 512, the paper config
     python bench/export_memory.py --hidden 128,256,512 --check
+    python bench/export_memory.py --check --tap_block_bytes 2097152   # blocks of rows
 
 Each width is converted in its own subprocess (`export.onnx_export.convert`
 of the inference model, both networks, random weights): "peak RSS GiB" is
@@ -28,7 +29,7 @@ from bench_compile import child_rows, load_average
 from bench_input import memory_status
 
 
-def child(hidden, check):
+def child(hidden, check, tap_block_bytes):
     import keras
     import numpy as np
     from bench_serving import CONFIGS
@@ -46,7 +47,9 @@ def child(hidden, check):
         build_proposal_network(config), build_classifier_network(config)
     )
     start = time.perf_counter()
-    graph = onnx_export.convert(model, config, onnx_export.DEFAULT_OPSET)
+    graph = onnx_export.convert(
+        model, config, onnx_export.DEFAULT_OPSET, tap_block_bytes=tap_block_bytes
+    )
     seconds = time.perf_counter() - start
     row = {
         "hidden": hidden,
@@ -82,6 +85,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden", default="512", help="comma-separated H")
     parser.add_argument("--check", action="store_true")
+    parser.add_argument(
+        "--tap_block_bytes",
+        type=int,
+        default=0,
+        help="convert's budget for the band conv's blocks of rows (0, the "
+        "default: whole bands; 2097152: export.onnx_export.TAP_BLOCK_BYTES)",
+    )
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child is not None:
@@ -89,7 +99,11 @@ def main(argv=None):
         return
     rows = []
     for hidden in [int(value) for value in args.hidden.split(",")]:
-        spec = {"hidden": hidden, "check": args.check}
+        spec = {
+            "hidden": hidden,
+            "check": args.check,
+            "tap_block_bytes": args.tap_block_bytes,
+        }
         try:
             rows += child_rows(__file__, spec, "tensorflow", describe)
         except RuntimeError as error:

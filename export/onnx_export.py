@@ -44,11 +44,13 @@ DEFAULT_OPSET = 17
 # rows take 45 MB, so it stays tap by tap (groups of 9 took 1.07x the time
 # there, for 9 times the memory). docs/performance.md has the measurements.
 GROUPED_TAP_BYTES = 16 * 2**20
-# Other layers compute their output rows in blocks whose gathered rows of one
-# tap take at most this many bytes per video (1,024 rows at H 512), so that a
-# block's Gather, MatMul and Add stay in the CPU's caches: at the paper config
-# onnxruntime took 0.84x to 0.87x the time of whole-band taps per layer
-# (docs/performance.md).
+# A budget for `convert(..., tap_block_bytes=...)`: other layers then compute
+# their output rows in blocks whose gathered rows of one tap take at most this
+# many bytes per video (1,024 rows at H 512), so that a block's Gather, MatMul
+# and Add stay in the CPU's caches. At the paper config onnxruntime ran the
+# band conv in 0.84x the time of whole-band taps (one thread), but the graph
+# has 40,000 nodes and onnxruntime took 449 s to load it (1.5 s whole-band), so
+# the export's default is whole bands (0). docs/performance.md has the numbers.
 TAP_BLOCK_BYTES = 2 * 2**20
 FP32_TOLERANCE = 1e-4  # bound on max |ONNX - Keras| in float32
 # float16 keeps ~3 significant digits; sigmoid and softmax outputs lie in
@@ -231,7 +233,7 @@ def convert(
     opset,
     unroll=True,
     grouped_tap_bytes=GROUPED_TAP_BYTES,
-    tap_block_bytes=TAP_BLOCK_BYTES,
+    tap_block_bytes=0,
 ):
     """onnx.ModelProto of the Keras inference model, with a dynamic batch named
     "batch", static proposal and class dimensions, outputs in the order
@@ -302,7 +304,7 @@ def traced_graph(
     opset,
     unroll=True,
     grouped_tap_bytes=GROUPED_TAP_BYTES,
-    tap_block_bytes=TAP_BLOCK_BYTES,
+    tap_block_bytes=0,
 ):
     """onnx.ModelProto of a Keras model traced by Keras' tf2onnx export.
 
@@ -392,11 +394,11 @@ def to_int8(model):
     """The graph with its matrix products by constant weights in int8
     (`INT8_SCHEME`); inputs, outputs and the other nodes stay float32.
 
-    Give it a graph converted with `tap_block_bytes=0` (the band conv's taps
-    over whole bands): onnxruntime's quantizer looks nodes up by name in a
-    list, so its time grows with the square of the node count, and the
-    40,000 nodes of the paper config's blocks of rows took over 10 minutes
-    without finishing, against 1,601 nodes whole-band."""
+    Give it a graph converted with `tap_block_bytes=0` (the default: the
+    band conv's taps over whole bands): onnxruntime's quantizer looks nodes
+    up by name in a list, so its time grows with the square of the node
+    count, and the 40,000 nodes of the paper config in blocks of rows took
+    over 10 minutes without finishing, against 1,601 nodes whole-band."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -504,13 +506,7 @@ def export_run(
     run_config, proposal_network, classifier_network = load_run(workdir)
     class_names = run_class_names(run_config, category_file)
     inference_model = build_inference_model(proposal_network, classifier_network)
-    # int8 quantizes the whole-band taps (`to_int8`).
-    model = convert(
-        inference_model,
-        run_config.model,
-        opset,
-        tap_block_bytes=0 if int8 else TAP_BLOCK_BYTES,
-    )
+    model = convert(inference_model, run_config.model, opset)
     if fp16:
         model = to_float16(model)
 

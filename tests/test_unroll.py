@@ -59,7 +59,7 @@ def _written_out(with_loops):
     return unroll_loops(copy)[0]
 
 
-def _exported(grouped_tap_bytes, tap_block_bytes=onnx_export.TAP_BLOCK_BYTES):
+def _exported(grouped_tap_bytes, tap_block_bytes=0):
     """The export of `_tiny_graphs`' model at these budgets, converted once."""
     key = ("exported", grouped_tap_bytes, tap_block_bytes)
     if key not in _BUILT:
@@ -162,11 +162,7 @@ def test_the_export_computes_rows_in_blocks_within_its_budget_on_near_ties():
     )
     assert set(band.gather_first) == {True, False}
     taps = config.kernel_size**2
-    # Tap by tap; at this width the default block holds each whole layer.
-    assert onnx_export.TAP_BLOCK_BYTES >= 4 * config.hidden_size * (
-        max(band.band_sizes) + 1
-    )
-    whole = _exported(0)
+    whole = _exported(0)  # tap by tap over whole bands, the default
     # Blocks of 5 output rows (one tap's gathered rows of 5 cells).
     in_blocks = _exported(0, 5 * config.hidden_size * 4)
     blocks = sum(-(-(size + 1) // 5) for size in band.band_sizes[1:])

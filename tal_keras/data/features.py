@@ -408,7 +408,15 @@ def feature_writer(root, format):
         return
     import h5py  # only the HDF5 format needs it
 
-    with h5py.File(path, "w", track_order=True) as handle:
+    # Videos in the order written, and no timestamps (the root group's too),
+    # so that the same features make the same bytes.
+    creation = h5py.h5p.create(h5py.h5p.FILE_CREATE)
+    creation.set_obj_track_times(False)
+    creation.set_link_creation_order(
+        h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED
+    )
+    file_id = h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fcpl=creation)
+    with h5py.File(file_id) as handle:
 
         def write(key, features):
             handle.create_dataset(key, data=features, track_times=False)
