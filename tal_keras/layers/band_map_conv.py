@@ -221,8 +221,8 @@ def taps_written_out(group_bytes=0, block_bytes=0):
     cheaper order; G is as large as the budget allows, up to K * K. Other
     layers compute their output rows in blocks whose gathered rows of one tap
     fit in `block_bytes` per video (all rows in one block if 0), each block
-    by one Gather, one MatMul and one Add per tap in the layer's cheaper order
-    (`_taps_in_row_blocks`). The sums are the same up to the order of float
+    by one MatMul and one Add per tap with its Gathers, in the layer's
+    cheaper order (`_taps_in_row_blocks`). The sums are the same up to the order of float
     additions.
     """
     _WRITTEN_OUT.append((group_bytes, block_bytes))
@@ -262,7 +262,7 @@ def _grouped_taps(features, kernel, forward_index, group):
     for begin in range(0, taps, group):
         end = min(begin + group, taps)
         rows = np.ascontiguousarray(forward_index[begin:end].T)  # [n_out + 1, G]
-        gathered = ops.take(features, rows, axis=1)  # [B, n_out + 1, G, C]
+        gathered = _rows(features, rows)  # [B, n_out + 1, G, C]
         stacked = (end - begin) * channels
         term = _times(
             ops.reshape(gathered, (-1, rows.shape[0], stacked)),
@@ -317,9 +317,9 @@ def _taps_in_row_blocks(features, kernel, forward_index, gather_first, block_row
 
 
 def _rows(values, index):
-    """values[:, index]: [B, n, C] -> [B, len(index), C], index a numpy array
-    of non-negative ints. On TensorFlow a plain gather: keras.ops.take would
-    add six ops per gather to handle negative indices, which the export
+    """values[:, index]: [B, n, C] -> [B, *index.shape, C], index a numpy
+    array of non-negative ints. On TensorFlow a plain gather: keras.ops.take
+    would add six ops per gather to handle negative indices, which the export
     traces and folds again for each of its thousands of gathers."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
