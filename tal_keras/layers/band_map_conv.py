@@ -329,11 +329,19 @@ def _rows(values, index):
 
 
 def _times(values, weights):
-    """[B, n, C] x [C, H] -> [B, n, H], as one [B * n, C] product whose
-    reshapes have constant shapes (no shape computation per tap in ONNX)."""
-    rows, channels = values.shape[1], values.shape[2]
-    product = ops.matmul(ops.reshape(values, (-1, channels)), weights)
-    return ops.reshape(product, (-1, rows, weights.shape[-1]))
+    """[B, n, C] x [C, H] -> [B, n, H]. On TensorFlow one plain matmul, which
+    the converter writes as one ONNX MatMul whose output keeps the input's
+    batch dimension: a reshape to [B * n, C] and back would give every
+    product a batch dimension of its own in the graph's shapes, and
+    onnxruntime's memory planner, which reuses a buffer only for a value of
+    the same shape, would then scan ever longer lists of unused buffers
+    (minutes to load a graph of 40,000 nodes). onnxruntime runs it as one
+    [B * n, C] x [C, H] product."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.linalg.matmul(values, weights)
+    return ops.matmul(values, weights)
 
 
 def _one_tap_at_a_time(lower, upper, body, initial):
