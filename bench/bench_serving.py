@@ -8,9 +8,9 @@ postprocessing timed apart.
 
 Both networks are built with random weights (latency does not depend on
 them) and exported with `export.onnx_export.convert`; the int8 graph is the
-same model converted with the band conv's taps over whole bands (the
-export's default; also with --tap_block_bytes) through
-`export.onnx_export.to_int8`, as `--int8` exports. Each engine is warmed
+same model converted with the band conv's taps over whole bands through
+`export.onnx_export.to_int8`, as `--int8` exports. onnxruntime runs with
+the session options serving uses (`export.detector.session_options`). Each engine is warmed
 up with one call per batch size, then timed over --runs calls (--paper_runs
 for the paper config), one call of each engine in turn, so that both see the
 same load; the median and the fastest call are reported, and the median
@@ -43,7 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, REPO)
 
-from export.onnx_export import GROUPED_TAP_BYTES
+from export.onnx_export import GROUPED_TAP_BYTES, TAP_BLOCK_BYTES
 from tal_keras.atomic import write_text_atomic
 from tal_keras.config import ModelConfig
 from tal_keras.flags import flagfile_run_config
@@ -164,7 +164,7 @@ def exported_model(
     seed=0,
     cache=None,
     grouped_tap_bytes=GROUPED_TAP_BYTES,
-    tap_block_bytes=0,
+    tap_block_bytes=TAP_BLOCK_BYTES,
 ):
     """(Keras inference model with random weights, its onnx.ModelProto as
     `export.onnx_export.convert` writes it).
@@ -218,7 +218,7 @@ def bench_config(
     seed=0,
     cache=None,
     grouped_tap_bytes=GROUPED_TAP_BYTES,
-    tap_block_bytes=0,
+    tap_block_bytes=TAP_BLOCK_BYTES,
 ):
     """Rows of one config, and {engine: max |ONNX - Keras|} seen."""
     import onnxruntime as ort
@@ -340,11 +340,11 @@ def main():
     parser.add_argument(
         "--tap_block_bytes",
         type=int,
-        default=0,
+        default=TAP_BLOCK_BYTES,
         help="The export's budget per video for one tap's gathered rows of a "
-        "block of output rows, where taps are not grouped (0, the export's "
-        "default: whole bands; export.onnx_export.TAP_BLOCK_BYTES: 1,024 rows "
-        "at H 512).",
+        "block of output rows, where taps are not grouped (default the "
+        "export's, export.onnx_export.TAP_BLOCK_BYTES: 1,024 rows at H 512; "
+        "0: whole bands).",
     )
     parser.add_argument("--markdown", default=None, help="Also write the table here.")
     parser.add_argument(

@@ -3,7 +3,7 @@ per hidden width H: one table.
 
     python bench/export_memory.py                    # H 512, the paper config
     python bench/export_memory.py --hidden 128,256,512 --check
-    python bench/export_memory.py --check --tap_block_bytes 2097152   # blocks of rows
+    python bench/export_memory.py --check --tap_block_bytes 0   # whole bands
 
 Each width is converted in its own subprocess (`export.onnx_export.convert`
 of the inference model, both networks, random weights): "peak RSS GiB" is
@@ -47,6 +47,8 @@ def child(hidden, check, tap_block_bytes):
         build_proposal_network(config), build_classifier_network(config)
     )
     start = time.perf_counter()
+    if tap_block_bytes is None:
+        tap_block_bytes = onnx_export.TAP_BLOCK_BYTES
     graph = onnx_export.convert(
         model, config, onnx_export.DEFAULT_OPSET, tap_block_bytes=tap_block_bytes
     )
@@ -63,8 +65,12 @@ def child(hidden, check, tap_block_bytes):
     if check:
         import onnxruntime
 
+        from export.detector import session_options
+
         session = onnxruntime.InferenceSession(
-            graph.SerializeToString(), providers=["CPUExecutionProvider"]
+            graph.SerializeToString(),
+            session_options(),
+            providers=["CPUExecutionProvider"],
         )
         clips = np.random.default_rng(0).standard_normal(
             (1, config.num_clips, config.feature_dim), dtype=np.float32
@@ -88,9 +94,9 @@ def main(argv=None):
     parser.add_argument(
         "--tap_block_bytes",
         type=int,
-        default=0,
-        help="convert's budget for the band conv's blocks of rows (0, the "
-        "default: whole bands; 2097152: export.onnx_export.TAP_BLOCK_BYTES)",
+        default=None,
+        help="convert's budget for the band conv's blocks of rows (default "
+        "the export's, export.onnx_export.TAP_BLOCK_BYTES; 0: whole bands)",
     )
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -44,13 +44,14 @@ DEFAULT_OPSET = 17
 # rows take 45 MB, so it stays tap by tap (groups of 9 took 1.07x the time
 # there, for 9 times the memory). docs/performance.md has the measurements.
 GROUPED_TAP_BYTES = 16 * 2**20
-# A budget for `convert(..., tap_block_bytes=...)`: other layers then compute
-# their output rows in blocks whose gathered rows of one tap take at most this
-# many bytes per video (1,024 rows at H 512), so that a block's Gather, MatMul
-# and Add stay in the CPU's caches. At the paper config onnxruntime ran the
-# band conv in 0.84x the time of whole-band taps (one thread), but the graph
-# has 40,000 nodes and onnxruntime took 449 s to load it (1.5 s whole-band), so
-# the export's default is whole bands (0). docs/performance.md has the numbers.
+# Band conv layers whose taps are not grouped compute their output rows in
+# blocks whose gathered rows of one tap take at most this many bytes per video
+# (1,024 rows at H 512), so that a block's Gather, MatMul and Add stay in the
+# CPU's caches (`convert`'s tap_block_bytes). At the paper config onnxruntime
+# ran the band conv in 0.84x the time of whole-band taps (one thread) and the
+# whole model in 0.83x (two); the graph has 25,612 nodes against 1,601, and
+# loads in 17 s with `export.detector.session_options()` (whole bands: 1.4 s).
+# docs/performance.md has the numbers.
 TAP_BLOCK_BYTES = 2 * 2**20
 FP32_TOLERANCE = 1e-4  # bound on max |ONNX - Keras| in float32
 # float16 keeps ~3 significant digits; sigmoid and softmax outputs lie in
@@ -233,7 +234,7 @@ def convert(
     opset,
     unroll=True,
     grouped_tap_bytes=GROUPED_TAP_BYTES,
-    tap_block_bytes=0,
+    tap_block_bytes=TAP_BLOCK_BYTES,
 ):
     """onnx.ModelProto of the Keras inference model, with a dynamic batch named
     "batch", static proposal and class dimensions, outputs in the order
@@ -304,7 +305,7 @@ def traced_graph(
     opset,
     unroll=True,
     grouped_tap_bytes=GROUPED_TAP_BYTES,
-    tap_block_bytes=0,
+    tap_block_bytes=TAP_BLOCK_BYTES,
 ):
     """onnx.ModelProto of a Keras model traced by Keras' tf2onnx export.
 
@@ -394,18 +395,19 @@ def to_int8(model):
     """The graph with its matrix products by constant weights in int8
     (`INT8_SCHEME`); inputs, outputs and the other nodes stay float32.
 
-    Give it a graph converted with `tap_block_bytes=0` (the default: the
-    band conv's taps over whole bands): onnxruntime's quantizer looks nodes
-    up by name in a list, so its time grows with the square of the node
-    count, and the 40,000 nodes of the paper config in blocks of rows took
-    over 10 minutes without finishing, against 1,601 nodes whole-band."""
+    Give it a graph converted with `tap_block_bytes=0` (the band conv's taps
+    over whole bands), as `export_run` does: onnxruntime's quantizer looks
+    nodes up by name in a list, so its time grows with the square of the
+    node count, and the paper config in blocks of rows (40,000 nodes then)
+    took over 10 minutes without finishing, against 10 s whole-band. The
+    products are made 2-D first (`flat_products`)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "int8.onnx")
         quantize_dynamic(
-            model,
+            flat_products(model),
             path,
             op_types_to_quantize=["MatMul"],
             per_channel=True,
@@ -413,6 +415,79 @@ def to_int8(model):
             extra_options={"MatMulConstBOnly": True},
         )
         return onnx.load(path)
+
+
+def flat_products(model):
+    """The graph with each MatMul of a value by a constant [C, H] (the value
+    not known to be 2-D) written as one [rows, C] x [C, H] product between
+    Reshapes: the value flattened to [-1, C] once, however many products
+    read it, the product reshaped back to the value's leading dimensions
+    and H.
+
+    For `to_int8`: onnxruntime's dynamically quantized product
+    (DynamicQuantizeMatMul) of the band conv's 3-D products took 2.5 times
+    as long as of the same products in 2-D (paper config, one call: 8.1
+    against 3.2 s; `python bench/ort_profile.py`, docs/performance.md), and
+    a value flattened once is quantized once. The float32 graph keeps them
+    3-D (`band_map_conv._times`)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {
+        value.name: len(value.type.tensor_type.shape.dim)
+        for value in [*inferred.graph.input, *inferred.graph.value_info]
+        if value.type.tensor_type.HasField("shape")
+    }
+    weights = {
+        tensor.name: tuple(tensor.dims)
+        for tensor in model.graph.initializer
+        if len(tensor.dims) == 2
+    }
+    flat = onnx.ModelProto()
+    flat.CopyFrom(model)
+    nodes, constants = [], {}
+
+    def constant(values):
+        name = "flat_products/" + "_".join(str(value) for value in values)
+        constants.setdefault(
+            name, numpy_helper.from_array(np.array(values, np.int64), name)
+        )
+        return name
+
+    made = set()  # the values flattened and the output shapes made
+    for node in flat.graph.node:
+        value = node.input[0] if node.op_type == "MatMul" else None
+        if value is None or node.input[1] not in weights or ranks.get(value) == 2:
+            nodes.append(node)
+            continue
+        channels, hidden = weights[node.input[1]]
+        rows, leading = value + "/flat", value + "/leading"
+        shape = f"{value}/shape_{hidden}"
+        if rows not in made:
+            made.add(rows)
+            nodes += [
+                helper.make_node("Reshape", [value, constant([-1, channels])], [rows]),
+                helper.make_node("Shape", [value], [leading], end=-1),
+            ]
+        if shape not in made:
+            made.add(shape)
+            nodes.append(
+                helper.make_node(
+                    "Concat", [leading, constant([hidden])], [shape], axis=0
+                )
+            )
+        product = node.name + "/flat"
+        nodes += [
+            helper.make_node(
+                "MatMul", [rows, node.input[1]], [product], name=node.name
+            ),
+            helper.make_node("Reshape", [product, shape], list(node.output)),
+        ]
+    del flat.graph.node[:]
+    flat.graph.node.extend(nodes)
+    flat.graph.initializer.extend(constants.values())
+    return flat
 
 
 def _timed_scores(session, clip_features):
@@ -437,8 +512,10 @@ def _differences(found, expected, reduce):
 def _session(model):
     import onnxruntime as ort
 
+    from export.detector import session_options
+
     return ort.InferenceSession(
-        model.SerializeToString(), providers=["CPUExecutionProvider"]
+        model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
     )
 
 
@@ -506,7 +583,13 @@ def export_run(
     run_config, proposal_network, classifier_network = load_run(workdir)
     class_names = run_class_names(run_config, category_file)
     inference_model = build_inference_model(proposal_network, classifier_network)
-    model = convert(inference_model, run_config.model, opset)
+    # int8 quantizes the whole-band taps (`to_int8`).
+    model = convert(
+        inference_model,
+        run_config.model,
+        opset,
+        tap_block_bytes=0 if int8 else TAP_BLOCK_BYTES,
+    )
     if fp16:
         model = to_float16(model)
 

@@ -60,7 +60,8 @@ def _written_out(with_loops):
 
 
 def _exported(grouped_tap_bytes, tap_block_bytes=0):
-    """The export of `_tiny_graphs`' model at these budgets, converted once."""
+    """The export of `_tiny_graphs`' model at these budgets (by default over
+    whole bands), converted once."""
     key = ("exported", grouped_tap_bytes, tap_block_bytes)
     if key not in _BUILT:
         _BUILT[key] = onnx_export.convert(
@@ -162,7 +163,7 @@ def test_the_export_computes_rows_in_blocks_within_its_budget_on_near_ties():
     )
     assert set(band.gather_first) == {True, False}
     taps = config.kernel_size**2
-    whole = _exported(0)  # tap by tap over whole bands, the default
+    whole = _exported(0)  # tap by tap over whole bands
     # Blocks of 5 output rows (one tap's gathered rows of 5 cells).
     in_blocks = _exported(0, 5 * config.hidden_size * 4)
     blocks = sum(-(-(size + 1) // 5) for size in band.band_sizes[1:])
@@ -187,6 +188,45 @@ def test_the_export_computes_rows_in_blocks_within_its_budget_on_near_ties():
     found = onnx_export.onnx_scores(_session(in_blocks), clips)
     for name in expected:
         np.testing.assert_allclose(found[name], expected[name], atol=1e-5)
+
+
+def test_int8_quantizes_flat_products_one_quantization_per_value():
+    whole = _exported(0)  # tap by tap over whole bands: 3-D products
+    flat = onnx_export.flat_products(whole)
+
+    def products(model):
+        """{MatMul by a constant: (its first input, that input's rank)}."""
+        inferred = onnx.shape_inference.infer_shapes(model)
+        ranks = {
+            value.name: len(value.type.tensor_type.shape.dim)
+            for value in [*inferred.graph.input, *inferred.graph.value_info]
+        }
+        constants = {tensor.name for tensor in model.graph.initializer}
+        return {
+            node.name: (node.input[0], ranks[node.input[0]])
+            for node in model.graph.node
+            if node.op_type == "MatMul" and node.input[1] in constants
+        }
+
+    before, after = products(whole), products(flat)
+    assert sorted(before) == sorted(after)
+    three_d = [value for value, rank in before.values() if rank == 3]
+    assert len(set(three_d)) < len(three_d)  # products share values
+    assert {rank for _, rank in after.values()} == {2}
+    # Each 3-D value flattened once; each product reshaped back.
+    added = _op_count(flat, "Reshape") - _op_count(whole, "Reshape")
+    assert added == len(set(three_d)) + len(three_d)
+    clips = _near_tie_clips(3)
+    expected = onnx_export.onnx_scores(_session(whole), clips)
+    found = onnx_export.onnx_scores(_session(flat), clips)
+    for name in expected:
+        np.testing.assert_array_equal(found[name].shape, expected[name].shape)
+        np.testing.assert_allclose(found[name], expected[name], atol=1e-6)
+    # One quantization per value multiplied.
+    int8 = onnx_export.to_int8(whole)
+    assert _op_count(int8, "DynamicQuantizeLinear") == len(
+        {value for value, _ in after.values()}
+    )
 
 
 def test_onnxruntime_runs_the_written_out_taps_one_step_at_a_time(tmp_path):
