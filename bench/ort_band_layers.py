@@ -2,9 +2,9 @@
 onnxruntime, layer by layer, in the forms the export can write
 (`band_map_conv.taps_written_out`): tap by tap in blocks of output rows
 (`blocks`: one Gather, MatMul and Add per tap and block, in the layer's
-cheaper order, blocks of `export.onnx_export.TAP_BLOCK_BYTES`), tap by tap
-over the whole band (`taps`: the export's default form at the paper
-config), and grouped (gather first, --taps_per_product taps per product, the
+cheaper order, blocks of `export.onnx_export.TAP_BLOCK_BYTES`: the export's
+default form at the paper config), tap by tap over the whole band (`taps`:
+`tap_block_bytes=0`), and grouped (gather first, --taps_per_product taps per product, the
 form the export takes where a group's gathered rows fit its budget), float32
 and int8 (`export.onnx_export.to_int8`), against the Keras layer
 (`BandMapConv`, TensorFlow) on the same batch.

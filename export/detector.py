@@ -53,11 +53,11 @@ def session_options():
 
     onnxruntime's memory planner, which decides ahead of the first call which
     value reuses which freed buffer, is off: on the paper config's graph
-    (25,612 nodes, the band conv in blocks of rows) it took 400 s to load
+    (25,612 nodes, the band conv in blocks of rows) it took 412 s to load
     with it, 17 s without. Freed buffers still return to onnxruntime's arena
-    and are handed out again (peak RSS 1.05 GiB at the paper config, batch 1),
-    and a call took the same time (17.0 to 17.3 s with the planner off,
-    17.1 s on); docs/performance.md has the measurements.
+    and are handed out again (peak RSS 1.05 GiB at the paper config, batch
+    1), and a call was no slower (16.7 s off, 17.3 s on, in two runs);
+    docs/performance.md has the measurements.
     """
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -49,8 +49,9 @@ GROUPED_TAP_BYTES = 16 * 2**20
 # (1,024 rows at H 512), so that a block's Gather, MatMul and Add stay in the
 # CPU's caches (`convert`'s tap_block_bytes). At the paper config onnxruntime
 # ran the band conv in 0.84x the time of whole-band taps (one thread) and the
-# whole model in 0.83x (two); the graph has 25,612 nodes against 1,601, and
-# loads in 17 s with `export.detector.session_options()` (whole bands: 1.4 s).
+# whole model in 0.94x Keras' time (two; whole bands 1.14x, another run); the
+# graph has 25,612 nodes against 1,601 and loads in 17 s with
+# `export.detector.session_options()` (whole bands: 1.4 s).
 # docs/performance.md has the numbers.
 TAP_BLOCK_BYTES = 2 * 2**20
 FP32_TOLERANCE = 1e-4  # bound on max |ONNX - Keras| in float32
