@@ -50,18 +50,9 @@ def session_options():
     cores the other threads of the same call need. On the project's busy
     2-core machine, spinning made the demo model's median latency at batch 1
     1.0x to 1.5x as long (four interleaved comparisons of 15 to 30 calls).
-
-    onnxruntime's memory planner, which decides ahead of the first call which
-    value reuses which freed buffer, is off: on the paper config's graph
-    (25,612 nodes, the band conv in blocks of rows) it took 412 s to load
-    with it, 17 s without. Freed buffers still return to onnxruntime's arena
-    and are handed out again (peak RSS 1.05 GiB at the paper config, batch
-    1), and a call was no slower (16.7 s off, 17.3 s on, in two runs);
-    docs/performance.md has the measurements.
     """
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.enable_mem_reuse = False
     return options
 
 

@@ -50,8 +50,7 @@ GROUPED_TAP_BYTES = 16 * 2**20
 # CPU's caches (`convert`'s tap_block_bytes). At the paper config onnxruntime
 # ran the band conv in 0.84x the time of whole-band taps (one thread) and the
 # whole model in 0.94x Keras' time (two; whole bands 1.14x, another run); the
-# graph has 25,612 nodes against 1,601 and loads in 17 s with
-# `export.detector.session_options()` (whole bands: 1.4 s).
+# graph has 25,612 nodes against 1,601 and loads in 16 s (whole bands: 1.4 s).
 # docs/performance.md has the numbers.
 TAP_BLOCK_BYTES = 2 * 2**20
 FP32_TOLERANCE = 1e-4  # bound on max |ONNX - Keras| in float32
@@ -296,8 +295,27 @@ def convert(
         "S-2D-TAN (tal_keras): clip features -> overlap_scores (P_over) and "
         "class_scores (P_class) of every lattice proposal; see metadata_props."
     )
+    model = with_shapes(model)
     onnx.checker.check_model(model)
     return model
+
+
+def with_shapes(model):
+    """The graph with the shapes ONNX's inference finds written in
+    (value_info), unknown dimensions under generated symbols.
+
+    The converter's reshapes (the clip encoder's products) leave the batch
+    dimension unknown to onnxruntime, and its memory planner shares a freed
+    buffer only with a value of the same known or symbolic shape: finding
+    none, it scanned an ever longer list of free buffers for every value it
+    placed, and took 412 s to load the paper config's graph in blocks of
+    rows (25,612 nodes); with the shapes written in, 16 s
+    (docs/performance.md). ONNX's inference names an unknown dimension once
+    and carries the name through the ops that keep it, so values that share
+    a symbol have the same size."""
+    import onnx
+
+    return onnx.shape_inference.infer_shapes(model)
 
 
 def traced_graph(

@@ -190,6 +190,25 @@ def test_the_export_computes_rows_in_blocks_within_its_budget_on_near_ties():
         np.testing.assert_allclose(found[name], expected[name], atol=1e-5)
 
 
+def test_the_export_writes_in_each_values_shape_batch_symbols_shared():
+    # Blocks of 5 rows, tap by tap: onnxruntime's memory planner shares
+    # buffers between values whose shapes it knows to be the same.
+    exported = _exported(0, 5 * TINY_MODEL.hidden_size * 4)
+    shapes = {value.name: value.type.tensor_type for value in exported.graph.value_info}
+    leading = set()
+    for node in exported.graph.node:
+        if node.op_type not in ("Gather", "MatMul", "Add"):
+            continue
+        for output in node.output:
+            assert shapes[output].HasField("shape"), output
+            dims = shapes[output].shape.dim
+            assert all(dim.HasField("dim_value") or dim.dim_param for dim in dims)
+            if node.op_type == "MatMul" and len(dims) == 3:
+                leading.add(dims[0].dim_param)
+    # Both networks' band conv products: one batch symbol per network.
+    assert 1 <= len(leading) <= 2, leading
+
+
 def test_int8_quantizes_flat_products_one_quantization_per_value():
     whole = _exported(0)  # tap by tap over whole bands: 3-D products
     flat = onnx_export.flat_products(whole)
