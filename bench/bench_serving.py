@@ -393,7 +393,8 @@ def main():
         f"(shared with other jobs; this process may use {cpus}), {threads}, "
         f"TensorFlow {tf.__version__} (CPU), "
         f"onnxruntime {ort.__version__} (CPUExecutionProvider, threads do not "
-        "spin, as export.detector.Detector), float32 and int8 "
+        "spin, no buffer-reuse planner, as export.detector.Detector), float32 "
+        "and int8 "
         "(export.onnx_export.to_int8)"
     )
     checks = "; ".join(

@@ -50,9 +50,18 @@ def session_options():
     cores the other threads of the same call need. On the project's busy
     2-core machine, spinning made the demo model's median latency at batch 1
     1.0x to 1.5x as long (four interleaved comparisons of 15 to 30 calls).
+
+    onnxruntime's buffer-reuse planner, which assigns each value a freed
+    buffer of the same shape before the first call, is off; freed buffers
+    still return to onnxruntime's arena and are handed out again. At the
+    paper config (batch 1, idle) a call took 16.5 s without it against 17.2
+    s with it (medians of four processes, alternating) and peaked at 1.0
+    against 1.7 GiB; at the demo config, batch 32, both peaked at 525 MiB
+    in the same time (docs/performance.md).
     """
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_mem_reuse = False
     return options
 
 

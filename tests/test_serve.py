@@ -11,7 +11,7 @@ from python_process import run_python
 from test_export import make_tiny_run
 
 from export import compare, metadata, serve
-from export.detector import Detector
+from export.detector import Detector, session_options
 from tal_keras import evaluation, inference, run
 from tal_keras.data.features import open_feature_store
 
@@ -277,3 +277,9 @@ def test_metadata_round_trip_and_foreign_files(tiny_run):
             {key: value for key, value in properties.items() if key != "class_names"},
             "partial.onnx",
         )
+
+
+def test_serving_sessions_neither_spin_nor_plan_buffer_reuse():
+    options = session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert not options.enable_mem_reuse
