@@ -417,9 +417,10 @@ def to_int8(model):
     Give it a graph converted with `tap_block_bytes=0` (the band conv's taps
     over whole bands), as `export_run` does: onnxruntime's quantizer looks
     nodes up by name in a list, so its time grows with the square of the
-    node count, and the paper config in blocks of rows (40,000 nodes then)
-    took over 10 minutes without finishing, against 10 s whole-band. The
-    products are made 2-D first (`flat_products`)."""
+    node count: the paper config in blocks of rows, with its products 2-D
+    between reshapes (40,000 nodes), took over 10 minutes without
+    finishing, against 10 s whole-band. The products are made 2-D first
+    (`flat_products`)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
