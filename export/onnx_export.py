@@ -453,7 +453,7 @@ def flat_products(model):
     import onnx
     from onnx import helper, numpy_helper
 
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = with_shapes(model)
     ranks = {
         value.name: len(value.type.tensor_type.shape.dim)
         for value in [*inferred.graph.input, *inferred.graph.value_info]
