@@ -10,10 +10,10 @@ Both networks are built with random weights (latency does not depend on
 them) and exported with `export.onnx_export.convert`; the int8 graph is the
 same model converted with the band conv's taps over whole bands through
 `export.onnx_export.to_int8`, as `--int8` exports. onnxruntime runs with
-the session options serving uses (`export.detector.session_options`). Each engine is warmed
-up with one call per batch size, then timed over --runs calls (--paper_runs
-for the paper config), one call of each engine in turn, so that both see the
-same load; the median and the fastest call are reported, and the median
+the session options serving uses (`export.detector.session_options`).
+Each engine is warmed up with one call per batch size, then timed over
+--runs calls (--paper_runs for the paper config), one call of each engine
+in turn, so that both see the same load; the median and the fastest call are reported, and the median
 CPU time of a call (all the process's threads; on a machine shared with
 other jobs it moves less with their load than the wall time does). --threads gives
 both engines the same number of intra-op threads (TensorFlow's inter-op pool

@@ -222,8 +222,8 @@ def taps_written_out(group_bytes=0, block_bytes=0):
     layers compute their output rows in blocks whose gathered rows of one tap
     fit in `block_bytes` per video (all rows in one block if 0), each block
     by one MatMul and one Add per tap with its Gathers, in the layer's
-    cheaper order (`_taps_in_row_blocks`). The sums are the same up to the order of float
-    additions.
+    cheaper order (`_taps_in_row_blocks`). The sums are the same up to the
+    order of float additions.
     """
     _WRITTEN_OUT.append((group_bytes, block_bytes))
     try:
