@@ -40,10 +40,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tal_keras.lattice import Lattice
 from tal_keras.map_band import MapBand
 
-FORMS = ("blocks", "taps", "grouped", "blocks-int8", "taps-int8", "grouped-int8")
+FORMS = (
+    "blocks",
+    "taps",
+    "grouped",
+    "frequency",
+    "blocks-int8",
+    "taps-int8",
+    "grouped-int8",
+)
 
 
-def layer_graph(band, layer, weights, form, taps_per_product):
+def layer_graph(band, layer, weights, form, taps_per_product, tile=12):
     """onnx.ModelProto of band conv layer `layer` (1-based; bias 0, then ReLU
     and the mask step) traced as the export traces it
     (`export.onnx_export.traced_graph`): features [B, n_in + 1, C], last row
@@ -70,6 +78,7 @@ def layer_graph(band, layer, weights, form, taps_per_product):
             band.forward_index[index],
             band.backward_index[index],
             band.gather_first[index],
+            band.frequency_tiles(layer, tile) if form == "frequency" else None,
         )
 
     input_shape = (band.band_sizes[index] + 1, channels)
@@ -83,6 +92,7 @@ def layer_graph(band, layer, weights, form, taps_per_product):
         DEFAULT_OPSET,
         grouped_tap_bytes=group * output_rows * channels * 4,
         tap_block_bytes=TAP_BLOCK_BYTES if form == "blocks" else 0,
+        frequency_tile=tile if form == "frequency" else 0,
     )
 
 
@@ -111,6 +121,9 @@ def main(argv=None):
         default=9,
         help="Taps per group (grouped forms).",
     )
+    parser.add_argument(
+        "--tile", type=int, default=12, help="Output cells per tile side (frequency)."
+    )
     args = parser.parse_args(argv)
     import onnxruntime as ort
     import tensorflow as tf
@@ -137,7 +150,12 @@ def main(argv=None):
         outputs = {}
         for form in forms:
             graph = layer_graph(
-                band, layer, weights, form.removesuffix("-int8"), args.taps_per_product
+                band,
+                layer,
+                weights,
+                form.removesuffix("-int8"),
+                args.taps_per_product,
+                args.tile,
             )
             if form.endswith("int8"):
                 graph = to_int8(graph)

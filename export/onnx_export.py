@@ -235,6 +235,7 @@ def convert(
     unroll=True,
     grouped_tap_bytes=GROUPED_TAP_BYTES,
     tap_block_bytes=TAP_BLOCK_BYTES,
+    frequency_tile=0,
 ):
     """onnx.ModelProto of the Keras inference model, with a dynamic batch named
     "batch", static proposal and class dimensions, outputs in the order
@@ -257,6 +258,7 @@ def convert(
         unroll,
         grouped_tap_bytes,
         tap_block_bytes,
+        frequency_tile,
     )
     graph = model.graph
     if [value.name for value in graph.input] != [metadata.INPUT_NAME]:
@@ -325,6 +327,7 @@ def traced_graph(
     unroll=True,
     grouped_tap_bytes=GROUPED_TAP_BYTES,
     tap_block_bytes=TAP_BLOCK_BYTES,
+    frequency_tile=0,
 ):
     """onnx.ModelProto of a Keras model traced by Keras' tf2onnx export.
 
@@ -351,7 +354,7 @@ def traced_graph(
         with (
             warnings.catch_warnings(),
             _tf2onnx_optimizers(run=not unroll),
-            taps_written_out(grouped_tap_bytes, tap_block_bytes)
+            taps_written_out(grouped_tap_bytes, tap_block_bytes, frequency_tile)
             if unroll
             else contextlib.nullcontext(),
         ):

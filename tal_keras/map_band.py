@@ -118,6 +118,54 @@ class MapBand:
             )
         )
 
+    def frequency_tiles(self, layer, tile):
+        """Gather tables of conv layer `layer` (1..L) computed in tiles of
+        tile x tile output cells (`band_map_conv.taps_written_out`'s
+        frequency form).
+
+        The tiles are the tile-aligned squares of each map that hold a cell
+        of band `layer`; a tile reads the P x P input cells around it,
+        P = tile + K - 1 (zero row where a cell is off band `layer - 1` or
+        off the map).
+
+        Returns:
+            (input_index int32 [P * P, tiles]: the band `layer - 1` row of
+            each tile's input cell, row-major within the tile;
+            output_index int32 [n_layer + 1]: the place of each band
+            `layer` cell in the tiles' outputs laid out [tile * tile, tiles],
+            row-major within the tile, 0 for the zero row).
+        """
+        if not 1 <= layer <= self.num_conv_layers or tile < 1:
+            raise ValueError(
+                f"need a conv layer in 1..{self.num_conv_layers} and a tile >= 1, "
+                f"got layer {layer!r}, tile {tile!r}."
+            )
+        half = self.kernel_size // 2
+        side = self.kernel_size + tile - 1
+        inputs, outputs = self.band_cells[layer - 1], self.band_cells[layer]
+        # Every input cell's row in a grid with room for any tile's window.
+        margin = side + tile
+        grid = max(self.map_sizes) + 2 * margin
+        places = np.full((len(self.map_sizes), grid, grid), len(inputs), dtype=np.int64)
+        places[inputs[:, 0], inputs[:, 1] + margin, inputs[:, 2] + margin] = np.arange(
+            len(inputs)
+        )
+        tiles, tile_of_cell = np.unique(
+            np.stack([outputs[:, 0], outputs[:, 1] // tile, outputs[:, 2] // tile], 1),
+            axis=0,
+            return_inverse=True,
+        )
+        window = np.arange(side) - half + margin
+        rows = tiles[:, 1, None, None] * tile + window[:, None]
+        cols = tiles[:, 2, None, None] * tile + window[None, :]
+        input_index = places[tiles[:, 0, None, None], rows, cols]
+        within = (outputs[:, 1] % tile) * tile + outputs[:, 2] % tile
+        output_index = within * len(tiles) + tile_of_cell.reshape(-1)
+        return (
+            input_index.reshape(len(tiles), side * side).T.astype(np.int32),
+            np.append(output_index, 0).astype(np.int32),
+        )
+
     def __repr__(self):
         return (
             f"MapBand(map_sizes={self.map_sizes}, kernel_size={self.kernel_size}, "

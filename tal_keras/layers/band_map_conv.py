@@ -2,6 +2,7 @@
 (docs/design.md section 5), computed only on the cells that can matter."""
 
 import contextlib
+import math
 
 import keras
 import numpy as np
@@ -75,6 +76,7 @@ class BandMapConv(MapConvBase):
         band = self._band
         # Every band carries a zero row after its cells (see MapBand).
         features = _with_zero_row(proposal_features)
+        tile = _WRITTEN_OUT[-1][2] if _WRITTEN_OUT else 0
         for layer, conv in enumerate(self.convs):
             kernel = ops.cast(conv.kernel, features.dtype)
             features = band_layer(
@@ -85,6 +87,7 @@ class BandMapConv(MapConvBase):
                 band.forward_index[layer],
                 band.backward_index[layer],
                 band.gather_first[layer],
+                band.frequency_tiles(layer + 1, tile) if tile else None,
             )
         return features[:, :-1]
 
@@ -95,7 +98,14 @@ def _with_zero_row(values):
 
 
 def band_layer(
-    features, kernel, bias, mask_weights, forward_index, backward_index, gather_first
+    features,
+    kernel,
+    bias,
+    mask_weights,
+    forward_index,
+    backward_index,
+    gather_first,
+    frequency_tiles=None,
 ):
     """One layer, band m - 1 to band m: KxK conv by gathers, bias, ReLU, mask step.
 
@@ -103,8 +113,10 @@ def band_layer(
     row-major; bias: [H]; mask_weights: [n_out + 1], 0 at the zero row;
     forward_index: int32 [K * K, n_out + 1]; backward_index: int32
     [K * K, n_in + 1]; gather_first: gather then multiply (n_out + 1 rows per
-    tap) or multiply then gather (n_in + 1 rows). Returns [B, n_out + 1, H],
-    last row zero.
+    tap) or multiply then gather (n_in + 1 rows); frequency_tiles: None, or
+    `MapBand.frequency_tiles` of the layer, to compute it in the frequency
+    form inside `taps_written_out`. Returns [B, n_out + 1, H], last row
+    zero.
 
     The gradient is written out so that the backward pass keeps only the
     layer's input and output (each also the neighbouring layer's output or
@@ -116,6 +128,8 @@ def band_layer(
         return ops.relu(conv + bias) * mask_weights[None, :, None]
 
     if _WRITTEN_OUT:
+        if frequency_tiles is not None:
+            return activation(_frequency_taps(features, kernel, *frequency_tiles), bias)
         return activation(
             _written_out_taps(features, kernel, forward_index, gather_first), bias
         )
@@ -203,13 +217,13 @@ def band_layer(
     return layer(features, kernel, bias)
 
 
-# The (group, block) byte budgets per video of the `taps_written_out` blocks
-# entered, innermost last.
+# The (group bytes, block bytes, frequency tile) of the `taps_written_out`
+# blocks entered, innermost last.
 _WRITTEN_OUT = []
 
 
 @contextlib.contextmanager
-def taps_written_out(group_bytes=0, block_bytes=0):
+def taps_written_out(group_bytes=0, block_bytes=0, frequency_tile=0):
     """Band conv layers traced inside it run their taps as plain steps, each
     with its index rows and kernel slices constants, instead of a loop.
 
@@ -222,10 +236,12 @@ def taps_written_out(group_bytes=0, block_bytes=0):
     layers compute their output rows in blocks whose gathered rows of one tap
     fit in `block_bytes` per video (all rows in one block if 0), each block
     by one MatMul and one Add per tap with its Gathers, in the layer's
-    cheaper order (`_taps_in_row_blocks`). The sums are the same up to the
-    order of float additions.
+    cheaper order (`_taps_in_row_blocks`). With a `frequency_tile` T > 0
+    every layer is computed in the frequency form instead
+    (`_frequency_taps`, T x T output cells per tile). The sums are the same
+    up to float rounding.
     """
-    _WRITTEN_OUT.append((group_bytes, block_bytes))
+    _WRITTEN_OUT.append((group_bytes, block_bytes, frequency_tile))
     try:
         yield
     finally:
@@ -239,7 +255,7 @@ def _written_out_taps(features, kernel, forward_index, gather_first):
     features: [B, n_in + 1, C]; kernel: [K * K, C, H]; forward_index: int32
     numpy [K * K, n_out + 1]. Returns [B, n_out + 1, H].
     """
-    group_bytes, block_bytes = _WRITTEN_OUT[-1]
+    group_bytes, block_bytes, _ = _WRITTEN_OUT[-1]
     taps, rows = forward_index.shape
     row_bytes = features.shape[-1] * 4  # one gathered float32 row
     group = min(taps, group_bytes // (rows * row_bytes))
@@ -316,6 +332,94 @@ def _taps_in_row_blocks(features, kernel, forward_index, gather_first, block_row
     return blocks[0] if len(blocks) == 1 else ops.concatenate(blocks, axis=1)
 
 
+def frequency_transforms(tile, kernel_size):
+    """The real matrices of the frequency form's 2-D discrete Fourier
+    transforms, P = tile + kernel_size - 1, F = P (P // 2 + 1) frequencies
+    (the real input's half spectrum), computed in float64, returned float32.
+
+    Returns (forward [2 F, P * P]: the real then imaginary parts of the
+    spectrum of a P x P input, row-major; kernel [2 F, K * K]: the same of a
+    K x K kernel placed in the corner; inverse [tile * tile, 2 F]: the top
+    left tile x tile cells of the real inverse transform). With X, W the
+    spectra of an input window and a kernel, inverse @ (X * conj(W)) is
+    the window's KxK cross-correlation at its tile x tile inner cells,
+    exactly what the band conv's taps sum there (no wrap-around reaches
+    them).
+    """
+    side = tile + kernel_size - 1
+    rows = np.arange(side)[:, None, None, None]
+    cols = np.arange(side // 2 + 1)[None, :, None, None]
+
+    def spectrum(size):
+        cells = np.arange(size)
+        angle = (2 * np.pi / side) * (
+            rows * cells[None, None, :, None] + cols * cells[None, None, None, :]
+        )
+        angle = angle.reshape(-1, size * size)
+        return np.concatenate([np.cos(angle), -np.sin(angle)])
+
+    frequencies = side * (side // 2 + 1)
+    units = np.eye(2 * frequencies)
+    half_spectra = (units[:, :frequencies] + 1j * units[:, frequencies:]).reshape(
+        2 * frequencies, side, side // 2 + 1
+    )
+    inverse = np.fft.irfft2(half_spectra, s=(side, side))[:, :tile, :tile]
+    return (
+        spectrum(side).astype(np.float32),
+        spectrum(kernel_size).astype(np.float32),
+        inverse.reshape(2 * frequencies, tile * tile).T.astype(np.float32),
+    )
+
+
+def _frequency_taps(features, kernel, input_index, output_index):
+    """The conv of `band_layer` in the frequency form: each tile of T x T
+    output cells is the inverse transform of its P x P input window's
+    spectrum times the kernel's (conjugated), P = T + K - 1; the channel
+    mixing is one [2 tiles, C] x [C, H] product per frequency for the real
+    and one for the imaginary part of the kernel's spectrum. At the paper
+    config it multiplies about a tenth of what the taps do.
+
+    features: [B, n_in + 1, C], last row zero; kernel: [K * K, C, H];
+    input_index int32 numpy [P * P, tiles], output_index int32 numpy
+    [n_out + 1] (`MapBand.frequency_tiles`). Returns [B, n_out + 1, H] (the
+    zero row not zero: the mask step zeroes it).
+    """
+    window_cells, tiles = input_index.shape
+    taps, channels, hidden = kernel.shape
+    kernel_size = math.isqrt(taps)
+    tile = math.isqrt(window_cells) - kernel_size + 1
+    forward, kernel_transform, inverse = frequency_transforms(tile, kernel_size)
+    frequencies = forward.shape[0] // 2
+    windows = ops.reshape(
+        _rows(features, input_index), (-1, window_cells, tiles * channels)
+    )
+    spectra = ops.reshape(
+        _times(forward, windows), (-1, 2, frequencies, tiles, channels)
+    )
+    # [B, F, 2 tiles, C]: the real parts' rows, then the imaginary parts'.
+    spectra = ops.reshape(
+        ops.transpose(spectra, (0, 2, 1, 3, 4)), (-1, frequencies, 2 * tiles, channels)
+    )
+    kernel_spectra = ops.reshape(
+        _times(kernel_transform, ops.reshape(kernel, (taps, channels * hidden))),
+        (2, frequencies, channels, hidden),
+    )
+    by_real = _times(spectra, kernel_spectra[0])
+    by_imaginary = _times(spectra, kernel_spectra[1])
+    # (a + ib)(c - id) = (ac + bd) + i(bc - ad)
+    products = ops.concatenate(
+        [
+            by_real[:, :, :tiles] + by_imaginary[:, :, tiles:],
+            by_real[:, :, tiles:] - by_imaginary[:, :, :tiles],
+        ],
+        axis=1,
+    )
+    cells = _times(
+        inverse, ops.reshape(products, (-1, 2 * frequencies, tiles * hidden))
+    )
+    return _rows(ops.reshape(cells, (-1, tile * tile * tiles, hidden)), output_index)
+
+
 def _rows(values, index):
     """values[:, index]: [B, n, C] -> [B, *index.shape, C], index a numpy
     array of non-negative ints. On TensorFlow a plain gather: keras.ops.take
@@ -329,7 +433,8 @@ def _rows(values, index):
 
 
 def _times(values, weights):
-    """[B, n, C] x [C, H] -> [B, n, H]. On TensorFlow one plain matmul, which
+    """[B, n, C] x [C, H] -> [B, n, H] (or any matmul that broadcasts). On
+    TensorFlow one plain matmul, which
     the converter writes as one ONNX MatMul that keeps the input's batch
     dimension in the graph's shapes (onnxruntime runs it as one product of
     B n rows). Reshapes to [B * n, C] and back took two more nodes per
