@@ -5,9 +5,11 @@ postprocessing timed apart.
     python bench/bench_serving.py [--configs demo,paper] [--batch_sizes 1,32]
         [--runs 5] [--paper_runs 1] [--threads 0] [--markdown table.md]
         [--exported DIR] [--grouped_tap_bytes BYTES] [--tap_block_bytes BYTES]
+        [--frequency_tile T]
 
 Both networks are built with random weights (latency does not depend on
-them) and exported with `export.onnx_export.convert`; the int8 graph is the
+them) and exported with `export.onnx_export.convert` (its defaults: at the
+paper config the band conv in the frequency form); the int8 graph is the
 same model converted with the band conv's taps over whole bands through
 `export.onnx_export.to_int8`, as `--int8` exports. onnxruntime runs with
 the session options serving uses (`export.detector.session_options`).
@@ -165,6 +167,7 @@ def exported_model(
     cache=None,
     grouped_tap_bytes=GROUPED_TAP_BYTES,
     tap_block_bytes=TAP_BLOCK_BYTES,
+    frequency_tile=None,
 ):
     """(Keras inference model with random weights, its onnx.ModelProto as
     `export.onnx_export.convert` writes it).
@@ -172,7 +175,7 @@ def exported_model(
     cache: an ONNX file; read instead of converting when it exists (the same
     config and seed make the same weights; the timed inputs' max |ONNX -
     Keras| shows a mismatch), else written. grouped_tap_bytes,
-    tap_block_bytes: `convert`'s.
+    tap_block_bytes, frequency_tile: `convert`'s.
     """
     import keras
     import onnx
@@ -196,6 +199,7 @@ def exported_model(
         DEFAULT_OPSET,
         grouped_tap_bytes=grouped_tap_bytes,
         tap_block_bytes=tap_block_bytes,
+        frequency_tile=frequency_tile,
     )
     if cache:
         from tal_keras.atomic import atomic_path
@@ -219,6 +223,7 @@ def bench_config(
     cache=None,
     grouped_tap_bytes=GROUPED_TAP_BYTES,
     tap_block_bytes=TAP_BLOCK_BYTES,
+    frequency_tile=None,
 ):
     """Rows of one config, and {engine: max |ONNX - Keras|} seen."""
     import onnxruntime as ort
@@ -228,16 +233,17 @@ def bench_config(
 
     begin = time.perf_counter()
     model, exported = exported_model(
-        config, seed, cache, grouped_tap_bytes, tap_block_bytes
+        config, seed, cache, grouped_tap_bytes, tap_block_bytes, frequency_tile
     )
     # int8 quantizes the whole-band taps, as the export does (`to_int8`).
     whole_band = exported
-    if tap_block_bytes:
+    if tap_block_bytes or frequency_tile != 0:
         _, whole_band = exported_model(
             config,
             seed,
             cache and cache.removesuffix(".onnx") + ".whole-band.onnx",
             grouped_tap_bytes,
+            0,
             0,
         )
     print(f"{name}: exported in {time.perf_counter() - begin:.1f} s", flush=True)
@@ -346,6 +352,13 @@ def main():
         "export's, export.onnx_export.TAP_BLOCK_BYTES: 1,024 rows at H 512; "
         "0: whole bands).",
     )
+    parser.add_argument(
+        "--frequency_tile",
+        type=int,
+        default=None,
+        help="The export's band conv in the frequency form with tiles of this "
+        "side (default the export's choice, MapBand.frequency_tile; 0: taps).",
+    )
     parser.add_argument("--markdown", default=None, help="Also write the table here.")
     parser.add_argument(
         "--exported",
@@ -381,6 +394,7 @@ def main():
             else None,
             grouped_tap_bytes=args.grouped_tap_bytes,
             tap_block_bytes=args.tap_block_bytes,
+            frequency_tile=args.frequency_tile,
         )
         rows += config_rows
     table = markdown(rows)

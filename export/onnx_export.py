@@ -235,7 +235,7 @@ def convert(
     unroll=True,
     grouped_tap_bytes=GROUPED_TAP_BYTES,
     tap_block_bytes=TAP_BLOCK_BYTES,
-    frequency_tile=0,
+    frequency_tile=None,
 ):
     """onnx.ModelProto of the Keras inference model, with a dynamic batch named
     "batch", static proposal and class dimensions, outputs in the order
@@ -244,10 +244,13 @@ def convert(
     unroll: the band conv's taps as plain nodes, traced written out (a few
     at a time where their gathered rows fit in `grouped_tap_bytes` per
     video, else tap by tap in blocks of rows whose gathered rows of one tap
-    fit in `tap_block_bytes`: `band_map_conv.taps_written_out`) and converted
-    without tf2onnx's optimizer passes (`_tf2onnx_optimizers`), then any Loop
-    of a known trip count written out, constants folded and repeated nodes
-    merged (`export.unroll`); False keeps tf2onnx's Loops.
+    fit in `tap_block_bytes`: `band_map_conv.taps_written_out`), or in the
+    frequency form with tiles of `frequency_tile` cells a side (None: where
+    `MapBand.frequency_tile` finds that form multiplies at most half of what
+    the taps do, as at the paper config; 0: never), and converted without
+    tf2onnx's optimizer passes (`_tf2onnx_optimizers`), then any Loop of a
+    known trip count written out, constants folded and repeated nodes merged
+    (`export.unroll`); False keeps tf2onnx's Loops.
     """
     import onnx
 
@@ -327,13 +330,14 @@ def traced_graph(
     unroll=True,
     grouped_tap_bytes=GROUPED_TAP_BYTES,
     tap_block_bytes=TAP_BLOCK_BYTES,
-    frequency_tile=0,
+    frequency_tile=None,
 ):
     """onnx.ModelProto of a Keras model traced by Keras' tf2onnx export.
 
     inputs: {name: shape without the batch dimension} of its float32
     inputs, in the model's order (the batch stays dynamic); unroll,
-    grouped_tap_bytes, tap_block_bytes: as in `convert`. The outputs are
+    grouped_tap_bytes, tap_block_bytes, frequency_tile: as in `convert`. The
+    outputs are
     named by tf2onnx.
     """
     import onnx
@@ -612,6 +616,7 @@ def export_run(
         run_config.model,
         opset,
         tap_block_bytes=0 if int8 else TAP_BLOCK_BYTES,
+        frequency_tile=0 if int8 else None,
     )
     if fp16:
         model = to_float16(model)

@@ -118,6 +118,56 @@ class MapBand:
             )
         )
 
+    def frequency_multiply_adds(self, in_channels, out_channels, tile):
+        """Multiply-adds of the L layers on one video in the frequency form
+        (`band_map_conv._frequency_taps`) with tiles of tile x tile output
+        cells: each tile's input spectrum, the kernels' spectra, the channel
+        mixing (four real products per frequency) and the inverse."""
+        side = tile + self.kernel_size - 1
+        frequencies = side * (side // 2 + 1)
+        total = 0
+        for layer in range(1, self.num_conv_layers + 1):
+            channels = in_channels if layer == 1 else out_channels
+            tiles = len(self._tiles(layer, tile)[0])
+            total += (
+                2
+                * frequencies
+                * (
+                    side * side * tiles * channels
+                    + self.kernel_size**2 * channels * out_channels
+                    + 2 * tiles * channels * out_channels
+                    + tile * tile * tiles * out_channels
+                )
+            )
+        return total
+
+    def frequency_tile(self, in_channels, out_channels):
+        """The tile side (1 to 4 K) whose frequency form multiplies least, or 0
+        where even that is more than half of what the taps multiply
+        (`multiply_adds`): the frequency form's gathers and reshapes cost
+        more per multiply-add than the taps'. Paper config (H 512): 12, 0.19
+        of the taps' multiply-adds; the demo's (H 64, K 5): 0."""
+        counts = {
+            tile: self.frequency_multiply_adds(in_channels, out_channels, tile)
+            for tile in range(1, 4 * self.kernel_size + 1)
+        }
+        best = min(counts, key=counts.get)
+        if 2 * counts[best] > self.multiply_adds(in_channels, out_channels):
+            return 0
+        return best
+
+    def _tiles(self, layer, tile):
+        """(int64 [tiles, 3] (map, tile row, tile col) of the tile-aligned
+        squares holding a cell of band `layer`, sorted; int64 [n_layer] the
+        tile of each cell)."""
+        cells = self.band_cells[layer]
+        tiles, tile_of_cell = np.unique(
+            np.stack([cells[:, 0], cells[:, 1] // tile, cells[:, 2] // tile], 1),
+            axis=0,
+            return_inverse=True,
+        )
+        return tiles, tile_of_cell.reshape(-1)
+
     def frequency_tiles(self, layer, tile):
         """Gather tables of conv layer `layer` (1..L) computed in tiles of
         tile x tile output cells (`band_map_conv.taps_written_out`'s
@@ -150,17 +200,13 @@ class MapBand:
         places[inputs[:, 0], inputs[:, 1] + margin, inputs[:, 2] + margin] = np.arange(
             len(inputs)
         )
-        tiles, tile_of_cell = np.unique(
-            np.stack([outputs[:, 0], outputs[:, 1] // tile, outputs[:, 2] // tile], 1),
-            axis=0,
-            return_inverse=True,
-        )
+        tiles, tile_of_cell = self._tiles(layer, tile)
         window = np.arange(side) - half + margin
         rows = tiles[:, 1, None, None] * tile + window[:, None]
         cols = tiles[:, 2, None, None] * tile + window[None, :]
         input_index = places[tiles[:, 0, None, None], rows, cols]
         within = (outputs[:, 1] % tile) * tile + outputs[:, 2] % tile
-        output_index = within * len(tiles) + tile_of_cell.reshape(-1)
+        output_index = within * len(tiles) + tile_of_cell
         return (
             input_index.reshape(len(tiles), side * side).T.astype(np.int32),
             np.append(output_index, 0).astype(np.int32),

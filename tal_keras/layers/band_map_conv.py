@@ -77,6 +77,8 @@ class BandMapConv(MapConvBase):
         # Every band carries a zero row after its cells (see MapBand).
         features = _with_zero_row(proposal_features)
         tile = _WRITTEN_OUT[-1][2] if _WRITTEN_OUT else 0
+        if tile is None:
+            tile = band.frequency_tile(proposal_features.shape[-1], self.hidden_size)
         for layer, conv in enumerate(self.convs):
             kernel = ops.cast(conv.kernel, features.dtype)
             features = band_layer(
@@ -238,8 +240,10 @@ def taps_written_out(group_bytes=0, block_bytes=0, frequency_tile=0):
     by one MatMul and one Add per tap with its Gathers, in the layer's
     cheaper order (`_taps_in_row_blocks`). With a `frequency_tile` T > 0
     every layer is computed in the frequency form instead
-    (`_frequency_taps`, T x T output cells per tile). The sums are the same
-    up to float rounding.
+    (`_frequency_taps`, T x T output cells per tile); with None, in the
+    frequency form where `MapBand.frequency_tile` finds it multiplies at
+    most half of what the taps do (the paper config: yes, the demo's: no).
+    The sums are the same up to float rounding.
     """
     _WRITTEN_OUT.append((group_bytes, block_bytes, frequency_tile))
     try:
