@@ -1,0 +1,180 @@
+"""The band conv's frequency form (the ONNX export's at the paper config):
+its tile tables read exactly the taps' cells, it sums the same as the taps
+on any tile size and batch, the export picks it by multiply-adds, and the
+exported graph matches Keras on typical and near-tied clips."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tensorflow as tf
+from test_export import TINY_MODEL, random_clips
+from test_unroll import _near_tie_clips
+
+from export import onnx_export
+from tal_keras.lattice import Lattice
+from tal_keras.layers.band_map_conv import (
+    band_layer,
+    frequency_transforms,
+    taps_written_out,
+)
+from tal_keras.map_band import MapBand
+from tal_keras.models import (
+    build_classifier_network,
+    build_inference_model,
+    build_proposal_network,
+)
+
+# (num_clips, scale_layers, kernel_size, num_conv_layers, map_mode)
+CASES = [
+    (16, (4, 2, 2), 3, 2, "s2dtan"),
+    (16, (16,), 9, 3, "2dtan"),  # kernel wider than half the map
+    (32, (8, 4, 4), 5, 4, "s2dtan"),
+    (64, (16, 8, 8), 9, 4, "s2dtan"),
+]
+TILES = (1, 2, 5, 40)  # 40: one tile larger than any map
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_tile_window_holds_exactly_the_cells_the_taps_read(case):
+    """For every output cell and tap (a, b), the cell's tile window at
+    (row in tile + a, col in tile + b) is the input row the tap reads
+    (`MapBand.forward_index`, the zero row included); each cell has a place
+    of its own in the tiles' outputs."""
+    num_clips, scales, kernel_size, num_layers, map_mode = case
+    band = MapBand(Lattice(num_clips, scales), kernel_size, num_layers, map_mode)
+    for layer in range(1, num_layers + 1):
+        forward = band.forward_index[layer - 1][:, :-1]  # [K * K, n_out]
+        for tile in TILES:
+            input_index, output_index = band.frequency_tiles(layer, tile)
+            side = tile + kernel_size - 1
+            tiles = input_index.shape[1]
+            assert input_index.shape[0] == side * side
+            places = output_index[:-1]
+            assert len(np.unique(places)) == len(places) == band.band_sizes[layer]
+            assert places.max() < tile * tile * tiles
+            within, tile_of_cell = np.divmod(places, tiles)
+            row, col = np.divmod(within, tile)
+            for tap in range(kernel_size**2):
+                a, b = divmod(tap, kernel_size)
+                np.testing.assert_array_equal(
+                    input_index[(row + a) * side + col + b, tile_of_cell],
+                    forward[tap],
+                )
+
+
+def test_the_transforms_invert_on_the_inner_cells():
+    """inverse @ forward is the identity on a window's inner tile cells."""
+    tile, kernel_size = 4, 3
+    forward, kernel, inverse = frequency_transforms(tile, kernel_size)
+    side = tile + kernel_size - 1
+    frequencies = side * (side // 2 + 1)
+    assert forward.shape == (2 * frequencies, side * side)
+    assert kernel.shape == (2 * frequencies, kernel_size**2)
+    assert inverse.shape == (tile * tile, 2 * frequencies)
+    window = np.random.default_rng(0).normal(size=(side * side, 3))
+    inner = window.reshape(side, side, 3)[:tile, :tile].reshape(tile * tile, 3)
+    np.testing.assert_allclose(inverse @ (forward @ window), inner, atol=1e-5)
+
+
+def _tap_sum(features, kernel, forward_index):
+    """float64 sum over taps of gather then multiply."""
+    return sum(
+        features[:, forward_index[tap]].astype(np.float64) @ kernel[tap]
+        for tap in range(kernel.shape[0])
+    )
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_frequency_form_sums_what_the_taps_sum(case):
+    num_clips, scales, kernel_size, num_layers, map_mode = case
+    band = MapBand(Lattice(num_clips, scales), kernel_size, num_layers, map_mode)
+    rng = np.random.default_rng(1)
+    channels, hidden = 5, 3
+    for layer in range(1, num_layers + 1):
+        index = layer - 1
+        features = rng.normal(size=(2, band.band_sizes[index] + 1, channels))
+        features[:, -1] = 0  # the zero row
+        features = features.astype(np.float32)
+        kernel = rng.normal(size=(kernel_size**2, channels, hidden)).astype(np.float32)
+        bias = np.float32(0.1) * np.arange(hidden, dtype=np.float32)
+        conv = _tap_sum(features, kernel, band.forward_index[index])
+        expected = np.maximum(conv + bias, 0) * band.mask_weights[index][:, None]
+        for tile in TILES:
+            with taps_written_out(0, 0, tile):
+                found = band_layer(
+                    tf.constant(features),
+                    tf.constant(kernel),
+                    tf.constant(bias),
+                    tf.constant(band.mask_weights[index]),
+                    band.forward_index[index],
+                    band.backward_index[index],
+                    band.gather_first[index],
+                    band.frequency_tiles(layer, tile),
+                ).numpy()
+            scale = max(1.0, float(np.abs(expected).max()))
+            np.testing.assert_allclose(found, expected, rtol=0, atol=1e-5 * scale)
+            np.testing.assert_array_equal(found[:, -1], 0.0)  # zero row kept
+
+
+def test_the_export_chooses_the_frequency_form_by_multiply_adds():
+    paper = MapBand(Lattice(256, (64, 32, 32)), 9, 4)
+    tile = paper.frequency_tile(512, 512)
+    assert tile == 11
+    ratio = paper.frequency_multiply_adds(512, 512, tile) / paper.multiply_adds(
+        512, 512
+    )
+    assert 0.15 < ratio < 0.2
+    # Each other tile multiplies more.
+    for other in (tile - 1, tile + 1, 4, 24):
+        assert paper.frequency_multiply_adds(
+            512, 512, other
+        ) > paper.frequency_multiply_adds(512, 512, tile)
+    # The demo's config and the tests' tiny one: the taps.
+    assert MapBand(Lattice(64, (16, 8, 8)), 5, 2).frequency_tile(64, 64) == 0
+    tiny = MapBand(
+        TINY_MODEL.lattice, TINY_MODEL.kernel_size, TINY_MODEL.num_conv_layers
+    )
+    assert tiny.frequency_tile(TINY_MODEL.hidden_size, TINY_MODEL.hidden_size) == 0
+
+
+def _session(model):
+    return ort.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+
+
+def test_the_export_in_the_frequency_form_matches_keras(monkeypatch):
+    """Forced (tile 3) and chosen (`MapBand.frequency_tile` made to pick 2):
+    fewer products than taps, outputs within 1e-5 of Keras on random and
+    near-tied clips, a batch equal to its videos one by one."""
+    model = build_inference_model(
+        build_proposal_network(TINY_MODEL), build_classifier_network(TINY_MODEL)
+    )
+    forced = onnx_export.convert(
+        model, TINY_MODEL, onnx_export.DEFAULT_OPSET, frequency_tile=3
+    )
+    monkeypatch.setattr(MapBand, "frequency_tile", lambda self, c, h: 2)
+    chosen = onnx_export.convert(model, TINY_MODEL, onnx_export.DEFAULT_OPSET)
+    monkeypatch.undo()
+    taps = onnx_export.convert(model, TINY_MODEL, onnx_export.DEFAULT_OPSET)
+    products = {
+        name: sum(node.op_type == "MatMul" for node in graph.graph.node)
+        for name, graph in (("forced", forced), ("chosen", chosen), ("taps", taps))
+    }
+    assert products["taps"] > products["forced"] == products["chosen"]
+    for graph in (forced, chosen):
+        session = _session(graph)
+        for clips in (random_clips(3), _near_tie_clips(4)):
+            found = onnx_export.onnx_scores(session, clips)
+            expected = onnx_export.keras_scores(model, clips, len(clips))
+            one_by_one = [
+                onnx_export.onnx_scores(session, clips[i : i + 1])
+                for i in range(len(clips))
+            ]
+            for name in expected:
+                np.testing.assert_allclose(found[name], expected[name], atol=1e-5)
+                np.testing.assert_allclose(
+                    np.concatenate([single[name] for single in one_by_one]),
+                    found[name],
+                    atol=1e-6,
+                )
