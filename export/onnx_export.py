@@ -9,10 +9,13 @@ The ONNX outputs are checked against Keras on videos of the run's evaluation
 subset (the training cache and resampling); without the data, on random
 inputs, with a warning. A difference above the tolerance (1e-4 in float32;
 --fp16_tolerance in float16) fails the export and leaves no file behind.
-With --int8 the float32 graph is checked so first, then its matrix products
-are quantized (`to_int8`) and the int8 graph's difference from Keras and its
-time beside float32's are reported, not held to a tolerance (quantization
-error is expected; --tolerance sets one).
+With --int8 the float32 graph is checked so first, then the model's matrix
+products are quantized (`to_int8`, on the band conv's taps over whole bands)
+and the int8 graph's difference from Keras and its time beside the float32
+graph's are reported, not held to a tolerance (quantization error is
+expected; --tolerance sets one); a warning says so where int8 is the slower
+(the paper config, whose float32 graph computes the band conv in the
+frequency form).
 Needs TensorFlow (the Keras TF backend and tf2onnx); serving does not.
 """
 
@@ -42,8 +45,12 @@ DEFAULT_OPSET = 17
 # of each layer fit (11 MB per video) and onnxruntime took 0.90x the time of
 # tap by tap at batch 32 and 0.75x at batch 1; at the paper config one tap's
 # rows take 45 MB, so it stays tap by tap (groups of 9 took 1.07x the time
-# there, for 9 times the memory). docs/performance.md has the measurements.
-GROUPED_TAP_BYTES = 16 * 2**20
+# there, for 9 times the memory). A layer in the frequency form takes its
+# tiles in groups whose input windows fit in the same budget: at the paper
+# config's widest layer (two threads, batch 4) 3.72 s and 2.7
+# GiB of peak memory in groups against 3.25 s and 6.5 GiB all at once.
+# docs/performance.md has the measurements.
+GROUPED_TAP_BYTES = 32 * 2**20
 # Band conv layers whose taps are not grouped compute their output rows in
 # blocks whose gathered rows of one tap take at most this many bytes per video
 # (1,024 rows at H 512), so that a block's Gather, MatMul and Add stay in the
@@ -84,9 +91,10 @@ class ExportReport:
         seconds: time the export took, check included.
         mean_abs_diff: {output name: mean |ONNX - Keras|} (int8 only).
         float32_max_abs_diff: {output name: max |ONNX - Keras|} of the float32
-            graph the int8 one was quantized from (int8 only).
-        call_seconds: {"float32": s, "int8": s}, one onnxruntime call of each
-            graph on the check's videos (int8 only).
+            graph a float32 export writes (int8 only).
+        call_seconds: {"float32": s, "int8": s}, one onnxruntime call of the
+            float32 graph a float32 export writes and of the int8 graph on
+            the check's videos (int8 only).
     """
 
     path: str
@@ -124,8 +132,8 @@ class ExportReport:
                 for name, value in self.float32_max_abs_diff.items()
             )
             line += (
-                f"\nint8: mean |ONNX - Keras| {means}; the float32 graph it was "
-                f"quantized from: max {float_diffs}; one call on the check's "
+                f"\nint8: mean |ONNX - Keras| {means}; the float32 export's "
+                f"graph: max {float_diffs}; one call on the check's "
                 f"videos: int8 {self.call_seconds['int8']:.3f} s, float32 "
                 f"{self.call_seconds['float32']:.3f} s"
             )
@@ -577,7 +585,8 @@ def export_run(
             is quantized from is held to 1e-4).
         category_file: class names, one per line, when the run's annotations
             are not at hand.
-        int8: quantize the float32 graph's matrix products (`to_int8`).
+        int8: quantize the model's matrix products (`to_int8`, on the band
+            conv's taps over whole bands), after checking the float32 graph.
 
     Returns:
         `ExportReport`.
@@ -610,14 +619,7 @@ def export_run(
     run_config, proposal_network, classifier_network = load_run(workdir)
     class_names = run_class_names(run_config, category_file)
     inference_model = build_inference_model(proposal_network, classifier_network)
-    # int8 quantizes the whole-band taps (`to_int8`).
-    model = convert(
-        inference_model,
-        run_config.model,
-        opset,
-        tap_block_bytes=0 if int8 else TAP_BLOCK_BYTES,
-        frequency_tile=0 if int8 else None,
-    )
+    model = convert(inference_model, run_config.model, opset)
     if fp16:
         model = to_float16(model)
 
@@ -646,9 +648,26 @@ def export_run(
     }
     int8_report = {}
     if int8:
-        model = to_int8(model)
+        # Quantized from the whole-band taps (`to_int8`).
+        del session, model
+        model = to_int8(
+            convert(
+                inference_model,
+                run_config.model,
+                opset,
+                tap_block_bytes=0,
+                frequency_tile=0,
+            )
+        )
         session = _session(model)
         found, int8_seconds = _timed_scores(session, clip_features)
+        if int8_seconds > float_seconds:
+            logger.warning(
+                "int8 took %.3f s per call on the check's videos, the float32 "
+                "graph %.3f s: at this config the float32 export serves faster.",
+                int8_seconds,
+                float_seconds,
+            )
         int8_report = {
             "mean_abs_diff": _differences(found, expected, np.mean),
             "float32_max_abs_diff": max_abs_diff,

@@ -145,7 +145,7 @@ class MapBand:
         """The tile side (1 to 4 K) whose frequency form multiplies least, or 0
         where even that is more than half of what the taps multiply
         (`multiply_adds`): the frequency form's gathers and reshapes cost
-        more per multiply-add than the taps'. Paper config (H 512): 12, 0.19
+        more per multiply-add than the taps'. Paper config (H 512): 11, 0.19
         of the taps' multiply-adds; the demo's (H 64, K 5): 0."""
         counts = {
             tile: self.frequency_multiply_adds(in_channels, out_channels, tile)

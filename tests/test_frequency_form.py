@@ -1,7 +1,9 @@
 """The band conv's frequency form (the ONNX export's at the paper config):
 its tile tables read exactly the taps' cells, it sums the same as the taps
-on any tile size and batch, the export picks it by multiply-adds, and the
+on any tile size, group of tiles and batch, the export picks it by multiply-adds, and the
 exported graph matches Keras on typical and near-tied clips."""
+
+import itertools
 
 import numpy as np
 import onnxruntime as ort
@@ -99,8 +101,9 @@ def test_the_frequency_form_sums_what_the_taps_sum(case):
         bias = np.float32(0.1) * np.arange(hidden, dtype=np.float32)
         conv = _tap_sum(features, kernel, band.forward_index[index])
         expected = np.maximum(conv + bias, 0) * band.mask_weights[index][:, None]
-        for tile in TILES:
-            with taps_written_out(0, 0, tile):
+        for tile, group_bytes in itertools.product(TILES, (0, 600)):
+            # 600 bytes: groups of 1 to 7 tiles' windows (5 channels)
+            with taps_written_out(group_bytes, 0, tile):
                 found = band_layer(
                     tf.constant(features),
                     tf.constant(kernel),

@@ -37,7 +37,9 @@ class BandMapConv(MapConvBase):
     at the paper's config (whole maps: 4.34x). Gathers and matrix products
     are plain ONNX Gather and MatMul; the taps run in a loop, one at a time,
     so that one tap's temporaries are alive at once (the ONNX export traces
-    the taps written out instead, `taps_written_out`). Bias,
+    the taps written out instead, or, where it multiplies at most half as
+    much, the frequency form: tiles of output cells through 2-D discrete
+    Fourier transforms written as matrix products, `taps_written_out`). Bias,
     ReLU and the mask step are part of the layer, and its gradient is
     written by hand (`keras.ops.custom_gradient`): a gather's transpose is
     again a gather (`MapBand.backward_index`), both products use the cheaper
@@ -131,7 +133,10 @@ def band_layer(
 
     if _WRITTEN_OUT:
         if frequency_tiles is not None:
-            return activation(_frequency_taps(features, kernel, *frequency_tiles), bias)
+            group_bytes = _WRITTEN_OUT[-1][0]
+            return activation(
+                _frequency_taps(features, kernel, *frequency_tiles, group_bytes), bias
+            )
         return activation(
             _written_out_taps(features, kernel, forward_index, gather_first), bias
         )
@@ -240,7 +245,8 @@ def taps_written_out(group_bytes=0, block_bytes=0, frequency_tile=0):
     by one MatMul and one Add per tap with its Gathers, in the layer's
     cheaper order (`_taps_in_row_blocks`). With a `frequency_tile` T > 0
     every layer is computed in the frequency form instead
-    (`_frequency_taps`, T x T output cells per tile); with None, in the
+    (`_frequency_taps`, T x T output cells per tile, in groups of tiles whose
+    input windows fit in `group_bytes` per video); with None, in the
     frequency form where `MapBand.frequency_tile` finds it multiplies at
     most half of what the taps do (the paper config: yes, the demo's: no).
     The sums are the same up to float rounding.
@@ -375,13 +381,17 @@ def frequency_transforms(tile, kernel_size):
     )
 
 
-def _frequency_taps(features, kernel, input_index, output_index):
+def _frequency_taps(features, kernel, input_index, output_index, group_bytes=0):
     """The conv of `band_layer` in the frequency form: each tile of T x T
     output cells is the inverse transform of its P x P input window's
     spectrum times the kernel's (conjugated), P = T + K - 1; the channel
     mixing is one [2 tiles, C] x [C, H] product per frequency for the real
     and one for the imaginary part of the kernel's spectrum. At the paper
-    config it multiplies about a tenth of what the taps do.
+    config, with the transforms and the kernel spectra, it multiplies 0.19
+    of what the taps do (`MapBand.frequency_multiply_adds`). The tiles go in
+    groups whose input windows take at most `group_bytes` per video
+    (float32; all in one group if 0), so that one group's temporaries, about
+    six times its windows' size, are alive at a time.
 
     features: [B, n_in + 1, C], last row zero; kernel: [K * K, C, H];
     input_index int32 numpy [P * P, tiles], output_index int32 numpy
@@ -394,37 +404,57 @@ def _frequency_taps(features, kernel, input_index, output_index):
     tile = math.isqrt(window_cells) - kernel_size + 1
     forward, kernel_transform, inverse = frequency_transforms(tile, kernel_size)
     frequencies = forward.shape[0] // 2
-    windows = ops.reshape(
-        _rows(features, input_index), (-1, window_cells, tiles * channels)
-    )
-    spectra = ops.reshape(
-        _times(forward, windows), (-1, 2, frequencies, tiles, channels)
-    )
-    # [B, F, 2 tiles, C]: the real parts' rows, then the imaginary parts'.
-    spectra = ops.reshape(
-        ops.transpose(spectra, (0, 2, 1, 3, 4)), (-1, frequencies, 2 * tiles, channels)
-    )
-    kernel_spectra = ops.reshape(
-        _times(
-            _per_call(kernel_transform, features),
-            ops.reshape(kernel, (taps, channels * hidden)),
-        ),
-        (2, frequencies, channels, hidden),
-    )
-    by_real = _times(spectra, kernel_spectra[0])
-    by_imaginary = _times(spectra, kernel_spectra[1])
-    # (a + ib)(c - id) = (ac + bd) + i(bc - ad)
-    products = ops.concatenate(
-        [
-            by_real[:, :, :tiles] + by_imaginary[:, :, tiles:],
-            by_real[:, :, tiles:] - by_imaginary[:, :, :tiles],
-        ],
-        axis=1,
-    )
-    cells = _times(
-        inverse, ops.reshape(products, (-1, 2 * frequencies, tiles * hidden))
-    )
-    return _rows(ops.reshape(cells, (-1, tile * tile * tiles, hidden)), output_index)
+    # [F, C, H] each: the kernels' spectra, real and imaginary parts.
+    kernel_spectra = [
+        ops.reshape(
+            _times(
+                _per_call(part, features),
+                ops.reshape(kernel, (taps, channels * hidden)),
+            ),
+            (frequencies, channels, hidden),
+        )
+        for part in (kernel_transform[:frequencies], kernel_transform[frequencies:])
+    ]
+    group = tiles
+    if group_bytes:
+        group = max(1, min(tiles, group_bytes // (window_cells * channels * 4)))
+    outputs = []
+    for begin in range(0, tiles, group):
+        window_index = input_index[:, begin : begin + group]
+        size = window_index.shape[1]
+        windows = ops.reshape(
+            _rows(features, window_index), (-1, window_cells, size * channels)
+        )
+        spectra = ops.reshape(
+            _times(forward, windows), (-1, 2, frequencies, size, channels)
+        )
+        # [B, F, 2 size, C]: the real parts' rows, then the imaginary parts'.
+        spectra = ops.reshape(
+            ops.transpose(spectra, (0, 2, 1, 3, 4)),
+            (-1, frequencies, 2 * size, channels),
+        )
+        by_real = _times(spectra, kernel_spectra[0])
+        by_imaginary = _times(spectra, kernel_spectra[1])
+        # (a + ib)(c - id) = (ac + bd) + i(bc - ad)
+        products = ops.concatenate(
+            [
+                by_real[:, :, :size] + by_imaginary[:, :, size:],
+                by_real[:, :, size:] - by_imaginary[:, :, :size],
+            ],
+            axis=1,
+        )
+        cells = _times(
+            inverse, ops.reshape(products, (-1, 2 * frequencies, size * hidden))
+        )
+        outputs.append(ops.reshape(cells, (-1, tile * tile * size, hidden)))
+    # output_index places cell (within, t) at within * tiles + t; in groups,
+    # tile t is tile t % group of group t // group.
+    within, place = np.divmod(output_index, tiles)
+    first = place - place % group
+    size = np.minimum(group, tiles - first)
+    output_index = first * tile * tile + within * size + place % group
+    cells = outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=1)
+    return _rows(cells, output_index.astype(np.int32))
 
 
 def _per_call(constant, values):
