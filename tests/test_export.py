@@ -197,6 +197,36 @@ def test_int8_export_reports_its_difference_and_speed_and_serves(tiny_run, tmp_p
         np.testing.assert_allclose(found[name], expected[name], atol=0.05)
 
 
+def test_int8_export_warns_where_int8_is_the_slower(
+    tiny_run, tmp_path, monkeypatch, caplog
+):
+    """The report times the float32 graph a float32 export writes and the
+    int8 one; where int8 took longer the export says to serve float32."""
+    workdir, *_ = tiny_run
+    timed = onnx_export._timed_scores
+    calls = []
+
+    def slower_each_call(session, clip_features):
+        scores, _ = timed(session, clip_features)
+        calls.append(len(calls) + 1.0)
+        return scores, calls[-1]
+
+    monkeypatch.setattr(onnx_export, "_timed_scores", slower_each_call)
+    out = str(tmp_path / "quantized.onnx")
+    with caplog.at_level("WARNING", logger="tal_keras"):
+        report = onnx_export.export_run(workdir, out=out, int8=True, check_videos=2)
+    assert report.call_seconds == {"float32": 1.0, "int8": 2.0}
+    assert "the float32 export serves faster" in caplog.text
+    caplog.clear()  # int8 as fast: no warning
+    monkeypatch.setattr(
+        onnx_export,
+        "_timed_scores",
+        lambda session, clips: (timed(session, clips)[0], 1.0),
+    )
+    onnx_export.export_run(workdir, out=out, int8=True, check_videos=2)
+    assert "serves faster" not in caplog.text
+
+
 def test_int8_export_with_a_tolerance_fails_beyond_it(tiny_run, tmp_path, capsys):
     workdir, *_ = tiny_run
     out = tmp_path / "quantized.onnx"
