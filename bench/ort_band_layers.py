@@ -1,16 +1,20 @@
 """The paper config's band conv (N 256, scales 64,32,32, H 512, K 9, L 4) in
 onnxruntime, layer by layer, in the forms the export can write
-(`band_map_conv.taps_written_out`): tap by tap in blocks of output rows
-(`blocks`: one Gather, MatMul and Add per tap and block, in the layer's
-cheaper order, blocks of `export.onnx_export.TAP_BLOCK_BYTES`: the export's
-default form at the paper config), tap by tap over the whole band (`taps`:
-`tap_block_bytes=0`), and grouped (gather first, --taps_per_product taps per product, the
-form the export takes where a group's gathered rows fit its budget), float32
-and int8 (`export.onnx_export.to_int8`), against the Keras layer
-(`BandMapConv`, TensorFlow) on the same batch.
+(`band_map_conv.taps_written_out`): the frequency form (`frequency`: tiles
+of --tile cells a side, default `MapBand.frequency_tile`'s choice, in the
+export's groups of tiles; the export's default form at the paper config),
+tap by tap in blocks of output rows (`blocks`: one Gather, MatMul and Add
+per tap and block, in the layer's cheaper order, blocks of
+`export.onnx_export.TAP_BLOCK_BYTES`), tap by tap over the whole band
+(`taps`: `tap_block_bytes=0`), and grouped (gather first,
+--taps_per_product taps per product, the form the export takes where a
+group's gathered rows fit its budget), float32 and int8
+(`export.onnx_export.to_int8`), against the Keras layer (`BandMapConv`,
+TensorFlow) on the same batch.
 
     python bench/ort_band_layers.py [--hidden 512] [--runs 1] [--threads 1]
-        [--forms blocks,taps,grouped,blocks-int8,taps-int8,grouped-int8]
+        [--forms frequency,blocks,taps,grouped,blocks-int8,taps-int8,grouped-int8]
+        [--tile T]
         [--taps_per_product 9] [--keras]
 
 Each layer's graph is the layer (`band_map_conv.band_layer`: its taps,
@@ -41,17 +45,17 @@ from tal_keras.lattice import Lattice
 from tal_keras.map_band import MapBand
 
 FORMS = (
+    "frequency",
     "blocks",
     "taps",
     "grouped",
-    "frequency",
     "blocks-int8",
     "taps-int8",
     "grouped-int8",
 )
 
 
-def layer_graph(band, layer, weights, form, taps_per_product, tile=12):
+def layer_graph(band, layer, weights, form, taps_per_product, tile):
     """onnx.ModelProto of band conv layer `layer` (1-based; bias 0, then ReLU
     and the mask step) traced as the export traces it
     (`export.onnx_export.traced_graph`): features [B, n_in + 1, C], last row
@@ -59,11 +63,17 @@ def layer_graph(band, layer, weights, form, taps_per_product, tile=12):
     groups of `taps_per_product` ("grouped": gather first; the group budget
     `band_map_conv.taps_written_out` gets is sized for that many), or one by
     one in the layer's cheaper order, in the export's blocks of rows
-    ("blocks") or over the whole band ("taps")."""
+    ("blocks") or over the whole band ("taps"), or in the frequency form with
+    tiles of `tile` cells a side ("frequency")."""
     import keras
     from keras import ops
 
-    from export.onnx_export import DEFAULT_OPSET, TAP_BLOCK_BYTES, traced_graph
+    from export.onnx_export import (
+        DEFAULT_OPSET,
+        GROUPED_TAP_BYTES,
+        TAP_BLOCK_BYTES,
+        traced_graph,
+    )
     from tal_keras.layers.band_map_conv import band_layer
 
     index = layer - 1
@@ -86,11 +96,14 @@ def layer_graph(band, layer, weights, form, taps_per_product, tile=12):
     model = keras.Model(features, keras.layers.Lambda(conv_layer)(features))
     output_rows = band.forward_index[index].shape[1]
     group = taps_per_product if form == "grouped" else 1
+    group_bytes = group * output_rows * channels * 4
+    if form == "frequency":  # tiles in the export's groups
+        group_bytes = GROUPED_TAP_BYTES
     return traced_graph(
         model,
         {"features": input_shape},
         DEFAULT_OPSET,
-        grouped_tap_bytes=group * output_rows * channels * 4,
+        grouped_tap_bytes=group_bytes,
         tap_block_bytes=TAP_BLOCK_BYTES if form == "blocks" else 0,
         frequency_tile=tile if form == "frequency" else 0,
     )
@@ -122,7 +135,10 @@ def main(argv=None):
         help="Taps per group (grouped forms).",
     )
     parser.add_argument(
-        "--tile", type=int, default=12, help="Output cells per tile side (frequency)."
+        "--tile",
+        type=int,
+        default=None,
+        help="Output cells per tile side (frequency; default the export's choice).",
     )
     args = parser.parse_args(argv)
     import onnxruntime as ort
@@ -137,6 +153,7 @@ def main(argv=None):
 
     forms = args.forms.split(",")
     band = MapBand(Lattice(256, (64, 32, 32)), 9, 4)
+    tile = args.tile or band.frequency_tile(args.hidden, args.hidden)
     rng = np.random.default_rng(0)
     scale = 1 / np.sqrt(81 * args.hidden)
     rows, totals = [], dict.fromkeys(forms, (0.0, 0.0))
@@ -155,7 +172,7 @@ def main(argv=None):
                 weights,
                 form.removesuffix("-int8"),
                 args.taps_per_product,
-                args.tile,
+                tile,
             )
             if form.endswith("int8"):
                 graph = to_int8(graph)

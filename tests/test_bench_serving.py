@@ -63,8 +63,16 @@ def test_band_layer_graphs_compute_the_layer_in_each_form():
         conv = sum(features[:, rows[tap]] @ weights[tap] for tap in range(9))
         expected = np.maximum(conv, 0) * band.mask_weights[layer - 1][:, None]
         # At this width one block holds the whole layer.
-        for form, product_count in (("blocks", 9), ("taps", 9), ("grouped", 3)):
-            graph = ort_band_layers.layer_graph(band, layer, weights, form, 4)
+        # Frequency form: per group of tiles the window transform, two
+        # mixing products and the inverse (tile 2: one group at this width),
+        # and the kernel spectra's two.
+        for form, product_count in (
+            ("blocks", 9),
+            ("taps", 9),
+            ("grouped", 3),
+            ("frequency", 6),
+        ):
+            graph = ort_band_layers.layer_graph(band, layer, weights, form, 4, 2)
             products = [node for node in graph.graph.node if node.op_type == "MatMul"]
             assert len(products) == product_count
             session = ort.InferenceSession(
