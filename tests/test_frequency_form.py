@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from test_export import TINY_MODEL, random_clips
 from test_unroll import _near_tie_clips
+from tiny_configs import tiny_model
 
 from export import onnx_export
 from tal_keras.lattice import Lattice
@@ -188,3 +189,21 @@ def test_the_export_in_the_frequency_form_matches_keras(monkeypatch):
                     found[name],
                     atol=1e-6,
                 )
+
+
+def test_the_frequency_form_stores_each_weight_once():
+    """The kernel is reshaped once for both spectra: the converter stores
+    each reshape of a constant, and the export merges only small repeated
+    constants (here each layer's kernel holds 9 x 24 x 24 = 5,184 values)."""
+    config = tiny_model(hidden_size=24)
+    model = build_inference_model(
+        build_proposal_network(config), build_classifier_network(config)
+    )
+    graph = onnx_export.convert(
+        model, config, onnx_export.DEFAULT_OPSET, frequency_tile=3
+    )
+    stored = [init.raw_data for init in graph.graph.initializer]
+    kernels = [data for data in stored if len(data) == 4 * 9 * 24 * 24]
+    assert len(kernels) == config.num_conv_layers
+    large = [data for data in stored if len(data) > 4 * 4096]
+    assert len(set(large)) == len(large)

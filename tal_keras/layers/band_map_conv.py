@@ -404,13 +404,12 @@ def _frequency_taps(features, kernel, input_index, output_index, group_bytes=0):
     tile = math.isqrt(window_cells) - kernel_size + 1
     forward, kernel_transform, inverse = frequency_transforms(tile, kernel_size)
     frequencies = forward.shape[0] // 2
-    # [F, C, H] each: the kernels' spectra, real and imaginary parts.
+    # [F, C, H] each: the kernels' spectra, real and imaginary parts (the
+    # kernel reshaped once: the converter stores each reshape's result).
+    kernel_by_tap = ops.reshape(kernel, (taps, channels * hidden))
     kernel_spectra = [
         ops.reshape(
-            _times(
-                _per_call(part, features),
-                ops.reshape(kernel, (taps, channels * hidden)),
-            ),
+            _times(_per_call(part, features), kernel_by_tap),
             (frequencies, channels, hidden),
         )
         for part in (kernel_transform[:frequencies], kernel_transform[frequencies:])
