@@ -3,7 +3,8 @@ per hidden width H: one table.
 
     python bench/export_memory.py                    # H 512, the paper config
     python bench/export_memory.py --hidden 128,256,512 --check
-    python bench/export_memory.py --check --tap_block_bytes 0   # whole bands
+    python bench/export_memory.py --check --frequency_tile 0    # taps in blocks
+    python bench/export_memory.py --check --frequency_tile 0 --tap_block_bytes 0
 
 Each width is converted in its own subprocess (`export.onnx_export.convert`
 of the inference model, both networks, random weights): "peak RSS GiB" is
@@ -29,7 +30,7 @@ from bench_compile import child_rows, load_average
 from bench_input import memory_status
 
 
-def child(hidden, check, tap_block_bytes):
+def child(hidden, check, tap_block_bytes, frequency_tile=None):
     import keras
     import numpy as np
     from bench_serving import CONFIGS
@@ -50,7 +51,11 @@ def child(hidden, check, tap_block_bytes):
     if tap_block_bytes is None:
         tap_block_bytes = onnx_export.TAP_BLOCK_BYTES
     graph = onnx_export.convert(
-        model, config, onnx_export.DEFAULT_OPSET, tap_block_bytes=tap_block_bytes
+        model,
+        config,
+        onnx_export.DEFAULT_OPSET,
+        tap_block_bytes=tap_block_bytes,
+        frequency_tile=frequency_tile,
     )
     seconds = time.perf_counter() - start
     row = {
@@ -98,6 +103,13 @@ def main(argv=None):
         help="convert's budget for the band conv's blocks of rows (default "
         "the export's, export.onnx_export.TAP_BLOCK_BYTES; 0: whole bands)",
     )
+    parser.add_argument(
+        "--frequency_tile",
+        type=int,
+        default=None,
+        help="convert's tile of the band conv's frequency form (default the "
+        "export's choice, MapBand.frequency_tile; 0: the taps)",
+    )
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child is not None:
@@ -109,6 +121,7 @@ def main(argv=None):
             "hidden": hidden,
             "check": args.check,
             "tap_block_bytes": args.tap_block_bytes,
+            "frequency_tile": args.frequency_tile,
         }
         try:
             rows += child_rows(__file__, spec, "tensorflow", describe)
