@@ -13,6 +13,9 @@ Engines (`--engines`, each in its own subprocess, in this order):
                     XLA off there), its matrix products in oneDNN
     tensorflow-xla  the same, `model.compile(jit_compile=True)` (what
                     "auto" picks where TensorFlow sees a GPU)
+    tensorflow-frequency  the TensorFlow graph with
+                    `--conv_implementation=frequency` (the band conv
+                    through 2-D Fourier transforms, `BandMapConv`)
     jax             the same on JAX (Keras jits its train step)
     torch-2dtan     2D-TAN's SparsePropMaxPool and MapConv (microsoft/2D-TAN
                     lib/models), a 1x1 conv D -> H before and a 1x1 head
@@ -55,7 +58,7 @@ sys.path[:0] = [REPO, BENCH]
 from bench_compile import child_rows, load_average, print_table
 from bench_gpu import PAPER, TINY, parse_or_run_child
 
-ENGINES = ("tensorflow", "tensorflow-xla", "jax", "torch-2dtan")
+ENGINES = ("tensorflow", "tensorflow-xla", "jax", "torch-2dtan", "tensorflow-frequency")
 # The paper's config (hacs.flags), at H 128 (1/16 of its map-conv FLOPs), at
 # narrow widths (D 256, H 64), and bench_gpu.py's tiny one.
 CONFIGS = {
@@ -97,13 +100,16 @@ def run_keras(spec):
     from tal_keras import losses, models
     from tal_keras.config import ModelConfig
 
-    config = ModelConfig(**spec["config"], conv_implementation="band")
+    frequency = spec["engine"].endswith("-frequency")
+    config = ModelConfig(
+        **spec["config"], conv_implementation="frequency" if frequency else "band"
+    )
     keras.utils.set_random_seed(0)
     model = models.build_proposal_network(config)
     model.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE),
         loss=losses.ScaledOverlapLoss(t_min=T_MIN, t_max=T_MAX),
-        jit_compile=spec["engine"] != "tensorflow",
+        jit_compile=spec["engine"] not in ("tensorflow", "tensorflow-frequency"),
     )
     rng = np.random.default_rng(0)
     batch = spec["batch"]

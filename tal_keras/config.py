@@ -9,7 +9,7 @@ from tal_keras.detections import DEFAULT_SOFT_NMS_SIGMA, DEFAULT_TOP_M
 from tal_keras.lattice import Lattice, check_map_conv
 
 PROPOSAL_FEATURES = ("pool", "conv")
-CONV_IMPLEMENTATIONS = ("band", "whole")
+CONV_IMPLEMENTATIONS = ("band", "whole", "frequency")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +27,9 @@ class ModelConfig:
         map_mode: "s2dtan" (three compact sub-maps) or "2dtan" (one N x N map).
         proposal_features: "pool" (stacked max-pool) or "conv" (learned conv1d
             of the same kernel and stride, microsoft/VideoX#19).
-        conv_implementation: "band" (only valid cells and their halo) or
-            "whole" (whole maps; the reference).
+        conv_implementation: "band" (only valid cells and their halo),
+            "whole" (whole maps; the reference) or "frequency" (the band
+            through 2-D Fourier transforms, `BandMapConv`).
         clip_normalization: "none" (the report) or "video": standardise each
             input channel over the video's clips (a departure, see
             docs/benchmarks.md).

@@ -116,7 +116,9 @@ flags.DEFINE_enum(
     "conv_implementation",
     ModelConfig.conv_implementation,
     CONV_IMPLEMENTATIONS,
-    "Shared map convs on the valid band only, or on whole maps (reference).",
+    "Shared map convs on the valid band only, or on whole maps (reference), or "
+    "on the band through 2-D Fourier transforms (fewer multiply-adds at large "
+    "widths, more memory in training).",
 )
 flags.DEFINE_enum(
     "clip_normalization",

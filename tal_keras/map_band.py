@@ -141,18 +141,20 @@ class MapBand:
             )
         return total
 
-    def frequency_tile(self, in_channels, out_channels):
+    def frequency_tile(self, in_channels, out_channels, at_most=0.5):
         """The tile side (1 to 4 K) whose frequency form multiplies least, or 0
-        where even that is more than half of what the taps multiply
-        (`multiply_adds`): the frequency form's gathers and reshapes cost
-        more per multiply-add than the taps'. Paper config (H 512): 11, 0.19
-        of the taps' multiply-adds; the demo's (H 64, K 5): 0."""
+        where even that is more than `at_most` times what the taps multiply
+        (`multiply_adds`; None: no bound): the frequency form's gathers and
+        reshapes cost more per multiply-add than the taps'. Paper config (H
+        512): 11, 0.19 of the taps' multiply-adds; the demo's (H 64, K 5):
+        0."""
         counts = {
             tile: self.frequency_multiply_adds(in_channels, out_channels, tile)
             for tile in range(1, 4 * self.kernel_size + 1)
         }
         best = min(counts, key=counts.get)
-        if 2 * counts[best] > self.multiply_adds(in_channels, out_channels):
+        taps = self.multiply_adds(in_channels, out_channels)
+        if at_most is not None and counts[best] > at_most * taps:
             return 0
         return best
 

@@ -39,14 +39,18 @@ def test_train_step_table_times_the_keras_engines(tmp_path):
             "bench/bench_train_step.py",
             "--config=tiny",
             "--runs=2",
-            "--engines=tensorflow,jax",
+            "--engines=tensorflow,jax,tensorflow-frequency",
             f"--out={out}",
         ],
         changes={"KERAS_BACKEND": None},
         timeout=900,
     )
     rows = json.loads(out.read_text())["rows"]
-    assert [row["engine"] for row in rows] == ["tensorflow", "jax"]
+    assert [row["engine"] for row in rows] == [
+        "tensorflow",
+        "jax",
+        "tensorflow-frequency",
+    ]
     for row in rows:
         assert row["step_s"] > 0 and row["peak_rss_gib"] >= row["rss_before_gib"] > 0
         assert len(row["losses"]) == 3  # the first step and two timed ones

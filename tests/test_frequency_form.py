@@ -207,3 +207,56 @@ def test_the_frequency_form_stores_each_weight_once():
     assert len(kernels) == config.num_conv_layers
     large = [data for data in stored if len(data) > 4 * 4096]
     assert len(set(large)) == len(large)
+
+
+@pytest.mark.parametrize("case", CASES[:3])
+def test_conv_implementation_frequency_matches_whole_maps_with_gradients(case):
+    """`BandMapConv(frequency=True)` (`--conv_implementation=frequency`) in
+    Keras, outputs and the gradients of all weights and inputs, against the
+    whole-map reference."""
+    from test_band_conv import assert_close, outputs_and_gradients, random_array
+
+    from tal_keras.layers import BandMapConv, MaskedMapConv
+
+    num_clips, scales, kernel_size, num_layers, map_mode = case
+    arguments = {
+        "hidden_size": 4,
+        "kernel_size": kernel_size,
+        "num_conv_layers": num_layers,
+        "map_mode": map_mode,
+    }
+    whole = MaskedMapConv(num_clips, scales, **arguments)
+    frequency = BandMapConv(num_clips, scales, frequency=True, **arguments)
+    shape = (2, Lattice(num_clips, scales).num_proposals, 3)
+    for layer in (whole, frequency):
+        layer.build(shape)
+    rng = np.random.default_rng(1)
+    weights = [
+        rng.uniform(0.0, 0.2, w.shape) if w.ndim == 1 else rng.normal(0, 0.3, w.shape)
+        for w in whole.get_weights()
+    ]
+    for layer in (whole, frequency):
+        layer.set_weights([w.astype("float32") for w in weights])
+    assert BandMapConv.from_config(frequency.get_config()).frequency
+    features = random_array(*shape)
+    upstream = random_array(shape[0], shape[1], 4, seed=2)
+    expected, expected_gradients = outputs_and_gradients(whole, features, upstream)
+    found, found_gradients = outputs_and_gradients(frequency, features, upstream)
+    assert np.abs(expected).max() > 0
+    assert_close(found, expected)
+    for gradient, expected_gradient in zip(found_gradients, expected_gradients):
+        assert np.abs(expected_gradient).max() > 0
+        assert_close(gradient, expected_gradient)
+
+
+def test_conv_implementation_frequency_on_jax():
+    from python_process import worst_difference_on
+    from test_band_conv import JAX_SCRIPT
+
+    script = JAX_SCRIPT.replace(
+        "cls(16, (4, 2, 2), hidden_size=4, kernel_size=3, num_conv_layers=3)",
+        "cls(16, (4, 2, 2), hidden_size=4, kernel_size=3, num_conv_layers=3, "
+        "**({'frequency': True} if cls is BandMapConv else {}))",
+    )
+    assert "frequency" in script
+    assert worst_difference_on("jax", script, timeout=300) < 1e-5

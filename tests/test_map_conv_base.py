@@ -24,7 +24,10 @@ SAVED_KEYS = {
 def test_config_keys_are_the_saved_ones_and_round_trip(layer_class):
     layer = layer_class(16, (4, 2, 2), 8, kernel_size=3, num_conv_layers=2, name="m")
     config = layer.get_config()
-    extra = {"conv_implementation"} if layer_class is SubMapNetwork else set()
+    extra = {
+        SubMapNetwork: {"conv_implementation"},
+        BandMapConv: {"frequency"},  # `--conv_implementation=frequency`
+    }.get(layer_class, set())
     assert SAVED_KEYS | extra <= set(config)
     assert not (set(config) - SAVED_KEYS - extra) - {"name", "trainable", "dtype"}
     assert config["scale_layers"] == [4, 2, 2] and config["kernel_size"] == 3

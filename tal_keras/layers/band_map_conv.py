@@ -53,6 +53,14 @@ class BandMapConv(MapConvBase):
     kernel row over zero-padded rows 1.46x to 1.59x, every band cell with
     gathers in one fixed order 1.28x; this layer 1.14x.
 
+    With `frequency=True` every layer runs in the frequency form in Keras
+    too (training and inference; automatic differentiation through its
+    transforms and products, tiles of `MapBand.frequency_tile`'s fewest
+    multiply-adds): at the paper config a TensorFlow training step at batch
+    2 took 25.7 s against about 110 s, and 9.8 against 4.7 GiB of peak
+    memory, as autodiff keeps each layer's spectra and the kernel spectra
+    (docs/performance.md).
+
     The weights are those of `MaskedMapConv` (Conv2D sublayers `conv_<i>`,
     kernel [K, K, C, H] and bias [H], used only as weights here), so a
     checkpoint of either loads into the other, and so are its arguments and
@@ -64,6 +72,13 @@ class BandMapConv(MapConvBase):
         >>> conv(np.zeros((1, 17472, 512), "float32")).shape
         (1, 17472, 512)
     """
+
+    def __init__(self, *args, frequency=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.frequency = frequency
+
+    def get_config(self):
+        return {**super().get_config(), "frequency": self.frequency}
 
     def build(self, input_shape):
         self._band = MapBand(
@@ -78,9 +93,15 @@ class BandMapConv(MapConvBase):
         band = self._band
         # Every band carries a zero row after its cells (see MapBand).
         features = _with_zero_row(proposal_features)
-        tile = _WRITTEN_OUT[-1][2] if _WRITTEN_OUT else 0
-        if tile is None:
-            tile = band.frequency_tile(proposal_features.shape[-1], self.hidden_size)
+        channels = proposal_features.shape[-1]
+        if _WRITTEN_OUT:
+            tile = _WRITTEN_OUT[-1][2]
+            if tile is None:
+                tile = band.frequency_tile(channels, self.hidden_size)
+        else:
+            tile = self.frequency and band.frequency_tile(
+                channels, self.hidden_size, at_most=None
+            )
         for layer, conv in enumerate(self.convs):
             kernel = ops.cast(conv.kernel, features.dtype)
             features = band_layer(
@@ -119,8 +140,8 @@ def band_layer(
     [K * K, n_in + 1]; gather_first: gather then multiply (n_out + 1 rows per
     tap) or multiply then gather (n_in + 1 rows); frequency_tiles: None, or
     `MapBand.frequency_tiles` of the layer, to compute it in the frequency
-    form inside `taps_written_out`. Returns [B, n_out + 1, H], last row
-    zero.
+    form (its gradient by automatic differentiation). Returns [B, n_out +
+    1, H], last row zero.
 
     The gradient is written out so that the backward pass keeps only the
     layer's input and output (each also the neighbouring layer's output or
@@ -131,12 +152,12 @@ def band_layer(
     def activation(conv, bias):
         return ops.relu(conv + bias) * mask_weights[None, :, None]
 
+    if frequency_tiles is not None:
+        group_bytes = _WRITTEN_OUT[-1][0] if _WRITTEN_OUT else FREQUENCY_GROUP_BYTES
+        return activation(
+            _frequency_taps(features, kernel, *frequency_tiles, group_bytes), bias
+        )
     if _WRITTEN_OUT:
-        if frequency_tiles is not None:
-            group_bytes = _WRITTEN_OUT[-1][0]
-            return activation(
-                _frequency_taps(features, kernel, *frequency_tiles, group_bytes), bias
-            )
         return activation(
             _written_out_taps(features, kernel, forward_index, gather_first), bias
         )
@@ -224,6 +245,9 @@ def band_layer(
     return layer(features, kernel, bias)
 
 
+# Outside the export, the frequency form takes its tiles in groups whose
+# input windows take at most this many bytes per video.
+FREQUENCY_GROUP_BYTES = 32 * 2**20
 # The (group bytes, block bytes, frequency tile) of the `taps_written_out`
 # blocks entered, innermost last.
 _WRITTEN_OUT = []
@@ -402,7 +426,10 @@ def _frequency_taps(features, kernel, input_index, output_index, group_bytes=0):
     taps, channels, hidden = kernel.shape
     kernel_size = math.isqrt(taps)
     tile = math.isqrt(window_cells) - kernel_size + 1
-    forward, kernel_transform, inverse = frequency_transforms(tile, kernel_size)
+    forward, kernel_transform, inverse = (
+        ops.convert_to_tensor(matrix, features.dtype)
+        for matrix in frequency_transforms(tile, kernel_size)
+    )
     frequencies = forward.shape[0] // 2
     # [F, C, H] each: the kernels' spectra, real and imaginary parts (the
     # kernel reshaped once: the converter stores each reshape's result).

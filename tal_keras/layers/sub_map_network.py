@@ -24,8 +24,9 @@ class SubMapNetwork(MapConvBase):
     Args: those of `MapConvBase` (num_clips, scale_layers, hidden_size, which
     is also the 1x1 conv's width, kernel_size, num_conv_layers, map_mode), and
         conv_implementation: "band" (`BandMapConv`: only the cells each
-            layer needs; the default) or "whole" (`MaskedMapConv`: whole
-            maps, the reference). Same weights and outputs either way.
+            layer needs; the default), "whole" (`MaskedMapConv`: whole
+            maps, the reference) or "frequency" (`BandMapConv` in its
+            frequency form). Same weights and outputs either way.
 
     Input and output shapes: those of `MapConvBase`.
 
@@ -48,10 +49,17 @@ class SubMapNetwork(MapConvBase):
         self.projection = keras.layers.Dense(
             self.hidden_size, dtype=self.dtype_policy, name="projection"
         )
-        map_conv_class = BandMapConv if conv_implementation == "band" else MaskedMapConv
-        self.map_conv = map_conv_class(
-            **self.map_arguments(), dtype=self.dtype_policy, name="map_conv"
-        )
+        if conv_implementation == "whole":
+            self.map_conv = MaskedMapConv(
+                **self.map_arguments(), dtype=self.dtype_policy, name="map_conv"
+            )
+        else:
+            self.map_conv = BandMapConv(
+                **self.map_arguments(),
+                frequency=conv_implementation == "frequency",
+                dtype=self.dtype_policy,
+                name="map_conv",
+            )
 
     def build(self, input_shape):
         self.projection.build(input_shape)
