@@ -318,7 +318,10 @@ def header_lines(config_name, config, batch, runs):
     """The lines above a table: config, batch, CPUs, what the medians are."""
     shape = ", ".join(f"{key} {value}" for key, value in config.items())
     return [
-        f"config: {config_name}: {shape}; band conv; batch {batch}",
+        (
+            f"config: {config_name}: {shape}; band conv (in the frequency form for "
+            f"the engines named -frequency); batch {batch}"
+        ),
         (
             f"{os.cpu_count()} CPUs; step s: median of {runs} steps after the first; "
             "load average 1/5/15 min"
