@@ -57,8 +57,8 @@ class BandMapConv(MapConvBase):
     too (training and inference; automatic differentiation through its
     transforms and products, tiles of `MapBand.frequency_tile`'s fewest
     multiply-adds): at the paper config a TensorFlow training step at batch
-    2 took 25.7 s against about 110 s, and 9.8 against 4.7 GiB of peak
-    memory, as autodiff keeps each layer's spectra and the kernel spectra
+    2 took 25.0 s against 111.3 s, peaking at 9.2 against 4.8 GiB, as
+    autodiff keeps each layer's spectra and the kernel spectra
     (docs/performance.md).
 
     The weights are those of `MaskedMapConv` (Conv2D sublayers `conv_<i>`,
