@@ -46,10 +46,9 @@ DEFAULT_OPSET = 17
 # tap by tap at batch 32 and 0.75x at batch 1; at the paper config one tap's
 # rows take 45 MB, so it stays tap by tap (groups of 9 took 1.07x the time
 # there, for 9 times the memory). A layer in the frequency form takes its
-# tiles in groups whose input windows fit in the same budget: at the paper
-# config's widest layer (two threads, batch 4) 3.72 s and 2.7
-# GiB of peak memory in groups against 3.25 s and 6.5 GiB all at once.
-# docs/performance.md has the measurements.
+# tiles in groups whose input windows fit in the same budget, so that one
+# group's temporaries are alive at a time (the paper config: 4.2 s per video
+# and 0.55 GiB per added video). docs/performance.md has the measurements.
 GROUPED_TAP_BYTES = 32 * 2**20
 # Band conv layers whose taps are not grouped compute their output rows in
 # blocks whose gathered rows of one tap take at most this many bytes per video
