@@ -13,7 +13,6 @@ the growth of the peak from the smallest batch, per video.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -21,12 +20,13 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path[:0] = [REPO, BENCH]
 
-from bench_compile import load_average
+from bench_compile import child_rows, load_average
 from bench_input import memory_status
 
 
 def child(model, batch):
-    """{load_s, load_gib, call_s, peak_gib} of one process."""
+    """Prints the row {batch, load_s, load_gib, call_s, peak_gib} of this
+    process."""
     import numpy as np
     import onnxruntime as ort
 
@@ -47,33 +47,37 @@ def child(model, batch):
     begin = time.perf_counter()
     session.run(None, {name: clips})
     call_s = time.perf_counter() - begin
-    return {
+    row = {
+        "batch": batch,
         "load_s": load_s,
         "load_gib": load_gib,
         "call_s": call_s,
         "peak_gib": memory_status()["peak_rss"] / 2**30,
     }
+    print("row: " + json.dumps(row), flush=True)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="An ONNX file the export wrote.")
+    parser.add_argument("--model", help="An ONNX file the export wrote.")
     parser.add_argument("--batch_sizes", default="1,4")
-    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child is not None:
-        print(json.dumps(child(args.model, args.child)))
+    if args._child is not None:
+        child(**json.loads(args._child))
         return
+    if not args.model:
+        parser.error("--model is required")
     before = load_average()
     rows = []
     for batch in [int(size) for size in args.batch_sizes.split(",")]:
-        output = subprocess.run(
-            [sys.executable, __file__, "--model", args.model, "--child", str(batch)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        rows.append((batch, json.loads(output.strip().splitlines()[-1])))
+        (row,) = child_rows(
+            __file__,
+            {"model": os.path.abspath(args.model), "batch": batch},
+            "tensorflow",  # unused: the child runs onnxruntime only
+            lambda row: f"batch {row['batch']}: peak {row['peak_gib']:.2f} GiB",
+        )
+        rows.append((batch, row))
     first_batch, first = rows[0]
     print(
         "| batch | load s | peak RSS after load GiB | call s | peak RSS GiB "

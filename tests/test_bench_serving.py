@@ -80,3 +80,35 @@ def test_band_layer_graphs_compute_the_layer_in_each_form():
             )
             found = session.run(None, {"features": features})[0]
             np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_model_memory_prints_a_row_per_batch_size(tmp_path, capsys):
+    from bench import model_memory
+
+    weights = numpy_helper.from_array(np.ones((3, 3), np.float32), "weights")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["clip_features", "weights"], ["out"])],
+        "g",
+        [
+            helper.make_tensor_value_info(
+                "clip_features", TensorProto.FLOAT, ["batch", 2, 3]
+            )
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 2, 3])],
+        [weights],
+    )
+    path = tmp_path / "g.onnx"
+    path.write_bytes(
+        helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8
+        ).SerializeToString()
+    )
+    model_memory.main(["--model", str(path), "--batch_sizes", "1,3"])
+    rows = [
+        line.split(" | ")
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(("| 1 ", "| 3 "))
+    ]
+    assert [row[0] for row in rows] == ["| 1", "| 3"]
+    assert rows[0][-1] == "- |" and float(rows[1][-1].strip(" |")) >= 0
+    assert all(float(row[4]) >= float(row[2]) > 0 for row in rows)  # peak >= load
