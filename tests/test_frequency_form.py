@@ -120,6 +120,76 @@ def test_the_frequency_form_sums_what_the_taps_sum(case):
             np.testing.assert_array_equal(found[:, -1], 0.0)  # zero row kept
 
 
+def _layer_and_gradients(band, layer, features, kernel, bias, upstream, tile):
+    """band_layer's output and gradients at features (band rows, not the zero
+    row), kernel and bias, in the frequency form with tiles of `tile` (0:
+    the taps)."""
+    index = layer - 1
+    variables = [tf.Variable(value) for value in (features, kernel, bias)]
+    with tf.GradientTape() as tape:
+        output = band_layer(
+            *variables,
+            tf.constant(band.mask_weights[index]),
+            band.forward_index[index],
+            band.backward_index[index],
+            band.gather_first[index],
+            band.frequency_tiles(layer, tile) if tile else None,
+        )
+        loss = tf.reduce_sum(output * upstream)
+    gradients = [grad.numpy() for grad in tape.gradient(loss, variables)]
+    gradients[0] = gradients[0][:, :-1]
+    return [output.numpy(), *gradients]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_frequency_form_s_gradients_are_the_taps(case, monkeypatch):
+    """The frequency form's written-out gradient (`_frequency_gradients`) on
+    any tile size and group of tiles, against the taps' (whose gradient
+    tests/test_band_conv.py checks against whole maps)."""
+    from tal_keras.layers import band_map_conv
+
+    num_clips, scales, kernel_size, num_layers, map_mode = case
+    band = MapBand(Lattice(num_clips, scales), kernel_size, num_layers, map_mode)
+    rng = np.random.default_rng(3)
+    channels, hidden = 5, 3
+    for layer in range(1, num_layers + 1):
+        features = rng.normal(size=(2, band.band_sizes[layer - 1] + 1, channels))
+        features[:, -1] = 0  # the zero row
+        arrays = [
+            features.astype(np.float32),
+            rng.normal(size=(kernel_size**2, channels, hidden)).astype(np.float32),
+            rng.uniform(-0.5, 0.5, size=hidden).astype(np.float32),
+            rng.normal(size=(2, band.band_sizes[layer] + 1, hidden)).astype(np.float32),
+        ]
+        expected = _layer_and_gradients(band, layer, *arrays, tile=0)
+        assert all(np.abs(value).max() > 0 for value in expected)
+        for tile, group in ((1, 0), (2, 7), (5, 3), (40, 0)):  # tiles per group
+            window_bytes = (tile + kernel_size - 1) ** 2 * channels * 4
+            monkeypatch.setattr(
+                band_map_conv, "FREQUENCY_GROUP_BYTES", group * window_bytes
+            )
+            found = _layer_and_gradients(band, layer, *arrays, tile=tile)
+            for value, expected_value in zip(found, expected):
+                scale = max(1.0, float(np.abs(expected_value).max()))
+                np.testing.assert_allclose(
+                    value, expected_value, rtol=0, atol=1e-5 * scale
+                )
+
+
+def test_transposed_lists_each_row_s_places():
+    from tal_keras.layers.band_map_conv import _transposed
+
+    index = np.array([2, 0, 2, 3, 2, 0])  # row 1 read nowhere
+    table = _transposed(index, 4)
+    np.testing.assert_array_equal(table, [[1, 6, 0, 3], [5, 6, 2, 6], [6, 6, 4, 6]])
+    np.testing.assert_array_equal(
+        _transposed(index, 4, skip=2), [[1, 6, 6, 3], [5, 6, 6, 6]]
+    )
+    values = np.arange(7.0)  # places 0..5, then the zero row (0)
+    values[-1] = 0
+    np.testing.assert_array_equal(values[table].sum(0), [1 + 5, 0, 0 + 2 + 4, 3])
+
+
 def test_the_export_chooses_the_frequency_form_by_multiply_adds():
     paper = MapBand(Lattice(256, (64, 32, 32)), 9, 4)
     tile = paper.frequency_tile(512, 512)

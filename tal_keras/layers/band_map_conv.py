@@ -140,109 +140,139 @@ def band_layer(
     [K * K, n_in + 1]; gather_first: gather then multiply (n_out + 1 rows per
     tap) or multiply then gather (n_in + 1 rows); frequency_tiles: None, or
     `MapBand.frequency_tiles` of the layer, to compute it in the frequency
-    form (its gradient by automatic differentiation). Returns [B, n_out +
-    1, H], last row zero.
+    form. Returns [B, n_out + 1, H], last row zero.
 
     The gradient is written out so that the backward pass keeps only the
     layer's input and output (each also the neighbouring layer's output or
-    input): gathers of rows, not K^2 gathered copies. Inside
-    `taps_written_out` (the ONNX export) the layer has no gradient.
+    input): for the taps gathers of rows, not K^2 gathered copies
+    (`_tap_gradients`); for the frequency form the transposed transforms
+    and products, each group of tiles' spectra computed again, not kept
+    (`_frequency_gradients`). Inside `taps_written_out` (the ONNX export)
+    the layer has no gradient.
     """
 
     def activation(conv, bias):
         return ops.relu(conv + bias) * mask_weights[None, :, None]
 
-    if frequency_tiles is not None:
-        group_bytes = _WRITTEN_OUT[-1][0] if _WRITTEN_OUT else FREQUENCY_GROUP_BYTES
-        return activation(
-            _frequency_taps(features, kernel, *frequency_tiles, group_bytes), bias
-        )
     if _WRITTEN_OUT:
-        return activation(
-            _written_out_taps(features, kernel, forward_index, gather_first), bias
-        )
-    forward_table = ops.convert_to_tensor(forward_index)
-    taps = forward_index.shape[0]
+        if frequency_tiles is None:
+            conv = _written_out_taps(features, kernel, forward_index, gather_first)
+        else:
+            group_bytes = _WRITTEN_OUT[-1][0]
+            conv = _frequency_taps(features, kernel, *frequency_tiles, group_bytes)
+        return activation(conv, bias)
+    if frequency_tiles is None:
+        forward_table = ops.convert_to_tensor(forward_index)
+
+        def conv(features, kernel):
+            return _taps(features, kernel, forward_table, gather_first)
+
+        def conv_gradients(features, kernel, conv_grad):
+            return _tap_gradients(
+                features, kernel, conv_grad, forward_table, backward_index, gather_first
+            )
+
+    else:
+
+        def conv(features, kernel):
+            return _frequency_taps(
+                features, kernel, *frequency_tiles, FREQUENCY_GROUP_BYTES
+            )
+
+        def conv_gradients(features, kernel, conv_grad):
+            return _frequency_gradients(
+                features, kernel, conv_grad, *frequency_tiles, FREQUENCY_GROUP_BYTES
+            )
 
     @ops.custom_gradient
     def layer(features, kernel, bias):
-        def tap_output(tap):
-            rows = ops.take(forward_table, tap, axis=0)
-            weights = ops.take(kernel, tap, axis=0)
-            if gather_first:
-                return ops.matmul(ops.take(features, rows, axis=1), weights)
-            return ops.take(ops.matmul(features, weights), rows, axis=1)
-
-        output = activation(
-            _one_tap_at_a_time(
-                1, taps, lambda tap, total: total + tap_output(tap), tap_output(0)
-            ),
-            bias,
-        )
+        output = activation(conv(features, kernel), bias)
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            # Made here, so that inference graphs (and ONNX files) lack it.
-            backward_table = ops.convert_to_tensor(backward_index)
             # Gradient at the conv output; 0 at the zero row (weight 0).
             conv_grad = ops.where(
                 output > 0, upstream * mask_weights[None, :, None], 0.0
             )
-
-            def features_grad_term(tap):
-                backward_rows = ops.take(backward_table, tap, axis=0)
-                transposed = ops.transpose(ops.take(kernel, tap, axis=0))
-                if gather_first:  # n_out + 1 rows per product
-                    return ops.take(
-                        ops.matmul(conv_grad, transposed), backward_rows, axis=1
-                    )
-                # n_in + 1 rows
-                return ops.matmul(
-                    ops.take(conv_grad, backward_rows, axis=1), transposed
-                )
-
-            def kernel_grad_step(unused, tap):
-                forward_rows, backward_rows = tap
-                if gather_first:
-                    # One [C, B * n] x [B * n, H] product (what TensorFlow's
-                    # tensordot computes): on JAX, XLA's CPU dot ran the
-                    # [B, n, C] x [B, n, H] contraction at 0.7x this rate at
-                    # the paper config (multiply first, below, the other way
-                    # round).
-                    tap_features = ops.take(features, forward_rows, axis=1)
-                    kernel_grad = ops.matmul(
-                        ops.transpose(
-                            ops.reshape(tap_features, (-1, tap_features.shape[-1]))
-                        ),
-                        ops.reshape(conv_grad, (-1, conv_grad.shape[-1])),
-                    )
-                else:
-                    tap_grad = ops.take(conv_grad, backward_rows, axis=1)
-                    kernel_grad = ops.tensordot(
-                        features, tap_grad, axes=[[0, 1], [0, 1]]
-                    )
-                return unused, kernel_grad
-
-            features_grad = _one_tap_at_a_time(
-                1,
-                taps,
-                lambda tap, total: total + features_grad_term(tap),
-                features_grad_term(0),
-            )
-            # A second loop: TensorFlow's scan only stacks outputs shaped like
-            # its carry, here a [C, H] placeholder.
-            _, kernel_grad = ops.scan(
-                kernel_grad_step,
-                ops.zeros_like(kernel[0]),
-                (forward_table, backward_table),
-            )
-            bias_grad = ops.sum(conv_grad, axis=(0, 1))
-            return features_grad, kernel_grad, bias_grad
+            features_grad, kernel_grad = conv_gradients(features, kernel, conv_grad)
+            return features_grad, kernel_grad, ops.sum(conv_grad, axis=(0, 1))
 
         return output, grad
 
     return layer(features, kernel, bias)
+
+
+def _taps(features, kernel, forward_table, gather_first):
+    """The conv of `band_layer` tap by tap in a loop: features [B, n_in + 1,
+    C], kernel [K * K, C, H], forward_table int32 [K * K, n_out + 1]; returns
+    [B, n_out + 1, H]."""
+
+    def tap_output(tap):
+        rows = ops.take(forward_table, tap, axis=0)
+        weights = ops.take(kernel, tap, axis=0)
+        if gather_first:
+            return ops.matmul(ops.take(features, rows, axis=1), weights)
+        return ops.take(ops.matmul(features, weights), rows, axis=1)
+
+    return _one_tap_at_a_time(
+        1,
+        forward_table.shape[0],
+        lambda tap, total: total + tap_output(tap),
+        tap_output(0),
+    )
+
+
+def _tap_gradients(
+    features, kernel, conv_grad, forward_table, backward_index, gather_first
+):
+    """The gradients of `_taps` at features and kernel given conv_grad
+    [B, n_out + 1, H] (0 at the zero row): a gather's transpose is again a
+    gather (`MapBand.backward_index`, numpy [K * K, n_in + 1]), and both
+    products take the cheaper order too."""
+    # Made here, so that inference graphs (and ONNX files) lack it.
+    backward_table = ops.convert_to_tensor(backward_index)
+
+    def features_grad_term(tap):
+        backward_rows = ops.take(backward_table, tap, axis=0)
+        transposed = ops.transpose(ops.take(kernel, tap, axis=0))
+        if gather_first:  # n_out + 1 rows per product
+            return ops.take(ops.matmul(conv_grad, transposed), backward_rows, axis=1)
+        # n_in + 1 rows
+        return ops.matmul(ops.take(conv_grad, backward_rows, axis=1), transposed)
+
+    def kernel_grad_step(unused, tap):
+        forward_rows, backward_rows = tap
+        if gather_first:
+            # One [C, B * n] x [B * n, H] product (what TensorFlow's
+            # tensordot computes): on JAX, XLA's CPU dot ran the
+            # [B, n, C] x [B, n, H] contraction at 0.7x this rate at
+            # the paper config (multiply first, below, the other way
+            # round).
+            tap_features = ops.take(features, forward_rows, axis=1)
+            kernel_grad = ops.matmul(
+                ops.transpose(ops.reshape(tap_features, (-1, tap_features.shape[-1]))),
+                ops.reshape(conv_grad, (-1, conv_grad.shape[-1])),
+            )
+        else:
+            tap_grad = ops.take(conv_grad, backward_rows, axis=1)
+            kernel_grad = ops.tensordot(features, tap_grad, axes=[[0, 1], [0, 1]])
+        return unused, kernel_grad
+
+    features_grad = _one_tap_at_a_time(
+        1,
+        backward_index.shape[0],
+        lambda tap, total: total + features_grad_term(tap),
+        features_grad_term(0),
+    )
+    # A second loop: TensorFlow's scan only stacks outputs shaped like its
+    # carry, here a [C, H] placeholder.
+    _, kernel_grad = ops.scan(
+        kernel_grad_step,
+        ops.zeros_like(kernel[0]),
+        (forward_table, backward_table),
+    )
+    return features_grad, kernel_grad
 
 
 # Outside the export, the frequency form takes its tiles in groups whose
@@ -422,45 +452,13 @@ def _frequency_taps(features, kernel, input_index, output_index, group_bytes=0):
     [n_out + 1] (`MapBand.frequency_tiles`). Returns [B, n_out + 1, H] (the
     zero row not zero: the mask step zeroes it).
     """
-    window_cells, tiles = input_index.shape
-    taps, channels, hidden = kernel.shape
-    kernel_size = math.isqrt(taps)
-    tile = math.isqrt(window_cells) - kernel_size + 1
-    forward, kernel_transform, inverse = (
-        ops.convert_to_tensor(matrix, features.dtype)
-        for matrix in frequency_transforms(tile, kernel_size)
-    )
-    frequencies = forward.shape[0] // 2
-    # [F, C, H] each: the kernels' spectra, real and imaginary parts (the
-    # kernel reshaped once: the converter stores each reshape's result).
-    kernel_by_tap = ops.reshape(kernel, (taps, channels * hidden))
-    kernel_spectra = [
-        ops.reshape(
-            _times(_per_call(part, features), kernel_by_tap),
-            (frequencies, channels, hidden),
-        )
-        for part in (kernel_transform[:frequencies], kernel_transform[frequencies:])
-    ]
-    group = tiles
-    if group_bytes:
-        group = max(1, min(tiles, group_bytes // (window_cells * channels * 4)))
+    form = _FrequencyForm(kernel, input_index, group_bytes)
+    real_kernel, imaginary_kernel = form.kernel_spectra(kernel, features)
     outputs = []
-    for begin in range(0, tiles, group):
-        window_index = input_index[:, begin : begin + group]
-        size = window_index.shape[1]
-        windows = ops.reshape(
-            _rows(features, window_index), (-1, window_cells, size * channels)
-        )
-        spectra = ops.reshape(
-            _times(forward, windows), (-1, 2, frequencies, size, channels)
-        )
-        # [B, F, 2 size, C]: the real parts' rows, then the imaginary parts'.
-        spectra = ops.reshape(
-            ops.transpose(spectra, (0, 2, 1, 3, 4)),
-            (-1, frequencies, 2 * size, channels),
-        )
-        by_real = _times(spectra, kernel_spectra[0])
-        by_imaginary = _times(spectra, kernel_spectra[1])
+    for begin, size in form.groups:
+        spectra = form.window_spectra(features, begin, size)
+        by_real = _times(spectra, real_kernel)
+        by_imaginary = _times(spectra, imaginary_kernel)
         # (a + ib)(c - id) = (ac + bd) + i(bc - ad)
         products = ops.concatenate(
             [
@@ -470,17 +468,190 @@ def _frequency_taps(features, kernel, input_index, output_index, group_bytes=0):
             axis=1,
         )
         cells = _times(
-            inverse, ops.reshape(products, (-1, 2 * frequencies, size * hidden))
+            form.inverse,
+            ops.reshape(products, (-1, 2 * form.frequencies, size * form.hidden)),
         )
-        outputs.append(ops.reshape(cells, (-1, tile * tile * size, hidden)))
-    # output_index places cell (within, t) at within * tiles + t; in groups,
-    # tile t is tile t % group of group t // group.
-    within, place = np.divmod(output_index, tiles)
-    first = place - place % group
-    size = np.minimum(group, tiles - first)
-    output_index = first * tile * tile + within * size + place % group
+        outputs.append(ops.reshape(cells, (-1, form.tile_cells * size, form.hidden)))
     cells = outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=1)
-    return _rows(cells, output_index.astype(np.int32))
+    return _rows(cells, form.places(output_index, form.tile_cells))
+
+
+def _frequency_gradients(
+    features, kernel, conv_grad, input_index, output_index, group_bytes=0
+):
+    """The gradients of `_frequency_taps` at features and kernel given
+    conv_grad [B, n_out + 1, H] (0 at the zero row), group by group: the
+    group's window spectra computed again, then the transposes of its
+    inverse transform, channel mixing and forward transform; the kernel
+    spectra's gradients summed over the groups, then the kernel's. A
+    gather's transpose is again a gather (`_transposed`). Returns
+    ([B, n_in + 1, C], [K * K, C, H])."""
+    form = _FrequencyForm(kernel, input_index, group_bytes)
+    frequencies, channels, hidden = form.frequencies, form.channels, form.hidden
+    real_kernel, imaginary_kernel = (
+        ops.transpose(part, (0, 2, 1)) for part in form.kernel_spectra(kernel, features)
+    )
+    # The output row of each tile cell, the zero row (gradient 0) for cells
+    # off the band.
+    (cell_rows,) = _transposed(
+        form.places(output_index[:-1], form.tile_cells),
+        form.tiles * form.tile_cells,
+    )
+    kernel_spectra_grads = [0.0, 0.0]
+    window_grads = []
+    for begin, size in form.groups:
+        group_cells = slice(begin * form.tile_cells, (begin + size) * form.tile_cells)
+        products_grad = ops.reshape(
+            _times(
+                ops.transpose(form.inverse),
+                ops.reshape(
+                    _rows(conv_grad, cell_rows[group_cells]),
+                    (-1, form.tile_cells, size * hidden),
+                ),
+            ),
+            (-1, 2, frequencies, size, hidden),
+        )
+        real, imaginary = products_grad[:, 0], products_grad[:, 1]
+        # [B, F, 2 size, H] each, rows as the window spectra's: the gradient
+        # through the kernel spectrum's real and its imaginary part.
+        through_real = ops.concatenate([real, imaginary], axis=2)
+        through_imaginary = ops.concatenate([-imaginary, real], axis=2)
+        spectra = form.window_spectra(features, begin, size)
+        for index, grad in enumerate((through_real, through_imaginary)):
+            kernel_spectra_grads[index] += ops.einsum("bfrc,bfrh->fch", spectra, grad)
+        spectra_grad = _times(through_real, real_kernel) + _times(
+            through_imaginary, imaginary_kernel
+        )
+        # Back to the forward transform's layout: [B, 2 F, size C].
+        spectra_grad = ops.reshape(
+            ops.transpose(
+                ops.reshape(spectra_grad, (-1, frequencies, 2, size, channels)),
+                (0, 2, 1, 3, 4),
+            ),
+            (-1, 2 * frequencies, size * channels),
+        )
+        window_grads.append(
+            ops.reshape(
+                _times(ops.transpose(form.forward), spectra_grad),
+                (-1, form.window_cells * size, channels),
+            )
+        )
+    window_grads = _with_zero_row(
+        window_grads[0]
+        if len(window_grads) == 1
+        else ops.concatenate(window_grads, axis=1)
+    )
+    # The band row read at each place of the windows, then each row's places
+    # (the zero row's left out: its gradient is not used).
+    read = np.empty(form.window_cells * form.tiles, np.int64)
+    read[form.places(np.arange(read.size), form.window_cells)] = input_index.reshape(-1)
+    features_grad = None
+    for places in _transposed(read, features.shape[1], skip=features.shape[1] - 1):
+        term = _rows(window_grads, places)
+        features_grad = term if features_grad is None else features_grad + term
+    kernel_grad = None
+    for part, grad in zip(
+        (form.kernel_transform[:frequencies], form.kernel_transform[frequencies:]),
+        kernel_spectra_grads,
+    ):
+        term = ops.matmul(
+            ops.transpose(part), ops.reshape(grad, (frequencies, channels * hidden))
+        )
+        kernel_grad = term if kernel_grad is None else kernel_grad + term
+    return features_grad, ops.reshape(kernel_grad, kernel.shape)
+
+
+class _FrequencyForm:
+    """What `_frequency_taps` and `_frequency_gradients` share: the sizes, the
+    transforms (`frequency_transforms`), the groups of tiles, the kernel's
+    and the windows' spectra, and where a tile's cell lies in the groups'
+    outputs.
+
+    kernel: [K * K, C, H]; input_index: int32 numpy [P * P, tiles];
+    group_bytes: the budget of a group's windows per video (float32; all
+    tiles in one group if 0).
+    """
+
+    def __init__(self, kernel, input_index, group_bytes):
+        self.window_cells, self.tiles = input_index.shape
+        taps, self.channels, self.hidden = kernel.shape
+        kernel_size = math.isqrt(taps)
+        self.tile_cells = (math.isqrt(self.window_cells) - kernel_size + 1) ** 2
+        self.forward, self.kernel_transform, self.inverse = (
+            ops.convert_to_tensor(matrix, kernel.dtype)
+            for matrix in frequency_transforms(math.isqrt(self.tile_cells), kernel_size)
+        )
+        self.frequencies = self.forward.shape[0] // 2
+        self.input_index = input_index
+        group = self.tiles
+        if group_bytes:
+            window_bytes = self.window_cells * self.channels * 4
+            group = max(1, min(self.tiles, group_bytes // window_bytes))
+        self.group = group
+        self.groups = [
+            (begin, min(group, self.tiles - begin))
+            for begin in range(0, self.tiles, group)
+        ]
+
+    def kernel_spectra(self, kernel, features):
+        """[F, C, H] each: the real and imaginary parts of the kernel's
+        spectrum (computed per call of `features`, `_per_call`; the kernel
+        reshaped once: the converter stores each reshape's result)."""
+        kernel_by_tap = ops.reshape(kernel, (kernel.shape[0], -1))
+        frequencies = self.frequencies
+        return [
+            ops.reshape(
+                _times(_per_call(part, features), kernel_by_tap),
+                (frequencies, self.channels, self.hidden),
+            )
+            for part in (
+                self.kernel_transform[:frequencies],
+                self.kernel_transform[frequencies:],
+            )
+        ]
+
+    def window_spectra(self, features, begin, size):
+        """[B, F, 2 size, C]: the spectra of the windows of tiles begin ..
+        begin + size - 1, the real parts' rows, then the imaginary parts'."""
+        windows = ops.reshape(
+            _rows(features, self.input_index[:, begin : begin + size]),
+            (-1, self.window_cells, size * self.channels),
+        )
+        spectra = ops.reshape(
+            _times(self.forward, windows),
+            (-1, 2, self.frequencies, size, self.channels),
+        )
+        return ops.reshape(
+            ops.transpose(spectra, (0, 2, 1, 3, 4)),
+            (-1, self.frequencies, 2 * size, self.channels),
+        )
+
+    def places(self, index, cells):
+        """int32 numpy: for index = cell * tiles + tile (any shape), the place
+        of that cell of that tile in the groups' outputs, concatenated: a
+        group of `size` tiles is laid out [cells, size], row-major."""
+        within, place = np.divmod(index, self.tiles)
+        first = place - place % self.group
+        size = np.minimum(self.group, self.tiles - first)
+        return (first * cells + within * size + place % self.group).astype(np.int32)
+
+
+def _transposed(index, rows, skip=None):
+    """The transpose of a gather: for index[p] the row read at place p, int32
+    numpy [M, rows] whose column r lists the places p with index[p] == r (in
+    order; M the most any row has), filled with len(index) (a zero row
+    placed after the gathered ones); places reading row `skip` are left
+    out."""
+    index = np.asarray(index).reshape(-1)
+    places = np.arange(index.size)
+    if skip is not None:
+        places = places[index != skip]
+    order = places[np.argsort(index[places], kind="stable")]
+    counts = np.bincount(index[order], minlength=rows)
+    rank = np.arange(order.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    table = np.full((max(1, counts.max(initial=0)), rows), index.size, np.int32)
+    table[rank, index[order]] = order
+    return table
 
 
 def _per_call(constant, values):
