@@ -456,7 +456,7 @@ def _frequency_taps(features, kernel, input_index, output_index, group_bytes=0):
     real_kernel, imaginary_kernel = form.kernel_spectra(kernel, features)
     outputs = []
     for begin, size in form.groups:
-        spectra = form.window_spectra(features, begin, size)
+        spectra = form.window_spectra(_after(features, *outputs[-1:]), begin, size)
         by_real = _times(spectra, real_kernel)
         by_imaginary = _times(spectra, imaginary_kernel)
         # (a + ib)(c - id) = (ac + bd) + i(bc - ad)
@@ -488,8 +488,11 @@ def _frequency_gradients(
     ([B, n_in + 1, C], [K * K, C, H])."""
     form = _FrequencyForm(kernel, input_index, group_bytes)
     frequencies, channels, hidden = form.frequencies, form.channels, form.hidden
-    real_kernel, imaginary_kernel = (
-        ops.transpose(part, (0, 2, 1)) for part in form.kernel_spectra(kernel, features)
+    # [F, H, C] each, computed per call of conv_grad: TensorFlow's executor
+    # would compute them, of every layer at once, as soon as the kernels are
+    # there.
+    real_kernel, imaginary_kernel = form.kernel_spectra(
+        ops.transpose(kernel, (0, 2, 1)), conv_grad
     )
     # The output row of each tile cell, the zero row (gradient 0) for cells
     # off the band.
@@ -500,12 +503,19 @@ def _frequency_gradients(
     kernel_spectra_grads = [0.0, 0.0]
     window_grads = []
     for begin, size in form.groups:
+        # After the last group's results (the first group after conv_grad).
+        previous = (
+            [window_grads[-1], *kernel_spectra_grads] if window_grads else [conv_grad]
+        )
+        features_now, conv_grad_now = (
+            _after(values, *previous) for values in (features, conv_grad)
+        )
         group_cells = slice(begin * form.tile_cells, (begin + size) * form.tile_cells)
         products_grad = ops.reshape(
             _times(
                 ops.transpose(form.inverse),
                 ops.reshape(
-                    _rows(conv_grad, cell_rows[group_cells]),
+                    _rows(conv_grad_now, cell_rows[group_cells]),
                     (-1, form.tile_cells, size * hidden),
                 ),
             ),
@@ -516,7 +526,7 @@ def _frequency_gradients(
         # through the kernel spectrum's real and its imaginary part.
         through_real = ops.concatenate([real, imaginary], axis=2)
         through_imaginary = ops.concatenate([-imaginary, real], axis=2)
-        spectra = form.window_spectra(features, begin, size)
+        spectra = form.window_spectra(features_now, begin, size)
         for index, grad in enumerate((through_real, through_imaginary)):
             kernel_spectra_grads[index] += ops.einsum("bfrc,bfrh->fch", spectra, grad)
         spectra_grad = _times(through_real, real_kernel) + _times(
@@ -536,10 +546,9 @@ def _frequency_gradients(
                 (-1, form.window_cells * size, channels),
             )
         )
-    window_grads = _with_zero_row(
-        window_grads[0]
-        if len(window_grads) == 1
-        else ops.concatenate(window_grads, axis=1)
+    # One copy: the groups' gradients, then a zero row.
+    window_grads = ops.concatenate(
+        [*window_grads, ops.zeros_like(window_grads[0][:, :1])], axis=1
     )
     # The band row read at each place of the windows, then each row's places
     # (the zero row's left out: its gradient is not used).
@@ -593,16 +602,17 @@ class _FrequencyForm:
             for begin in range(0, self.tiles, group)
         ]
 
-    def kernel_spectra(self, kernel, features):
-        """[F, C, H] each: the real and imaginary parts of the kernel's
-        spectrum (computed per call of `features`, `_per_call`; the kernel
-        reshaped once: the converter stores each reshape's result)."""
+    def kernel_spectra(self, kernel, values):
+        """[F, C_in, C_out] each: the real and imaginary parts of the
+        spectrum of kernel [K * K, C_in, C_out] (computed per call of
+        `values`, `_per_call`; the kernel reshaped once: the converter
+        stores each reshape's result)."""
         kernel_by_tap = ops.reshape(kernel, (kernel.shape[0], -1))
         frequencies = self.frequencies
         return [
             ops.reshape(
-                _times(_per_call(part, features), kernel_by_tap),
-                (frequencies, self.channels, self.hidden),
+                _times(_per_call(part, values), kernel_by_tap),
+                (frequencies, *kernel.shape[1:]),
             )
             for part in (
                 self.kernel_transform[:frequencies],
@@ -652,6 +662,20 @@ def _transposed(index, rows, skip=None):
     table = np.full((max(1, counts.max(initial=0)), rows), index.size, np.int32)
     table[rank, index[order]] = order
     return table
+
+
+def _after(values, *previous):
+    """`values`, on TensorFlow read only once the tensors `previous` are
+    computed: its graph executor would otherwise start every group of tiles
+    at once, all their temporaries alive together. Other backends schedule
+    for memory themselves."""
+    previous = [value for value in previous if value is not None]
+    if not previous or keras.backend.backend() != "tensorflow":
+        return values
+    import tensorflow as tf
+
+    with tf.control_dependencies(previous):
+        return tf.identity(values)
 
 
 def _per_call(constant, values):
