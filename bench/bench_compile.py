@@ -319,8 +319,9 @@ def header_lines(config_name, config, batch, runs):
     shape = ", ".join(f"{key} {value}" for key, value in config.items())
     return [
         (
-            f"config: {config_name}: {shape}; band conv (in the frequency form for "
-            f"the engines named -frequency); batch {batch}"
+            f"config: {config_name}: {shape}; band conv as computed by default "
+            "(the frequency form where MapBand.frequency_tile picks it; engines "
+            f"named -taps or -frequency: that form); batch {batch}"
         ),
         (
             f"{os.cpu_count()} CPUs; step s: median of {runs} steps after the first; "

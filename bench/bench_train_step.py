@@ -13,13 +13,15 @@ Engines (`--engines`, each in its own subprocess, in this order):
                     XLA off there), its matrix products in oneDNN
     tensorflow-xla  the same, `model.compile(jit_compile=True)` (what
                     "auto" picks where TensorFlow sees a GPU)
-    tensorflow-frequency  the TensorFlow graph with
-                    `--conv_implementation=frequency` (the band conv
-                    through 2-D Fourier transforms, `BandMapConv`)
     jax             the same on JAX (Keras jits its train step)
     torch-2dtan     2D-TAN's SparsePropMaxPool and MapConv (microsoft/2D-TAN
                     lib/models), a 1x1 conv D -> H before and a 1x1 head
                     after (`bench_gpu.tan_proposal_network`)
+
+The band conv is computed as `--conv_implementation=band` computes it: in
+the frequency form where `MapBand.frequency_tile` picks it (the paper,
+h128 and narrow configs), else by taps. A Keras engine's name followed by
+-taps or -frequency (tensorflow-taps, jax-frequency, ...) forces that form.
 
 Every engine trains one step of Adam (lr 1e-3) on the BCE of the overlap
 scores against a max IoU rescaled from [0.5, 1] (2D-TAN's bce_rescale_loss,
@@ -58,7 +60,9 @@ sys.path[:0] = [REPO, BENCH]
 from bench_compile import child_rows, load_average, print_table
 from bench_gpu import PAPER, TINY, parse_or_run_child
 
-ENGINES = ("tensorflow", "tensorflow-xla", "jax", "torch-2dtan", "tensorflow-frequency")
+KERAS_ENGINES = ("tensorflow", "tensorflow-xla", "jax")
+ENGINES = (*KERAS_ENGINES, "torch-2dtan")
+FORMS = ("taps", "frequency")  # engine name suffixes: the band conv's form
 # The paper's config (hacs.flags), at H 128 (1/16 of its map-conv FLOPs), at
 # narrow widths (D 256, H 64), and bench_gpu.py's tiny one.
 CONFIGS = {
@@ -93,6 +97,21 @@ def timed_steps(step, runs):
     return times[0], statistics.median(times[1:] or times), losses
 
 
+def engine_and_form(name):
+    """'jax-taps' -> ('jax', 'taps'), 'tensorflow' -> ('tensorflow', 'band');
+    ValueError for a name that is neither an engine nor a Keras engine with
+    a form."""
+    engine, _, form = name.rpartition("-")
+    if engine in KERAS_ENGINES and form in FORMS:
+        return engine, form
+    if name in ENGINES:
+        return name, "band"
+    raise ValueError(
+        f"unknown engine {name!r}; known: {', '.join(ENGINES)}, or a Keras "
+        f"engine followed by -{' or -'.join(FORMS)}"
+    )
+
+
 def run_keras(spec):
     import keras
     import numpy as np
@@ -100,16 +119,14 @@ def run_keras(spec):
     from tal_keras import losses, models
     from tal_keras.config import ModelConfig
 
-    frequency = spec["engine"].endswith("-frequency")
-    config = ModelConfig(
-        **spec["config"], conv_implementation="frequency" if frequency else "band"
-    )
+    engine, form = engine_and_form(spec["engine"])
+    config = ModelConfig(**spec["config"], conv_implementation=form)
     keras.utils.set_random_seed(0)
     model = models.build_proposal_network(config)
     model.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE),
         loss=losses.ScaledOverlapLoss(t_min=T_MIN, t_max=T_MAX),
-        jit_compile=spec["engine"] not in ("tensorflow", "tensorflow-frequency"),
+        jit_compile=engine != "tensorflow",
     )
     rng = np.random.default_rng(0)
     batch = spec["batch"]
@@ -239,8 +256,10 @@ def main(argv=None):
         return 0
     engines = [name for name in args.engines.split(",") if name]
     for name in engines:
-        if name not in ENGINES:
-            parser.error(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")
+        try:
+            engine_and_form(name)
+        except ValueError as error:
+            parser.error(str(error))
     if "torch-2dtan" in engines and not (args.tan_lib or args.tan_git_dir):
         parser.error("torch-2dtan needs --tan_lib or --tan_git_dir")
     if args.runs < 0:

@@ -9,7 +9,7 @@ from tal_keras.detections import DEFAULT_SOFT_NMS_SIGMA, DEFAULT_TOP_M
 from tal_keras.lattice import Lattice, check_map_conv
 
 PROPOSAL_FEATURES = ("pool", "conv")
-CONV_IMPLEMENTATIONS = ("band", "whole", "frequency")
+CONV_IMPLEMENTATIONS = ("band", "taps", "frequency", "whole")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,9 +27,11 @@ class ModelConfig:
         map_mode: "s2dtan" (three compact sub-maps) or "2dtan" (one N x N map).
         proposal_features: "pool" (stacked max-pool) or "conv" (learned conv1d
             of the same kernel and stride, microsoft/VideoX#19).
-        conv_implementation: "band" (only valid cells and their halo),
-            "whole" (whole maps; the reference) or "frequency" (the band
-            through 2-D Fourier transforms, `BandMapConv`).
+        conv_implementation: "band" (only valid cells and their halo, by
+            taps or through 2-D Fourier transforms, whichever multiplies
+            less by `MapBand.frequency_tile`: the latter at the paper
+            config), "taps" or "frequency" (the band in that form), or
+            "whole" (whole maps; the reference). `BandMapConv`.
         clip_normalization: "none" (the report) or "video": standardise each
             input channel over the video's clips (a departure, see
             docs/benchmarks.md).

@@ -106,6 +106,7 @@ class MapBand:
             min(self.band_sizes[layer], self.band_sizes[layer - 1]) + 1
             for layer in range(1, num_conv_layers + 1)
         )
+        self._frequency_counts = {}  # (C, H) -> {tile: multiply-adds}
 
     def multiply_adds(self, in_channels, out_channels):
         """Multiply-adds of the L band convs on one video, as computed."""
@@ -148,10 +149,14 @@ class MapBand:
         reshapes cost more per multiply-add than the taps'. Paper config (H
         512): 11, 0.19 of the taps' multiply-adds; the demo's (H 64, K 5):
         0."""
-        counts = {
-            tile: self.frequency_multiply_adds(in_channels, out_channels, tile)
-            for tile in range(1, 4 * self.kernel_size + 1)
-        }
+        # Counted once per band and channels: every trace of a layer asks.
+        key = (in_channels, out_channels)
+        if key not in self._frequency_counts:
+            self._frequency_counts[key] = {
+                tile: self.frequency_multiply_adds(in_channels, out_channels, tile)
+                for tile in range(1, 4 * self.kernel_size + 1)
+            }
+        counts = self._frequency_counts[key]
         best = min(counts, key=counts.get)
         taps = self.multiply_adds(in_channels, out_channels)
         if at_most is not None and counts[best] > at_most * taps:
@@ -163,11 +168,12 @@ class MapBand:
         squares holding a cell of band `layer`, sorted; int64 [n_layer] the
         tile of each cell)."""
         cells = self.band_cells[layer]
-        tiles, tile_of_cell = np.unique(
-            np.stack([cells[:, 0], cells[:, 1] // tile, cells[:, 2] // tile], 1),
-            axis=0,
+        side = max(self.map_sizes) // tile + 1  # tile rows or cols a map has
+        codes, tile_of_cell = np.unique(
+            (cells[:, 0] * side + cells[:, 1] // tile) * side + cells[:, 2] // tile,
             return_inverse=True,
         )
+        tiles = np.stack([codes // side**2, codes // side % side, codes % side], 1)
         return tiles, tile_of_cell.reshape(-1)
 
     def frequency_tiles(self, layer, tile):

@@ -39,7 +39,7 @@ def test_train_step_table_times_the_keras_engines(tmp_path):
             "bench/bench_train_step.py",
             "--config=tiny",
             "--runs=2",
-            "--engines=tensorflow,jax,tensorflow-frequency",
+            "--engines=tensorflow,jax-frequency,tensorflow-taps",
             f"--out={out}",
         ],
         changes={"KERAS_BACKEND": None},
@@ -48,8 +48,8 @@ def test_train_step_table_times_the_keras_engines(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [row["engine"] for row in rows] == [
         "tensorflow",
-        "jax",
-        "tensorflow-frequency",
+        "jax-frequency",
+        "tensorflow-taps",
     ]
     for row in rows:
         assert row["step_s"] > 0 and row["peak_rss_gib"] >= row["rss_before_gib"] > 0
@@ -66,3 +66,14 @@ def test_train_step_refuses_2dtan_without_its_code():
     )
     assert result.returncode != 0
     assert "torch-2dtan needs --tan_lib or --tan_git_dir" in result.stderr
+
+
+def test_train_step_names_its_engines_and_forms():
+    result = run_python(
+        ["bench/bench_train_step.py", "--config=tiny", "--engines=jax-blocks"],
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "unknown engine 'jax-blocks'" in result.stderr
+    assert "-taps or -frequency" in result.stderr

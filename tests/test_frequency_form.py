@@ -330,3 +330,56 @@ def test_conv_implementation_frequency_on_jax():
     )
     assert "frequency" in script
     assert worst_difference_on("jax", script, timeout=300) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "num_clips, scales, hidden, takes_frequency",
+    [(256, (64, 32, 32), 64, True), (64, (16, 8, 8), 64, False)],
+)
+def test_the_default_band_conv_takes_the_frequency_form_where_it_pays(
+    num_clips, scales, hidden, takes_frequency
+):
+    """`BandMapConv()` (`--conv_implementation=band`): at the paper's lattice
+    (K 9, L 4, H 64) `MapBand.frequency_tile` picks the frequency form and the
+    layer computes exactly what frequency=True does; at the demo's lattice the
+    taps, exactly frequency=False. Either way the taps' outputs and gradients
+    to float rounding."""
+    from test_band_conv import assert_close, outputs_and_gradients, random_array
+
+    from tal_keras.layers import BandMapConv
+
+    lattice = Lattice(num_clips, scales)
+    band = MapBand(lattice, 9, 4)
+    assert bool(band.frequency_tile(hidden, hidden)) is takes_frequency
+    layers = [
+        BandMapConv(num_clips, scales, hidden_size=hidden, frequency=frequency)
+        for frequency in (None, True, False)
+    ]
+    shape = (2, lattice.num_proposals, hidden)
+    rng = np.random.default_rng(4)
+    for layer in layers:
+        layer.build(shape)
+    weights = [
+        rng.uniform(0.0, 0.1, w.shape) if w.ndim == 1 else rng.normal(0, 0.02, w.shape)
+        for w in layers[0].get_weights()
+    ]
+    for layer in layers:
+        layer.set_weights([w.astype("float32") for w in weights])
+    features = random_array(*shape)
+    upstream = random_array(*shape, seed=2)
+    default, frequency, taps = (
+        outputs_and_gradients(layer, features, upstream) for layer in layers
+    )
+    same = frequency if takes_frequency else taps
+    for found, expected in zip([default[0], *default[1]], [same[0], *same[1]]):
+        np.testing.assert_array_equal(found, expected)
+    assert np.abs(taps[0]).max() > 0
+    for found, expected in zip([default[0], *default[1]], [taps[0], *taps[1]]):
+        assert_close(found, expected, tolerance=1e-4)
+
+
+def test_band_conv_refuses_an_unknown_form():
+    from tal_keras.layers import BandMapConv
+
+    with pytest.raises(ValueError, match="frequency must be None, True or False"):
+        BandMapConv(16, (4, 2, 2), hidden_size=4, frequency="yes")

@@ -53,13 +53,14 @@ class BandMapConv(MapConvBase):
     kernel row over zero-padded rows 1.46x to 1.59x, every band cell with
     gathers in one fixed order 1.28x; this layer 1.14x.
 
-    With `frequency=True` every layer runs in the frequency form in Keras
-    too (training and inference; automatic differentiation through its
-    transforms and products, tiles of `MapBand.frequency_tile`'s fewest
-    multiply-adds): at the paper config a TensorFlow training step at batch
-    2 took 25.0 s against 111.3 s, peaking at 9.2 against 4.8 GiB, as
-    autodiff keeps each layer's spectra and the kernel spectra
-    (docs/performance.md).
+    Where `MapBand.frequency_tile` finds that the frequency form multiplies
+    at most half of what the taps do (the paper config: 0.19; the demo's:
+    no), every layer runs in it in Keras too, training and inference, with
+    its gradient written out as the taps' is (`frequency`: None, the
+    default; True: in the frequency form whatever it multiplies; False: by
+    taps). At the paper config a TensorFlow training step at batch 2 took
+    about a fifth of the taps' time, peaking about 1.7 GiB higher
+    (docs/performance.md, Training step).
 
     The weights are those of `MaskedMapConv` (Conv2D sublayers `conv_<i>`,
     kernel [K, K, C, H] and bias [H], used only as weights here), so a
@@ -73,8 +74,12 @@ class BandMapConv(MapConvBase):
         (1, 17472, 512)
     """
 
-    def __init__(self, *args, frequency=False, **kwargs):
+    def __init__(self, *args, frequency=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if frequency not in (None, True, False):
+            raise ValueError(
+                f"frequency must be None, True or False, got {frequency!r}."
+            )
         self.frequency = frequency
 
     def get_config(self):
@@ -96,12 +101,14 @@ class BandMapConv(MapConvBase):
         channels = proposal_features.shape[-1]
         if _WRITTEN_OUT:
             tile = _WRITTEN_OUT[-1][2]
-            if tile is None:
-                tile = band.frequency_tile(channels, self.hidden_size)
+        elif self.frequency is None:
+            tile = None
         else:
             tile = self.frequency and band.frequency_tile(
                 channels, self.hidden_size, at_most=None
             )
+        if tile is None:  # the choice by multiply-adds
+            tile = band.frequency_tile(channels, self.hidden_size)
         for layer, conv in enumerate(self.convs):
             kernel = ops.cast(conv.kernel, features.dtype)
             features = band_layer(

@@ -24,9 +24,11 @@ class SubMapNetwork(MapConvBase):
     Args: those of `MapConvBase` (num_clips, scale_layers, hidden_size, which
     is also the 1x1 conv's width, kernel_size, num_conv_layers, map_mode), and
         conv_implementation: "band" (`BandMapConv`: only the cells each
-            layer needs; the default), "whole" (`MaskedMapConv`: whole
-            maps, the reference) or "frequency" (`BandMapConv` in its
-            frequency form). Same weights and outputs either way.
+            layer needs, by taps or in the frequency form, whichever
+            `MapBand.frequency_tile` picks; the default), "taps" or
+            "frequency" (`BandMapConv` in that form whatever it
+            multiplies), "whole" (`MaskedMapConv`: whole maps, the
+            reference). Same weights and outputs either way.
 
     Input and output shapes: those of `MapConvBase`.
 
@@ -56,7 +58,9 @@ class SubMapNetwork(MapConvBase):
         else:
             self.map_conv = BandMapConv(
                 **self.map_arguments(),
-                frequency=conv_implementation == "frequency",
+                frequency={"band": None, "taps": False, "frequency": True}[
+                    conv_implementation
+                ],
                 dtype=self.dtype_policy,
                 name="map_conv",
             )
