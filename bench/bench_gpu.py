@@ -12,9 +12,9 @@ one training step (forward, backward, Adam update) at the largest batch.
 Groups (`--groups`, run in this order, each in its own subprocess):
 
     keras-band-f32, keras-band-bf16      proposal network, band map convs
-                                         (the default: in the frequency form
-                                         at the paper config)
-    keras-taps-f32                       the same, the band by taps
+                                         (the default: on a GPU by taps)
+    keras-frequency-f32                  the same in the frequency form
+                                         (the default on CPUs)
     keras-whole-f32, keras-whole-bf16    proposal network, whole maps
     keras-classifier-f32, -bf16          classifier network
     keras-band-f32-autotune0             keras-band-f32 with XLA's GPU
@@ -57,8 +57,8 @@ project's `--map=2dtan` whole-map count. On a machine without CUDA the
 modules' hard-coded `.cuda()` is made a no-op (the CPU smoke test only).
 
 TFLOP/video counts 2 per multiply-add of the dense and conv layers
-(tal_keras.flops; the band groups' map convs as computed, the frequency
-form's at the paper config, a fifth of the taps'); "TFLOP/s" is that times the batch over the time, times 3
+(tal_keras.flops; the frequency form's count for its group, at the paper
+config a fifth of the taps'); "TFLOP/s" is that times the batch over the time, times 3
 for a training step (forward + two backward products): an estimate of how
 near the card's matrix throughput a row runs.
 
@@ -100,7 +100,7 @@ ALL_GROUPS = (
     "torch-2dtan-bf16",
     "keras-band-f32-autotune0",
     "keras-classifier-bf16",
-    "keras-taps-f32",
+    "keras-frequency-f32",
     "keras-whole-f32",
     "keras-whole-bf16",
 )
@@ -163,7 +163,7 @@ def parse_group(name):
     extra = parts[3:]
     if precision not in ("f32", "bf16") or extra not in ([], ["autotune0"]):
         raise ValueError(f"unknown group {name!r}; known: {', '.join(ALL_GROUPS)}")
-    if engine == "keras" and kind in ("band", "taps", "whole"):
+    if engine == "keras" and kind in ("band", "frequency", "whole"):
         network, maps = "proposal", kind
     elif engine == "keras" and kind == "classifier":
         network, maps = "classifier", "-"
@@ -207,7 +207,7 @@ def _median_ms(call, runs):
 
 
 def _model_config(spec):
-    maps = spec["maps"] if spec["maps"] in ("band", "taps", "whole") else "band"
+    maps = spec["maps"] if spec["maps"] in ("band", "frequency", "whole") else "band"
     return ModelConfig(**spec["config"], conv_implementation=maps)
 
 
@@ -224,9 +224,7 @@ def _flops_per_video(spec):
     cost = model_cost(config)
     if spec["network"] == "classifier":
         return cost["classifier_flops"]
-    # The band as computed (frequency form or taps), the taps' count, whole maps.
-    kind = {"band": "computed", "taps": "band"}.get(spec["maps"], spec["maps"])
-    return cost[f"proposal_flops_{kind}"]
+    return cost[f"proposal_flops_{spec['maps']}"]
 
 
 def run_keras_group(spec):

@@ -27,11 +27,12 @@ class ModelConfig:
         map_mode: "s2dtan" (three compact sub-maps) or "2dtan" (one N x N map).
         proposal_features: "pool" (stacked max-pool) or "conv" (learned conv1d
             of the same kernel and stride, microsoft/VideoX#19).
-        conv_implementation: "band" (only valid cells and their halo, by
-            taps or through 2-D Fourier transforms, whichever multiplies
-            less by `MapBand.frequency_tile`: the latter at the paper
-            config), "taps" or "frequency" (the band in that form), or
-            "whole" (whole maps; the reference). `BandMapConv`.
+        conv_implementation: "band" (only valid cells and their halo; on
+            CPUs through 2-D Fourier transforms where that multiplies at
+            most half as much, `MapBand.frequency_tile`: the paper config;
+            else, and on GPUs, by taps), "taps" or "frequency" (the band in
+            that form), or "whole" (whole maps; the reference).
+            `BandMapConv`.
         clip_normalization: "none" (the report) or "video": standardise each
             input channel over the video's clips (a departure, see
             docs/benchmarks.md).

@@ -116,9 +116,10 @@ flags.DEFINE_enum(
     "conv_implementation",
     ModelConfig.conv_implementation,
     CONV_IMPLEMENTATIONS,
-    "Shared map convs on the valid band only, or on whole maps (reference), or "
-    "on the band through 2-D Fourier transforms (fewer multiply-adds at large "
-    "widths, more memory in training).",
+    "Shared map convs on the valid band only, each layer by taps or, on CPUs "
+    "where it multiplies at most half as much, through 2-D Fourier transforms "
+    "(band); the band in one of those forms (taps, frequency); or on whole "
+    "maps (the reference).",
 )
 flags.DEFINE_enum(
     "clip_normalization",

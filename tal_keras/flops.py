@@ -5,10 +5,10 @@ layers; biases, activations, pooling, normalisation and the mask step are
 left out (each is below 0.1% of the total for the paper config). The map
 convs are reported on whole maps (what `MaskedMapConv` computes), on each
 layer's band by taps (cell counts from `MapBand`), in the band's frequency
-form (`MapBand.frequency_multiply_adds`), as the default `BandMapConv`
-computes them (the frequency form where `MapBand.frequency_tile` picks it,
-else the taps), and on the proposal cells only (the valid-cell minimum:
-every layer on every proposal, nothing else).
+form (`MapBand.frequency_multiply_adds`; what the default `BandMapConv`
+computes on CPUs where `MapBand.frequency_tile` picks it), and on the
+proposal cells only (the valid-cell minimum: every layer on every
+proposal, nothing else).
 
 Run `python -m tal_keras.flops` for the paper config and the report's Table 1.
 """
@@ -37,13 +37,10 @@ def model_cost(config):
             map_conv_flops_frequency: the same in the band's frequency form,
                 tiles of the side that multiplies least.
             frequency_tile: the tile side the default `BandMapConv` takes
-                (0: it takes the taps).
-            map_conv_flops_computed: what the default `BandMapConv`
-                computes: map_conv_flops_frequency where frequency_tile > 0,
-                else map_conv_flops_band.
+                on CPUs (0: the taps).
             map_conv_flops_valid_cells: the same on the proposal cells only.
             proposal_flops_whole, proposal_flops_band,
-                proposal_flops_computed, proposal_flops_valid_cells: the
+                proposal_flops_frequency, proposal_flops_valid_cells: the
                 proposal network with each map conv figure.
             classifier_flops.
             total_flops_whole, total_flops_band, total_flops_valid_cells:
@@ -127,8 +124,6 @@ def model_cost(config):
     conv_frequency = 2 * band.frequency_multiply_adds(
         hidden, hidden, band.frequency_tile(hidden, hidden, at_most=None)
     )
-    tile = band.frequency_tile(hidden, hidden)
-    conv_computed = conv_frequency if tile else conv_band
     proposal_rest = (
         encoder_flops
         + pooling_flops
@@ -149,14 +144,13 @@ def model_cost(config):
         "map_conv_flops_whole": conv_whole,
         "map_conv_flops_band": conv_band,
         "map_conv_flops_frequency": conv_frequency,
-        "frequency_tile": tile,
-        "map_conv_flops_computed": conv_computed,
+        "frequency_tile": band.frequency_tile(hidden, hidden),
         "map_conv_flops_valid_cells": conv_valid,
         "overlap_head_flops": overlap_flops,
         "class_head_flops": class_flops,
         "proposal_flops_whole": proposal_rest + conv_whole,
         "proposal_flops_band": proposal_rest + conv_band,
-        "proposal_flops_computed": proposal_rest + conv_computed,
+        "proposal_flops_frequency": proposal_rest + conv_frequency,
         "proposal_flops_valid_cells": proposal_rest + conv_valid,
         "classifier_flops": classifier_flops,
         "total_flops_whole": proposal_rest + conv_whole + classifier_flops,
@@ -191,7 +185,7 @@ def format_table(rows):
     header = (
         f"{'row':<12}{'N':>5}{'K':>3}{'L':>3}{'P':>7}{'cells':>7}"
         f"{'prop M':>9}{'class M':>9}{'conv whole':>12}{'conv band':>11}"
-        f"{'conv valid':>12}{'band/valid':>11}{'conv comp':>11}{'total band':>12}"
+        f"{'conv valid':>12}{'band/valid':>11}{'conv freq':>11}{'total band':>12}"
     )
     lines = [header, "-" * len(header)]
     for label, config in rows:
@@ -204,7 +198,7 @@ def format_table(rows):
             f"{_tflop(cost['map_conv_flops_band']):>11}"
             f"{_tflop(cost['map_conv_flops_valid_cells']):>12}"
             f"{cost['map_conv_flops_band'] / cost['map_conv_flops_valid_cells']:>11.3f}"
-            f"{_tflop(cost['map_conv_flops_computed']):>11}"
+            f"{_tflop(cost['map_conv_flops_frequency']):>11}"
             f"{_tflop(cost['total_flops_band']):>12}"
         )
     return "\n".join(lines)
@@ -225,7 +219,8 @@ def main():
     )
     print(
         "(2 per multiply-add); conv = the shared map convs on whole maps, on the bands by taps, on the proposal\n"
-        "cells only (valid), or as BandMapConv computes them (comp: in the frequency form where it picks it);\n"
+        "cells only (valid), or in the band's frequency form (freq; BandMapConv's on CPUs where it multiplies\n"
+        "at most half the taps' count);\n"
         "total band = both networks with the band convs by taps."
     )
     print(format_table([(label, ModelConfig(**fields)) for label, fields in TABLE_1]))

@@ -378,6 +378,31 @@ def test_the_default_band_conv_takes_the_frequency_form_where_it_pays(
         assert_close(found, expected, tolerance=1e-4)
 
 
+def test_the_default_band_conv_takes_the_taps_on_gpus(monkeypatch):
+    """Where Keras lists a GPU, `BandMapConv()` at the paper's lattice runs
+    the taps (frequency=False's graph, the same numbers bit for bit)."""
+    import keras
+    from test_band_conv import random_array
+
+    from tal_keras.layers import BandMapConv
+
+    lattice = Lattice(256, (64, 32, 32))
+    layers = [
+        BandMapConv(256, (64, 32, 32), hidden_size=64, frequency=frequency)
+        for frequency in (None, False)
+    ]
+    shape = (1, lattice.num_proposals, 64)
+    for layer in layers:
+        layer.build(shape)
+    layers[1].set_weights(layers[0].get_weights())
+    features = random_array(*shape)
+    monkeypatch.setattr(keras.distribution, "list_devices", lambda: ["gpu:0"])
+    found, taps = (layer(features).numpy() for layer in layers)
+    np.testing.assert_array_equal(found, taps)
+    monkeypatch.undo()
+    assert np.abs(layers[0](features).numpy() - taps).max() > 0  # CPUs: frequency
+
+
 def test_band_conv_refuses_an_unknown_form():
     from tal_keras.layers import BandMapConv
 

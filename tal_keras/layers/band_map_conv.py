@@ -53,14 +53,15 @@ class BandMapConv(MapConvBase):
     kernel row over zero-padded rows 1.46x to 1.59x, every band cell with
     gathers in one fixed order 1.28x; this layer 1.14x.
 
-    Where `MapBand.frequency_tile` finds that the frequency form multiplies
-    at most half of what the taps do (the paper config: 0.19; the demo's:
-    no), every layer runs in it in Keras too, training and inference, with
-    its gradient written out as the taps' is (`frequency`: None, the
-    default; True: in the frequency form whatever it multiplies; False: by
-    taps). At the paper config a TensorFlow training step at batch 2 took
-    about a fifth of the taps' time, peaking about 1.7 GiB higher
-    (docs/performance.md, Training step).
+    On CPUs, where `MapBand.frequency_tile` finds that the frequency form
+    multiplies at most half of what the taps do (the paper config: 0.19;
+    the demo's: no), every layer runs in it in Keras too, training and
+    inference, with its gradient written out as the taps' is (`frequency`:
+    None, the default; on GPUs the taps, `_only_cpus`; True: in the
+    frequency form whatever it multiplies; False: by taps). At the paper
+    config a training step at batch 2 took about a fifth of the taps' time
+    on TensorFlow, peaking about 1.7 GiB higher (docs/performance.md,
+    Training step).
 
     The weights are those of `MaskedMapConv` (Conv2D sublayers `conv_<i>`,
     kernel [K, K, C, H] and bias [H], used only as weights here), so a
@@ -101,14 +102,18 @@ class BandMapConv(MapConvBase):
         channels = proposal_features.shape[-1]
         if _WRITTEN_OUT:
             tile = _WRITTEN_OUT[-1][2]
+            if tile is None:  # the choice by multiply-adds
+                tile = band.frequency_tile(channels, self.hidden_size)
         elif self.frequency is None:
-            tile = None
+            # The same choice where Keras runs on CPUs only; on GPUs the taps
+            # (`_only_cpus`).
+            tile = (
+                band.frequency_tile(channels, self.hidden_size) if _only_cpus() else 0
+            )
         else:
             tile = self.frequency and band.frequency_tile(
                 channels, self.hidden_size, at_most=None
             )
-        if tile is None:  # the choice by multiply-adds
-            tile = band.frequency_tile(channels, self.hidden_size)
         for layer, conv in enumerate(self.convs):
             kernel = ops.cast(conv.kernel, features.dtype)
             features = band_layer(
@@ -122,6 +127,16 @@ class BandMapConv(MapConvBase):
                 band.frequency_tiles(layer + 1, tile) if tile else None,
             )
         return features[:, :-1]
+
+
+def _only_cpus():
+    """Whether Keras sees no GPU or TPU. There the default band conv takes
+    the frequency form where it multiplies at most half as much; on
+    accelerators the taps: no GPU has run the frequency form yet, and XLA's
+    own count of the paper config's training step at a batch of 32 (JAX,
+    `memory_analysis` on the CPU) is 44 GiB of temporaries in the frequency
+    form against 19 GiB by taps (docs/performance.md)."""
+    return all(device.startswith("cpu") for device in keras.distribution.list_devices())
 
 
 def _with_zero_row(values):
@@ -508,12 +523,13 @@ def _frequency_gradients(
         form.tiles * form.tile_cells,
     )
     kernel_spectra_grads = [0.0, 0.0]
-    window_grads = []
+    features_grad = None
+    zero_row = features.shape[1] - 1
     for begin, size in form.groups:
         # After the last group's results (the first group after conv_grad).
-        previous = (
-            [window_grads[-1], *kernel_spectra_grads] if window_grads else [conv_grad]
-        )
+        previous = [conv_grad]
+        if features_grad is not None:
+            previous = [features_grad, *kernel_spectra_grads]
         features_now, conv_grad_now = (
             _after(values, *previous) for values in (features, conv_grad)
         )
@@ -547,23 +563,24 @@ def _frequency_gradients(
             ),
             (-1, 2 * frequencies, size * channels),
         )
-        window_grads.append(
+        window_grad = _with_zero_row(
             ops.reshape(
                 _times(ops.transpose(form.forward), spectra_grad),
                 (-1, form.window_cells * size, channels),
             )
         )
-    # One copy: the groups' gradients, then a zero row.
-    window_grads = ops.concatenate(
-        [*window_grads, ops.zeros_like(window_grads[0][:, :1])], axis=1
-    )
-    # The band row read at each place of the windows, then each row's places
-    # (the zero row's left out: its gradient is not used).
-    read = np.empty(form.window_cells * form.tiles, np.int64)
-    read[form.places(np.arange(read.size), form.window_cells)] = input_index.reshape(-1)
-    features_grad = None
-    for places in _transposed(read, features.shape[1], skip=features.shape[1] - 1):
-        term = _rows(window_grads, places)
+        # Summed into the band rows the group reads (not kept for all groups:
+        # at a batch of 32 they would take 3 times the band's size per
+        # layer), then spread into all band rows.
+        read = input_index[:, begin : begin + size].reshape(-1)
+        rows = np.unique(read[read != zero_row])
+        local = np.where(read == zero_row, rows.size, np.searchsorted(rows, read))
+        term = _with_zero_row(
+            _gathered_sum(window_grad, _transposed(local, rows.size, skip=rows.size))
+        )
+        spread = np.full(zero_row + 1, rows.size, np.int32)
+        spread[rows] = np.arange(rows.size)
+        term = _rows(term, spread)
         features_grad = term if features_grad is None else features_grad + term
     kernel_grad = None
     for part, grad in zip(
@@ -653,6 +670,16 @@ class _FrequencyForm:
         return (first * cells + within * size + place % self.group).astype(np.int32)
 
 
+def _gathered_sum(values, table):
+    """sum over m of values[:, table[m]]: [B, n, C], int numpy [M, rows] ->
+    [B, rows, C]."""
+    total = None
+    for index in table:
+        term = _rows(values, index)
+        total = term if total is None else total + term
+    return total
+
+
 def _transposed(index, rows, skip=None):
     """The transpose of a gather: for index[p] the row read at place p, int32
     numpy [M, rows] whose column r lists the places p with index[p] == r (in
@@ -674,8 +701,9 @@ def _transposed(index, rows, skip=None):
 def _after(values, *previous):
     """`values`, on TensorFlow read only once the tensors `previous` are
     computed: its graph executor would otherwise start every group of tiles
-    at once, all their temporaries alive together. Other backends schedule
-    for memory themselves."""
+    at once, all their temporaries alive together. XLA schedules its
+    programs itself (on JAX an optimization barrier here left XLA's count of
+    the training step's memory as it was)."""
     previous = [value for value in previous if value is not None]
     if not previous or keras.backend.backend() != "tensorflow":
         return values

@@ -24,9 +24,9 @@ class SubMapNetwork(MapConvBase):
     Args: those of `MapConvBase` (num_clips, scale_layers, hidden_size, which
     is also the 1x1 conv's width, kernel_size, num_conv_layers, map_mode), and
         conv_implementation: "band" (`BandMapConv`: only the cells each
-            layer needs, by taps or in the frequency form, whichever
-            `MapBand.frequency_tile` picks; the default), "taps" or
-            "frequency" (`BandMapConv` in that form whatever it
+            layer needs, on CPUs in the frequency form where
+            `MapBand.frequency_tile` picks it, else by taps; the default),
+            "taps" or "frequency" (`BandMapConv` in that form whatever it
             multiplies), "whole" (`MaskedMapConv`: whole maps, the
             reference). Same weights and outputs either way.
 
