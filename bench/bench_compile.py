@@ -320,8 +320,9 @@ def header_lines(config_name, config, batch, runs):
     return [
         (
             f"config: {config_name}: {shape}; band conv as computed by default "
-            "(the frequency form where MapBand.frequency_tile picks it; engines "
-            f"named -taps or -frequency: that form); batch {batch}"
+            "(on CPUs the frequency form where MapBand.frequency_tile picks it, "
+            "on GPUs the taps; engines named -taps or -frequency: that form); "
+            f"batch {batch}"
         ),
         (
             f"{os.cpu_count()} CPUs; step s: median of {runs} steps after the first; "

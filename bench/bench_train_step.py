@@ -18,9 +18,9 @@ Engines (`--engines`, each in its own subprocess, in this order):
                     lib/models), a 1x1 conv D -> H before and a 1x1 head
                     after (`bench_gpu.tan_proposal_network`)
 
-The band conv is computed as `--conv_implementation=band` computes it: in
-the frequency form where `MapBand.frequency_tile` picks it (the paper,
-h128 and narrow configs), else by taps. A Keras engine's name followed by
+The band conv is computed as `--conv_implementation=band` computes it on
+CPUs: in the frequency form where `MapBand.frequency_tile` picks it (the
+paper, h128 and narrow configs), else by taps. A Keras engine's name followed by
 -taps or -frequency (tensorflow-taps, jax-frequency, ...) forces that form.
 
 Every engine trains one step of Adam (lr 1e-3) on the BCE of the overlap
