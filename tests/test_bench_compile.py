@@ -1,5 +1,6 @@
-"""bench/bench_compile.py and bench/bench_train_step.py at their tiny
-configs: the tables they print, every row timed and every loss finite."""
+"""bench/bench_compile.py, bench/bench_train_step.py and bench/xla_memory.py at
+their tiny configs: the tables they print, every row timed and every loss
+finite."""
 
 import json
 import math
@@ -58,22 +59,39 @@ def test_train_step_table_times_the_keras_engines(tmp_path):
     assert "| tensorflow |" in result.stdout and "step / 2D-TAN's" in result.stdout
 
 
-def test_train_step_refuses_2dtan_without_its_code():
+@pytest.mark.parametrize(
+    "engines, messages",
+    [
+        ("torch-2dtan", ["torch-2dtan needs --tan_lib or --tan_git_dir"]),
+        ("jax-blocks", ["unknown engine 'jax-blocks'", "-taps or -frequency"]),
+    ],
+)
+def test_train_step_refuses_what_it_cannot_run(engines, messages):
     result = run_python(
-        ["bench/bench_train_step.py", "--config=tiny", "--engines=torch-2dtan"],
+        ["bench/bench_train_step.py", "--config=tiny", f"--engines={engines}"],
         check=False,
         timeout=120,
     )
     assert result.returncode != 0
-    assert "torch-2dtan needs --tan_lib or --tan_git_dir" in result.stderr
+    for message in messages:
+        assert message in result.stderr
 
 
-def test_train_step_names_its_engines_and_forms():
+def test_xla_memory_counts_each_form_and_batch(tmp_path):
+    out = tmp_path / "xla_memory.json"
     result = run_python(
-        ["bench/bench_train_step.py", "--config=tiny", "--engines=jax-blocks"],
-        check=False,
-        timeout=120,
+        ["bench/xla_memory.py", "--config=tiny", "--batch_sizes=1,8", f"--out={out}"],
+        changes={"KERAS_BACKEND": None},
+        timeout=600,
     )
-    assert result.returncode != 0
-    assert "unknown engine 'jax-blocks'" in result.stderr
-    assert "-taps or -frequency" in result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["form"], row["batch"]) for row in rows] == [
+        ("taps", 1),
+        ("taps", 8),
+        ("frequency", 1),
+        ("frequency", 8),
+    ]
+    for small, large in (rows[:2], rows[2:]):
+        assert 0 < small["temp_gib"] < large["temp_gib"]  # grows with the batch
+        assert large["total_gib"] > large["temp_gib"]  # weights and batch added
+    assert "| frequency | 8 |" in result.stdout
