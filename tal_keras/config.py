@@ -28,11 +28,11 @@ class ModelConfig:
         proposal_features: "pool" (stacked max-pool) or "conv" (learned conv1d
             of the same kernel and stride, microsoft/VideoX#19).
         conv_implementation: "band" (only valid cells and their halo; on
-            CPUs through 2-D Fourier transforms where that multiplies at
-            most half as much, `MapBand.frequency_tile`: the paper config;
-            else, and on GPUs, by taps), "taps" or "frequency" (the band in
-            that form), or "whole" (whole maps; the reference).
-            `BandMapConv`.
+            CPUs in float32 through 2-D Fourier transforms where that
+            multiplies at most half as much, `MapBand.frequency_tile`: the
+            paper config; else, and on GPUs, by taps), "taps" or
+            "frequency" (the band in that form), or "whole" (whole maps;
+            the reference). `BandMapConv`.
         clip_normalization: "none" (the report) or "video": standardise each
             input channel over the video's clips (a departure, see
             docs/benchmarks.md).

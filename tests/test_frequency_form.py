@@ -408,6 +408,35 @@ def test_the_default_band_conv_takes_the_taps_on_gpus(monkeypatch):
     assert np.abs(layers[0](features).numpy() - taps).max() > 0  # CPUs: frequency
 
 
+def test_the_default_band_conv_takes_the_taps_in_mixed_precision():
+    """Under a bfloat16 compute policy `BandMapConv()` at the paper's lattice
+    runs the taps (frequency=False's numbers bit for bit), not transforms
+    rounded to bfloat16."""
+    from test_band_conv import random_array
+
+    from tal_keras.layers import BandMapConv
+
+    lattice = Lattice(256, (64, 32, 32))
+    layers = [
+        BandMapConv(
+            256,
+            (64, 32, 32),
+            hidden_size=64,
+            frequency=frequency,
+            dtype="mixed_bfloat16",
+        )
+        for frequency in (None, False)
+    ]
+    shape = (1, lattice.num_proposals, 64)
+    for layer in layers:
+        layer.build(shape)
+    layers[1].set_weights(layers[0].get_weights())
+    features = random_array(*shape)
+    found, taps = (layer(features).numpy() for layer in layers)
+    assert found.dtype == taps.dtype
+    np.testing.assert_array_equal(found, taps)
+
+
 def test_band_conv_refuses_an_unknown_form():
     from tal_keras.layers import BandMapConv
 

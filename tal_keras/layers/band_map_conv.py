@@ -57,8 +57,9 @@ class BandMapConv(MapConvBase):
     multiplies at most half of what the taps do (the paper config: 0.19;
     the demo's: no), every layer runs in it in Keras too, training and
     inference, with its gradient written out as the taps' is (`frequency`:
-    None, the default; on GPUs the taps, `_only_cpus`; True: in the
-    frequency form whatever it multiplies; False: by taps). At the paper
+    None, the default; on GPUs, `_only_cpus`, and under a float16 or
+    bfloat16 policy the taps; True: in the frequency form whatever it
+    multiplies; False: by taps). At the paper
     config a training step at batch 2 took about a fifth of the taps' time
     on TensorFlow, peaking about 1.7 GiB higher (docs/performance.md,
     Training step).
@@ -105,11 +106,12 @@ class BandMapConv(MapConvBase):
             if tile is None:  # the choice by multiply-adds
                 tile = band.frequency_tile(channels, self.hidden_size)
         elif self.frequency is None:
-            # The same choice where Keras runs on CPUs only; on GPUs the taps
-            # (`_only_cpus`).
-            tile = (
-                band.frequency_tile(channels, self.hidden_size) if _only_cpus() else 0
-            )
+            # The same choice where Keras computes in float32 on CPUs only;
+            # on GPUs (`_only_cpus`) and in float16 or bfloat16, whose
+            # transforms would round each spectrum to 8 or 11 bits, the taps.
+            tile = 0
+            if _only_cpus() and self.compute_dtype == "float32":
+                tile = band.frequency_tile(channels, self.hidden_size)
         else:
             tile = self.frequency and band.frequency_tile(
                 channels, self.hidden_size, at_most=None
