@@ -618,7 +618,11 @@ def export_run(
     run_config, proposal_network, classifier_network = load_run(workdir)
     class_names = run_class_names(run_config, category_file)
     inference_model = build_inference_model(proposal_network, classifier_network)
-    model = convert(inference_model, run_config.model, opset)
+    # float16 by taps: float16 transforms would round each spectrum (Keras
+    # takes the taps in mixed precision too).
+    model = convert(
+        inference_model, run_config.model, opset, frequency_tile=0 if fp16 else None
+    )
     if fp16:
         model = to_float16(model)
 

@@ -129,10 +129,19 @@ def test_metadata_holds_what_serving_needs(tiny_run):
     assert spec.postprocessing.proposal_soft_nms_sigma == 0.0
 
 
-def test_float16_export_reports_its_own_tolerance(tiny_run, tmp_path):
+def test_float16_export_reports_its_own_tolerance(tiny_run, tmp_path, monkeypatch):
     workdir, *_ = tiny_run
     out = str(tmp_path / "half.onnx")
+    forms = []
+    convert = onnx_export.convert
+
+    def recording_convert(*args, **kwargs):
+        forms.append(kwargs.get("frequency_tile"))
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_export, "convert", recording_convert)
     report = onnx_export.export_run(workdir, out=out, fp16=True, check_videos=3)
+    assert forms == [0]  # by taps, whatever the config: no float16 transforms
     assert report.precision == "float16"
     assert report.tolerance == onnx_export.FP16_TOLERANCE
     # Rounded to float16, so not as close as float32, yet within tolerance.
