@@ -383,24 +383,32 @@ def test_the_default_band_conv_takes_the_frequency_form_where_it_pays(
         assert_close(found, expected, tolerance=1e-4)
 
 
-def test_the_default_band_conv_takes_the_taps_on_gpus(monkeypatch):
-    """Where Keras lists a GPU, `BandMapConv()` at the paper's lattice runs
-    the taps (frequency=False's graph, the same numbers bit for bit)."""
-    import keras
+def _default_and_taps(dtype="float32"):
+    """(`BandMapConv()`, `BandMapConv(frequency=False)`) at the paper's
+    lattice, H 64, under the `dtype` policy, with the same weights, and
+    clip features [1, P, 64] for them."""
     from test_band_conv import random_array
 
     from tal_keras.layers import BandMapConv
 
     lattice = Lattice(256, (64, 32, 32))
     layers = [
-        BandMapConv(256, (64, 32, 32), hidden_size=64, frequency=frequency)
+        BandMapConv(256, (64, 32, 32), hidden_size=64, frequency=frequency, dtype=dtype)
         for frequency in (None, False)
     ]
     shape = (1, lattice.num_proposals, 64)
     for layer in layers:
         layer.build(shape)
     layers[1].set_weights(layers[0].get_weights())
-    features = random_array(*shape)
+    return layers, random_array(*shape)
+
+
+def test_the_default_band_conv_takes_the_taps_on_gpus(monkeypatch):
+    """Where Keras lists a GPU, `BandMapConv()` at the paper's lattice runs
+    the taps (frequency=False's graph, the same numbers bit for bit)."""
+    import keras
+
+    layers, features = _default_and_taps()
     monkeypatch.setattr(keras.distribution, "list_devices", lambda: ["gpu:0"])
     found, taps = (layer(features).numpy() for layer in layers)
     np.testing.assert_array_equal(found, taps)
@@ -412,26 +420,7 @@ def test_the_default_band_conv_takes_the_taps_in_mixed_precision():
     """Under a bfloat16 compute policy `BandMapConv()` at the paper's lattice
     runs the taps (frequency=False's numbers bit for bit), not transforms
     rounded to bfloat16."""
-    from test_band_conv import random_array
-
-    from tal_keras.layers import BandMapConv
-
-    lattice = Lattice(256, (64, 32, 32))
-    layers = [
-        BandMapConv(
-            256,
-            (64, 32, 32),
-            hidden_size=64,
-            frequency=frequency,
-            dtype="mixed_bfloat16",
-        )
-        for frequency in (None, False)
-    ]
-    shape = (1, lattice.num_proposals, 64)
-    for layer in layers:
-        layer.build(shape)
-    layers[1].set_weights(layers[0].get_weights())
-    features = random_array(*shape)
+    layers, features = _default_and_taps("mixed_bfloat16")
     found, taps = (layer(features).numpy() for layer in layers)
     assert found.dtype == taps.dtype
     np.testing.assert_array_equal(found, taps)
