@@ -584,15 +584,14 @@ def _frequency_gradients(
         spread[rows] = np.arange(rows.size)
         term = _rows(term, spread)
         features_grad = term if features_grad is None else features_grad + term
-    kernel_grad = None
-    for part, grad in zip(
-        (form.kernel_transform[:frequencies], form.kernel_transform[frequencies:]),
-        kernel_spectra_grads,
-    ):
-        term = ops.matmul(
-            ops.transpose(part), ops.reshape(grad, (frequencies, channels * hidden))
-        )
-        kernel_grad = term if kernel_grad is None else kernel_grad + term
+    # The kernel transform's rows are the real parts', then the imaginary's.
+    kernel_grad = ops.matmul(
+        ops.transpose(form.kernel_transform),
+        ops.reshape(
+            ops.concatenate(kernel_spectra_grads, axis=0),
+            (2 * frequencies, channels * hidden),
+        ),
+    )
     return features_grad, ops.reshape(kernel_grad, kernel.shape)
 
 
@@ -706,7 +705,6 @@ def _after(values, *previous):
     at once, all their temporaries alive together. XLA schedules its
     programs itself (on JAX an optimization barrier here left XLA's count of
     the training step's memory as it was)."""
-    previous = [value for value in previous if value is not None]
     if not previous or keras.backend.backend() != "tensorflow":
         return values
     import tensorflow as tf
