@@ -789,7 +789,7 @@ def main(argv=None):
         )
         return 2
     from tal_keras import run
-    from tal_keras.errors import DataError, sigterm_as_interrupt
+    from tal_keras.errors import DataError, stop_signals_as_interrupt
 
     # Held shared: no train.py or evaluate.py starts in the run folder (or
     # the output's) meanwhile and removes the export's temporary.
@@ -798,7 +798,7 @@ def main(argv=None):
         run.enclosing_run_folder(args.out) if args.out else None,
     ]
     try:
-        with sigterm_as_interrupt(), run.shared_locks(folders):
+        with stop_signals_as_interrupt(), run.shared_locks(folders):
             report = export_run(
                 args.workdir,
                 out=args.out,

@@ -437,7 +437,7 @@ def main(argv=None):
     from tal_keras import run
     from tal_keras.atomic import check_writable
     from tal_keras.data.features import open_feature_store
-    from tal_keras.errors import sigterm_as_interrupt
+    from tal_keras.errors import stop_signals_as_interrupt
     from tal_keras.inference import read_video_labels
 
     tal_keras.configure_logging()
@@ -468,7 +468,7 @@ def main(argv=None):
     logger.info("%r; %d videos to serve", detector, len(videos))
     try:
         with (
-            sigterm_as_interrupt(),
+            stop_signals_as_interrupt(),
             run.shared_locks(run.enclosing_run_folder(path) for path in outputs),
             open_submissions(outputs) as streams,
         ):

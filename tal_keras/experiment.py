@@ -21,7 +21,7 @@ from tal_keras import (
     training,
 )
 from tal_keras.atomic import write_json_atomic
-from tal_keras.errors import DataError
+from tal_keras.errors import DataError, raise_if_stop_requested
 from tal_keras.networks import NETWORKS, TrainingData
 from tal_keras.selection import held_out_rows
 
@@ -90,6 +90,7 @@ def train_and_evaluate(run_config, resume=False, evaluate_at_end=True):
             training_data=training_data,
         )
     if evaluate_at_end:
+        raise_if_stop_requested()
         evaluate_run(
             run_config, eval_annotations=eval_annotations, eval_cache=eval_cache
         )

@@ -32,7 +32,7 @@ from tal_keras.config import (
     RunConfig,
     TrainConfig,
 )
-from tal_keras.errors import sigterm_as_interrupt
+from tal_keras.errors import stop_signals_as_interrupt
 from tal_keras.lattice import MAP_MODES
 from tal_keras.recipes import RECIPES, recipe_values
 
@@ -323,7 +323,7 @@ def exit_on_user_error(interrupted):
     ValueError or OSError); on Ctrl-C or SIGTERM, `interrupted: INTERRUPTED`
     (status 130)."""
     try:
-        with sigterm_as_interrupt():
+        with stop_signals_as_interrupt():
             yield
     except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}") from None

@@ -18,7 +18,7 @@ import keras
 
 from tal_keras import data_parallel, pipeline
 from tal_keras.atomic import atomic_path, write_json_atomic
-from tal_keras.errors import RunFolderError
+from tal_keras.errors import RunFolderError, raise_if_stop_requested
 from tal_keras.networks import NETWORKS
 from tal_keras.run import (
     best_model_path,
@@ -43,7 +43,9 @@ def save_model_atomic(model, path):
 
 class EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch: scores the model, saves it, keeps the best, then
-    records all of it in state.json, each file written atomically.
+    records all of it in state.json, each file written atomically. Before
+    every step and after every epoch it ends training with KeyboardInterrupt
+    if a stop signal came (`errors.raise_if_stop_requested`).
 
     Args:
         network_dir: the network's run folder.
@@ -69,7 +71,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
         }
 
     def on_epoch_begin(self, epoch, logs=None):
+        raise_if_stop_requested()
         self._epoch_started = time.perf_counter()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Not on_train_batch_end: Keras would then wait for each step's logs.
+        raise_if_stop_requested()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -115,6 +122,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             " (best)" if better else "",
             "" if started is None else f", {time.perf_counter() - started:.1f} s",
         )
+        raise_if_stop_requested()
 
     def on_train_end(self, logs=None):
         if self.state["epochs_done"] >= self.params.get("epochs", 0):
