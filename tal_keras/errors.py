@@ -34,8 +34,9 @@ def _raise_interrupt(signum, frame):
 def raise_if_stop_requested():
     """Raises KeyboardInterrupt if Ctrl-C or SIGTERM came within
     `stop_signals_as_interrupt`'s block. The signal handler raises at once,
-    but where that lands in a library's bare `except:` (TensorFlow and Keras
-    have several) or in a finalizer, it is lost; loops that run for long ask
+    but where that lands in a library's bare `except:` (Keras's
+    `pythonify_logs` waits for each step's logs inside one) or in a
+    finalizer, it is lost; loops that run for long ask
     here at each step, so a stop is never lost."""
     if _stop_requested.is_set():
         raise KeyboardInterrupt
