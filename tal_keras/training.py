@@ -71,7 +71,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
         }
 
     def on_epoch_begin(self, epoch, logs=None):
-        raise_if_stop_requested()
         self._epoch_started = time.perf_counter()
 
     def on_train_batch_begin(self, batch, logs=None):

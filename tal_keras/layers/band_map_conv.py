@@ -497,7 +497,7 @@ def _frequency_taps(features, kernel, input_index, output_index, group_bytes=0):
         )
         outputs.append(ops.reshape(cells, (-1, form.tile_cells * size, form.hidden)))
     cells = outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=1)
-    return _rows(cells, form.places(output_index, form.tile_cells))
+    return _rows(cells, form.places(output_index))
 
 
 def _frequency_gradients(
@@ -521,7 +521,7 @@ def _frequency_gradients(
     # The output row of each tile cell, the zero row (gradient 0) for cells
     # off the band.
     (cell_rows,) = _transposed(
-        form.places(output_index[:-1], form.tile_cells),
+        form.places(output_index[:-1]),
         form.tiles * form.tile_cells,
     )
     kernel_spectra_grads = [0.0, 0.0]
@@ -661,14 +661,15 @@ class _FrequencyForm:
             (-1, self.frequencies, 2 * size, self.channels),
         )
 
-    def places(self, index, cells):
+    def places(self, index):
         """int32 numpy: for index = cell * tiles + tile (any shape), the place
         of that cell of that tile in the groups' outputs, concatenated: a
-        group of `size` tiles is laid out [cells, size], row-major."""
+        group of `size` tiles is laid out [tile cells, size], row-major."""
         within, place = np.divmod(index, self.tiles)
         first = place - place % self.group
         size = np.minimum(self.group, self.tiles - first)
-        return (first * cells + within * size + place % self.group).astype(np.int32)
+        offset = first * self.tile_cells + within * size + place % self.group
+        return offset.astype(np.int32)
 
 
 def _gathered_sum(values, table):
